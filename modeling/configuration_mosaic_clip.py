@@ -1,0 +1,161 @@
+"""Configs of the CLIP-style dual encoder: a ViT image tower and a causal text tower.
+
+Defaults are the ViT-B/32 shapes of openai/clip-vit-base-patch32. Every config checks its values at
+construction and raises one ValueError that names the field, the value and what is accepted.
+"""
+
+from typing import Literal
+
+from huggingface_hub.dataclasses import strict
+from transformers import PreTrainedConfig
+from transformers.activations import ACT2FN
+
+
+def _require_positive(config: PreTrainedConfig, *names: str) -> None:
+    for name in names:
+        value = getattr(config, name)
+        if value is None or value <= 0:
+            raise ValueError(f"{type(config).__name__}.{name} must be a positive number, got {value!r}.")
+
+
+def _require_fraction(config: PreTrainedConfig, *names: str) -> None:
+    for name in names:
+        value = getattr(config, name)
+        if not 0.0 <= value < 1.0:
+            raise ValueError(f"{type(config).__name__}.{name} must lie in [0, 1), got {value!r}.")
+
+
+def _require_heads_divide_width(config: PreTrainedConfig) -> None:
+    if config.hidden_size % config.num_attention_heads != 0:
+        raise ValueError(
+            f"{type(config).__name__}.hidden_size ({config.hidden_size}) must be a multiple of "
+            f"num_attention_heads ({config.num_attention_heads})."
+        )
+
+
+def _require_known_activation(config: PreTrainedConfig) -> None:
+    if config.hidden_act not in ACT2FN:
+        raise ValueError(
+            f"{type(config).__name__}.hidden_act={config.hidden_act!r} is unknown; accepted: {sorted(ACT2FN)}."
+        )
+
+
+@strict
+class MosaicClipTextConfig(PreTrainedConfig):
+    """The causal text tower. Its pooled output is the hidden state at the first `eos_token_id`."""
+
+    model_type = "mosaic_clip_text_model"
+    base_config_key = "text_config"
+
+    vocab_size: int = 49408
+    hidden_size: int = 512
+    intermediate_size: int = 2048
+    projection_dim: int = 512
+    num_hidden_layers: int = 12
+    num_attention_heads: int = 8
+    max_position_embeddings: int = 77
+    hidden_act: str = "quick_gelu"
+    layer_norm_eps: float = 1e-5
+    attention_dropout: float = 0.0
+    initializer_range: float = 0.02
+    initializer_factor: float = 1.0
+    pad_token_id: int | None = 1
+    bos_token_id: int | None = 49406
+    eos_token_id: int = 49407
+
+    def __post_init__(self, **kwargs):
+        _require_positive(
+            self,
+            "vocab_size",
+            "hidden_size",
+            "intermediate_size",
+            "projection_dim",
+            "num_hidden_layers",
+            "num_attention_heads",
+            "max_position_embeddings",
+            "layer_norm_eps",
+        )
+        _require_heads_divide_width(self)
+        _require_known_activation(self)
+        _require_fraction(self, "attention_dropout")
+        if not 0 <= self.eos_token_id < self.vocab_size:
+            raise ValueError(
+                f"MosaicClipTextConfig.eos_token_id={self.eos_token_id} must be a token id in [0, {self.vocab_size})."
+            )
+        super().__post_init__(**kwargs)
+
+
+@strict
+class MosaicClipVisionConfig(PreTrainedConfig):
+    """The ViT image tower: conv patch embedding, class token, learned positions, pre-LayerNorm.
+
+    `patch_dropout` is the share of patch tokens dropped at random during training (0 disables it).
+    """
+
+    model_type = "mosaic_clip_vision_model"
+    base_config_key = "vision_config"
+
+    hidden_size: int = 768
+    intermediate_size: int = 3072
+    projection_dim: int = 512
+    num_hidden_layers: int = 12
+    num_attention_heads: int = 12
+    num_channels: int = 3
+    image_size: int = 224
+    patch_size: int = 32
+    hidden_act: str = "quick_gelu"
+    layer_norm_eps: float = 1e-5
+    attention_dropout: float = 0.0
+    patch_dropout: float = 0.0
+    initializer_range: float = 0.02
+    initializer_factor: float = 1.0
+
+    def __post_init__(self, **kwargs):
+        _require_positive(
+            self,
+            "hidden_size",
+            "intermediate_size",
+            "projection_dim",
+            "num_hidden_layers",
+            "num_attention_heads",
+            "num_channels",
+            "image_size",
+            "patch_size",
+            "layer_norm_eps",
+        )
+        _require_heads_divide_width(self)
+        _require_known_activation(self)
+        _require_fraction(self, "attention_dropout", "patch_dropout")
+        if self.image_size % self.patch_size != 0:
+            raise ValueError(
+                f"MosaicClipVisionConfig.image_size ({self.image_size}) must be a multiple of "
+                f"patch_size ({self.patch_size})."
+            )
+        super().__post_init__(**kwargs)
+
+
+@strict
+class MosaicClipConfig(PreTrainedConfig):
+    """The dual encoder: both towers, their projections into one space, and the contrastive loss.
+
+    `loss_type="clip"` is the softmax contrastive loss; `"siglip"` is the pairwise sigmoid loss, which
+    adds a learnable `logit_bias`. Both are computed over the batch of every rank when
+    torch.distributed runs with more than one process.
+    """
+
+    model_type = "mosaic_clip"
+    sub_configs_defaults = {"text_config": MosaicClipTextConfig, "vision_config": MosaicClipVisionConfig}
+
+    text_config: dict | MosaicClipTextConfig | None = None
+    vision_config: dict | MosaicClipVisionConfig | None = None
+    projection_dim: int = 512
+    logit_scale_init_value: float = 2.6592
+    loss_type: Literal["clip", "siglip"] = "clip"
+    logit_bias_init_value: float = -10.0
+    initializer_factor: float = 1.0
+
+    def __post_init__(self, **kwargs):
+        _require_positive(self, "projection_dim")
+        if self.loss_type not in ("clip", "siglip"):
+            raise ValueError(f"MosaicClipConfig.loss_type={self.loss_type!r} is unknown; accepted: 'clip', 'siglip'.")
+        super().__post_init__(**kwargs)
