@@ -1,0 +1,76 @@
+"""Shared fixtures: tiny random configs, a tokenizer trained on the spot, real images from wheels."""
+
+import numpy as np
+import pytest
+import torch
+
+from mosaic_vlm.modeling import MosaicClipConfig
+from mosaic_vlm.processing import MosaicClipImageProcessor, MosaicClipProcessor, train_bpe_tokenizer
+
+DIGIT_NAMES = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
+CAPTIONS = [f"a photo of the digit {name}" for name in DIGIT_NAMES] + [
+    "a photo of a cat",
+    "a photo of a dog",
+    "an astronaut in space",
+    "a cup of coffee",
+]
+
+
+def tiny_clip_config(**overrides) -> MosaicClipConfig:
+    """Hidden 32, 2 layers, 4 heads; 32x32 images in 8x8 patches; the trained tokenizer's special ids."""
+    text_config = dict(
+        vocab_size=128,
+        hidden_size=32,
+        intermediate_size=48,
+        projection_dim=16,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        max_position_embeddings=24,
+        pad_token_id=0,
+        bos_token_id=2,
+        eos_token_id=3,
+    )
+    vision_config = dict(
+        hidden_size=32,
+        intermediate_size=48,
+        projection_dim=16,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        image_size=32,
+        patch_size=8,
+    )
+    text_config.update(overrides.pop("text_config", {}))
+    vision_config.update(overrides.pop("vision_config", {}))
+    return MosaicClipConfig(text_config=text_config, vision_config=vision_config, projection_dim=16, **overrides)
+
+
+@pytest.fixture(scope="session")
+def tokenizer():
+    return train_bpe_tokenizer(CAPTIONS * 4, vocab_size=128, model_max_length=24)
+
+
+@pytest.fixture(scope="session")
+def clip_processor(tokenizer):
+    image_processor = MosaicClipImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
+    return MosaicClipProcessor(image_processor=image_processor, tokenizer=tokenizer)
+
+
+@pytest.fixture(scope="session")
+def photos():
+    """Real photographs that ship inside scikit-image: RGB, grayscale and of different sizes."""
+    from skimage import data
+
+    return {"astronaut": data.astronaut(), "coffee": data.coffee(), "camera": data.camera(), "cat": data.chelsea()}
+
+
+@pytest.fixture(scope="session")
+def digits():
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    return (bunch.images / 16.0).astype(np.float32), bunch.target
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
