@@ -274,6 +274,12 @@ class MosaicClipPreTrainedModel(PreTrainedModel):
             }
         return super().save_pretrained(save_directory, *args, **kwargs)
 
+    def _initialize_weights(self, module, is_custom_code: bool = False):
+        # For custom code transformers skips every module without parameters of its own (`all()` over none
+        # is True), which would skip the attention and MLP branches below. Our `_init_weights` only writes
+        # through `transformers.initialization`, which leaves loaded weights alone, so the guard is not needed.
+        super()._initialize_weights(module, is_custom_code=False)
+
     @torch.no_grad()
     def _init_weights(self, module):
         """CLIP's initialisation (Radford et al. 2021): std width^-1/2, attention and MLP inputs scaled by

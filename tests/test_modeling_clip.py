@@ -1,0 +1,306 @@
+import pytest
+import torch
+from conftest import tiny_clip_config
+from model_tester_mixin import ModelTesterMixin
+
+from mosaic_vlm.modeling import (
+    MosaicClipConfig,
+    MosaicClipModel,
+    MosaicClipTextConfig,
+    MosaicClipTextModel,
+    MosaicClipTextModelWithProjection,
+    MosaicClipVisionConfig,
+    MosaicClipVisionModel,
+    MosaicClipVisionModelWithProjection,
+)
+
+EOS = 3
+INIT_WIDTH, INIT_LAYERS = 256, 4  # wide enough for tight std estimates
+
+
+def random_texts(config, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token ids of varying lengths, each ending in EOS and right-padded with 0, plus the attention mask."""
+    text_config = config.text_config if hasattr(config, "text_config") else config
+    generator = torch.Generator().manual_seed(batch_size)
+    length = 10
+    input_ids = torch.randint(4, text_config.vocab_size, (batch_size, length), generator=generator)
+    attention_mask = torch.ones_like(input_ids)
+    for row in range(batch_size):
+        end = length - 1 - row % 3  # position of EOS; the rest is padding
+        input_ids[row, end] = EOS
+        input_ids[row, end + 1 :] = 0
+        attention_mask[row, end + 1 :] = 0
+    return input_ids, attention_mask
+
+
+def random_pixels(config, batch_size: int) -> torch.Tensor:
+    vision_config = config.vision_config if hasattr(config, "vision_config") else config
+    size = vision_config.image_size
+    return torch.randn(batch_size, 3, size, size, generator=torch.Generator().manual_seed(batch_size))
+
+
+class TestMosaicClipModel(ModelTesterMixin):
+    model_classes = (MosaicClipModel,)
+
+    def make_config(self):
+        return tiny_clip_config()
+
+    def make_init_config(self):
+        tower = dict(
+            hidden_size=INIT_WIDTH, intermediate_size=INIT_WIDTH * 4, num_hidden_layers=INIT_LAYERS, num_attention_heads=4
+        )
+        return tiny_clip_config(text_config=tower, vision_config=tower)
+
+    expected_init_std = {
+        r".*self_attn\.[qkv]_proj\.weight": INIT_WIDTH**-0.5 * (2 * INIT_LAYERS) ** -0.5,
+        r".*self_attn\.out_proj\.weight": INIT_WIDTH**-0.5,
+        r".*mlp\.fc1\.weight": (2 * INIT_WIDTH) ** -0.5,
+        r".*mlp\.fc2\.weight": INIT_WIDTH**-0.5 * (2 * INIT_LAYERS) ** -0.5,
+        r"(text|visual)_projection\.weight": INIT_WIDTH**-0.5,
+        r"text_model\.embeddings\.token_embedding\.weight": 0.02,
+        r"text_model\.embeddings\.position_embedding\.weight": 0.01,
+    }
+
+    def make_inputs(self, config, batch_size):
+        input_ids, attention_mask = random_texts(config, batch_size)
+        return {"input_ids": input_ids, "attention_mask": attention_mask, "pixel_values": random_pixels(config, batch_size)}
+
+    def check_output_shapes(self, model, inputs, outputs):
+        batch = inputs["input_ids"].shape[0]
+        projection = model.config.projection_dim
+        assert outputs.logits_per_image.shape == (batch, batch)
+        assert torch.equal(outputs.logits_per_text, outputs.logits_per_image.t())
+        assert outputs.text_embeds.shape == outputs.image_embeds.shape == (batch, projection)
+        torch.testing.assert_close(outputs.image_embeds.norm(dim=-1), torch.ones(batch))
+        assert outputs.vision_model_output.last_hidden_state.shape == (batch, 1 + 16, 32)
+        assert outputs.text_model_output.last_hidden_state.shape == (*inputs["input_ids"].shape, 32)
+
+    def compared_outputs(self, outputs):
+        return {
+            "text_embeds": outputs.text_embeds,
+            "image_embeds": outputs.image_embeds,
+            "text_hidden": outputs.text_model_output.last_hidden_state,
+            "vision_hidden": outputs.vision_model_output.last_hidden_state,
+        }
+
+    def loss_of(self, model, inputs):
+        return model(**inputs, return_loss=True).loss
+
+    def test_output_fields_match_transformers_clip_output(self):
+        from transformers.models.clip.modeling_clip import CLIPOutput
+
+        model = self.build(MosaicClipModel)
+        with torch.no_grad():
+            outputs = model(**self.make_inputs(model.config, 2), return_loss=True)
+        assert list(outputs.keys()) == list(CLIPOutput.__dataclass_fields__)
+        assert set(CLIPOutput.__dataclass_fields__) < set(type(outputs).__dataclass_fields__)
+
+    def test_hidden_states_attentions_and_patch_embeds_on_request(self):
+        model = self.build(MosaicClipModel)
+        inputs = self.make_inputs(model.config, 2)
+        with torch.no_grad():
+            outputs = model(**inputs, output_hidden_states=True, output_attentions=True, output_patch_embeds=True)
+        vision = outputs.vision_model_output
+        assert len(vision.hidden_states) == 3 and len(vision.attentions) == 2
+        assert vision.attentions[0].shape == (2, 4, 17, 17)
+        assert len(outputs.text_model_output.attentions) == 2
+        # causal: no text token attends to a later one
+        text_attention = outputs.text_model_output.attentions[0]
+        assert torch.all(text_attention.triu(diagonal=1) == 0)
+        assert outputs.patch_embeds.shape == (2, 16, 16)
+        torch.testing.assert_close(outputs.patch_embeds, model.get_patch_features(inputs["pixel_values"]))
+
+    def test_attentions_refused_on_fused_kernel(self):
+        model = self.build(MosaicClipModel, attn_implementation="sdpa")
+        with pytest.raises(ValueError, match="needs the eager attention"):
+            model(**self.make_inputs(model.config, 2), output_attentions=True)
+
+    def test_features_agree_with_forward(self):
+        model = self.build(MosaicClipModel)
+        inputs = self.make_inputs(model.config, 2)
+        with torch.no_grad():
+            outputs = model(**inputs)
+            image = model.get_image_features(inputs["pixel_values"]).pooler_output
+            text = model.get_text_features(inputs["input_ids"], inputs["attention_mask"]).pooler_output
+        torch.testing.assert_close(image / image.norm(dim=-1, keepdim=True), outputs.image_embeds)
+        torch.testing.assert_close(text / text.norm(dim=-1, keepdim=True), outputs.text_embeds)
+
+    def test_return_dict_false_gives_tuple(self):
+        model = self.build(MosaicClipModel)
+        inputs = self.make_inputs(model.config, 2)
+        with torch.no_grad():
+            as_tuple = model(**inputs, return_loss=True, return_dict=False)
+            as_output = model(**inputs, return_loss=True)
+        assert isinstance(as_tuple, tuple)
+        assert torch.equal(as_tuple[0], as_output.loss) and torch.equal(as_tuple[1], as_output.logits_per_image)
+
+    def test_clip_loss_is_symmetric_cross_entropy(self):
+        model = self.build(MosaicClipModel)
+        with torch.no_grad():
+            outputs = model(**self.make_inputs(model.config, 4), return_loss=True)
+        targets = torch.arange(4)
+        expected = (
+            torch.nn.functional.cross_entropy(outputs.logits_per_text, targets)
+            + torch.nn.functional.cross_entropy(outputs.logits_per_image, targets)
+        ) / 2
+        torch.testing.assert_close(outputs.loss, expected)
+
+    def test_siglip_loss_with_learnable_bias(self):
+        model = self.build(MosaicClipModel, config=tiny_clip_config(loss_type="siglip", logit_bias_init_value=-5.0))
+        assert model.logit_bias.item() == -5.0
+        outputs = model(**self.make_inputs(model.config, 4), return_loss=True)
+        logits = outputs.logits_per_text
+        signs = 2 * torch.eye(4) - 1
+        expected = -torch.nn.functional.logsigmoid(signs * logits).sum() / 4
+        torch.testing.assert_close(outputs.loss, expected)
+        outputs.loss.backward()
+        assert model.logit_bias.grad is not None and model.logit_bias.grad.abs() > 0
+
+    def test_patch_dropout_only_in_training(self):
+        model = self.build(MosaicClipModel, config=tiny_clip_config(vision_config={"patch_dropout": 0.5}))
+        pixels = random_pixels(model.config, 2)
+        with torch.no_grad():
+            assert model.vision_model(pixels).last_hidden_state.shape == (2, 17, 32)
+            model.train()
+            assert model.vision_model(pixels).last_hidden_state.shape == (2, 1 + 8, 32)
+
+    def test_interpolate_pos_encoding_for_other_image_sizes(self):
+        model = self.build(MosaicClipModel)
+        pixels = torch.randn(2, 3, 48, 64)
+        with pytest.raises(ValueError, match="interpolate_pos_encoding=True"):
+            model.vision_model(pixels)
+        with torch.no_grad():
+            outputs = model.vision_model(pixels, interpolate_pos_encoding=True)
+            assert outputs.last_hidden_state.shape == (2, 1 + 6 * 8, 32)
+            # at the native size interpolation is the identity
+            native = random_pixels(model.config, 2)
+            torch.testing.assert_close(
+                model.vision_model(native, interpolate_pos_encoding=True).pooler_output,
+                model.vision_model(native).pooler_output,
+            )
+
+    def test_interpolated_positions_match_transformers(self):
+        import transformers
+
+        model = self.build(MosaicClipModel)
+        config = model.config
+        reference = transformers.CLIPVisionModel(
+            transformers.CLIPVisionConfig(**config.vision_config.to_diff_dict())
+        ).eval()
+        reference.load_state_dict(model.vision_model.state_dict())
+        pixels = torch.randn(2, 3, 48, 64)
+        with torch.no_grad():
+            ours = model.vision_model(pixels, interpolate_pos_encoding=True).pooler_output
+            theirs = reference(pixels, interpolate_pos_encoding=True).pooler_output
+        torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=1e-5)
+
+    def test_bad_inputs_raise_one_clear_error(self):
+        model = self.build(MosaicClipModel)
+        input_ids, _ = random_texts(model.config, 2)
+        pixels = random_pixels(model.config, 2)
+        cases = [
+            (dict(input_ids=input_ids, pixel_values=pixels[:, :1]), "pixel_values must have shape"),
+            (dict(input_ids=input_ids, pixel_values=pixels[0]), "pixel_values must have shape"),
+            (dict(input_ids=input_ids, pixel_values=pixels[:0]), "empty batch"),
+            (dict(input_ids=input_ids, pixel_values=torch.randn(2, 3, 36, 36)), "does not match the model"),
+            (dict(input_ids=input_ids[:, :-3] + 4, pixel_values=pixels), "must contain the EOS token"),
+            (dict(input_ids=input_ids[:0], pixel_values=pixels), "non-empty"),
+            (dict(input_ids=torch.full((2, 30), EOS), pixel_values=pixels), "longer than max_position_embeddings=24"),
+            (dict(input_ids=input_ids, pixel_values=pixels[:1], return_loss=True), "one text per image"),
+        ]
+        for inputs, message in cases:
+            with pytest.raises(ValueError, match=message):
+                model(**inputs)
+
+
+class TestMosaicClipTowers(ModelTesterMixin):
+    """The single-tower models, run through the same mixin on their sub-configs."""
+
+    model_classes = (
+        MosaicClipTextModel,
+        MosaicClipTextModelWithProjection,
+        MosaicClipVisionModel,
+        MosaicClipVisionModelWithProjection,
+    )
+
+    def build(self, model_class, config=None, attn_implementation="eager"):
+        full = tiny_clip_config()
+        tower_config = full.text_config if "Text" in model_class.__name__ else full.vision_config
+        return super().build(model_class, config or tower_config, attn_implementation)
+
+    expected_init_std = {r"embeddings\.position_embedding\.weight": 0.01, r"embeddings\.token_embedding\.weight": 0.02}
+
+    def make_init_config(self):
+        return tiny_clip_config(text_config={"max_position_embeddings": 512}).text_config
+
+    def make_config(self):
+        return tiny_clip_config()
+
+    def make_inputs(self, config, batch_size):
+        if isinstance(config, MosaicClipVisionConfig) or config.model_type == "mosaic_clip_vision_model":
+            return {"pixel_values": random_pixels(config, batch_size)}
+        input_ids, attention_mask = random_texts(config, batch_size)
+        return {"input_ids": input_ids, "attention_mask": attention_mask}
+
+    def check_output_shapes(self, model, inputs, outputs):
+        batch = next(iter(inputs.values())).shape[0]
+        if hasattr(outputs, "image_embeds"):
+            assert outputs.image_embeds.shape == (batch, 16)
+        elif hasattr(outputs, "text_embeds"):
+            assert outputs.text_embeds.shape == (batch, 16)
+        else:
+            assert outputs.pooler_output.shape == (batch, 32)
+        assert outputs.last_hidden_state.shape[0] == batch
+
+    def compared_outputs(self, outputs):
+        first = outputs.get("image_embeds", outputs.get("text_embeds", outputs.get("pooler_output")))
+        return {"embeds": first, "last_hidden_state": outputs.last_hidden_state}
+
+    def loss_of(self, model, inputs):
+        return self.compared_outputs(model(**inputs))["embeds"].square().sum()
+
+
+def test_text_padding_does_not_change_the_pooled_embedding():
+    model = MosaicClipTextModel._from_config(tiny_clip_config().text_config).eval()
+    input_ids, _ = random_texts(model.config, 3)
+    short = input_ids[2:3, :8]  # row 2 ends at position 7
+    with torch.no_grad():
+        padded = model(input_ids[2:3]).pooler_output
+        unpadded = model(short).pooler_output
+    torch.testing.assert_close(padded, unpadded, atol=1e-6, rtol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "config_class, overrides, message",
+    [
+        (MosaicClipTextConfig, {"hidden_size": 30, "num_attention_heads": 4}, "multiple of num_attention_heads"),
+        (MosaicClipTextConfig, {"num_hidden_layers": 0}, "num_hidden_layers must be a positive"),
+        (MosaicClipTextConfig, {"hidden_act": "swishy"}, "hidden_act='swishy' is unknown"),
+        (MosaicClipTextConfig, {"eos_token_id": 70000}, "eos_token_id=70000"),
+        (MosaicClipTextConfig, {"attention_dropout": 1.5}, r"attention_dropout must lie in \[0, 1\)"),
+        (MosaicClipVisionConfig, {"image_size": 100, "patch_size": 32}, "multiple of patch_size"),
+        (MosaicClipVisionConfig, {"patch_dropout": -0.1}, "patch_dropout must lie"),
+        (MosaicClipConfig, {"projection_dim": -1}, "projection_dim must be a positive"),
+        (MosaicClipConfig, {"text_config": {"vocab_size": 0}}, "vocab_size must be a positive"),
+    ],
+)
+def test_bad_config_values_raise_value_error(config_class, overrides, message):
+    with pytest.raises(ValueError, match=message):
+        config_class(**overrides)
+
+
+def test_bad_config_types_are_refused():
+    from huggingface_hub.errors import StrictDataclassError
+
+    with pytest.raises(StrictDataclassError, match="hidden_size"):
+        MosaicClipVisionConfig(hidden_size="wide")
+    with pytest.raises((ValueError, StrictDataclassError), match="loss_type"):
+        MosaicClipConfig(loss_type="triplet")
+
+
+def test_config_defaults_are_vit_b_32():
+    config = MosaicClipConfig()
+    vision, text = config.vision_config, config.text_config
+    assert (vision.hidden_size, vision.num_hidden_layers, vision.patch_size, vision.image_size) == (768, 12, 32, 224)
+    assert (text.hidden_size, text.num_hidden_layers, text.max_position_embeddings) == (512, 12, 77)
+    assert config.projection_dim == 512
