@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+import torch.distributed._functional_collectives as functional_collectives
 import torch.nn.functional as F
 from torch import nn
 from transformers import PreTrainedModel
@@ -428,7 +429,7 @@ def _gather_with_grad(features: torch.Tensor) -> torch.Tensor:
     """All ranks' features concatenated in rank order, with gradients flowing back to each rank's share."""
     if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
         return features
-    return torch.cat(dist.nn.functional.all_gather(features), dim=0)
+    return functional_collectives.all_gather_single_autograd(features, 0, dist.group.WORLD)
 
 
 def clip_contrastive_loss(logits_per_text: torch.Tensor) -> torch.Tensor:
