@@ -8,8 +8,8 @@ from transformers.processing_utils import ProcessorMixin
 
 
 class MosaicClipProcessor(ProcessorMixin):
-    text_kwargs = {"padding": True, "truncation": True}
-    common_kwargs = {"return_tensors": "pt"}
+    text_kwargs = {"padding": True, "truncation": True, "return_tensors": "pt"}
+    images_kwargs = {"return_tensors": "pt"}
 
     def __init__(self, image_processor=None, tokenizer=None, **kwargs):
         super().__init__(image_processor, tokenizer, **kwargs)
