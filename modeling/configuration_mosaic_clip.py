@@ -8,36 +8,13 @@ from typing import Literal
 
 from huggingface_hub.dataclasses import strict
 from transformers import PreTrainedConfig
-from transformers.activations import ACT2FN
 
-
-def _require_positive(config: PreTrainedConfig, *names: str) -> None:
-    for name in names:
-        value = getattr(config, name)
-        if value is None or value <= 0:
-            raise ValueError(f"{type(config).__name__}.{name} must be a positive number, got {value!r}.")
-
-
-def _require_fraction(config: PreTrainedConfig, *names: str) -> None:
-    for name in names:
-        value = getattr(config, name)
-        if not 0.0 <= value < 1.0:
-            raise ValueError(f"{type(config).__name__}.{name} must lie in [0, 1), got {value!r}.")
-
-
-def _require_heads_divide_width(config: PreTrainedConfig) -> None:
-    if config.hidden_size % config.num_attention_heads != 0:
-        raise ValueError(
-            f"{type(config).__name__}.hidden_size ({config.hidden_size}) must be a multiple of "
-            f"num_attention_heads ({config.num_attention_heads})."
-        )
-
-
-def _require_known_activation(config: PreTrainedConfig) -> None:
-    if config.hidden_act not in ACT2FN:
-        raise ValueError(
-            f"{type(config).__name__}.hidden_act={config.hidden_act!r} is unknown; accepted: {sorted(ACT2FN)}."
-        )
+from .config_checks import (
+    require_fraction,
+    require_heads_divide_width,
+    require_known_activation,
+    require_positive,
+)
 
 
 @strict
@@ -64,7 +41,7 @@ class MosaicClipTextConfig(PreTrainedConfig):
     eos_token_id: int = 49407
 
     def __post_init__(self, **kwargs):
-        _require_positive(
+        require_positive(
             self,
             "vocab_size",
             "hidden_size",
@@ -75,9 +52,9 @@ class MosaicClipTextConfig(PreTrainedConfig):
             "max_position_embeddings",
             "layer_norm_eps",
         )
-        _require_heads_divide_width(self)
-        _require_known_activation(self)
-        _require_fraction(self, "attention_dropout")
+        require_heads_divide_width(self)
+        require_known_activation(self)
+        require_fraction(self, "attention_dropout")
         if not 0 <= self.eos_token_id < self.vocab_size:
             raise ValueError(
                 f"MosaicClipTextConfig.eos_token_id={self.eos_token_id} must be a token id in [0, {self.vocab_size})."
@@ -111,7 +88,7 @@ class MosaicClipVisionConfig(PreTrainedConfig):
     initializer_factor: float = 1.0
 
     def __post_init__(self, **kwargs):
-        _require_positive(
+        require_positive(
             self,
             "hidden_size",
             "intermediate_size",
@@ -123,9 +100,9 @@ class MosaicClipVisionConfig(PreTrainedConfig):
             "patch_size",
             "layer_norm_eps",
         )
-        _require_heads_divide_width(self)
-        _require_known_activation(self)
-        _require_fraction(self, "attention_dropout", "patch_dropout")
+        require_heads_divide_width(self)
+        require_known_activation(self)
+        require_fraction(self, "attention_dropout", "patch_dropout")
         if self.image_size % self.patch_size != 0:
             raise ValueError(
                 f"MosaicClipVisionConfig.image_size ({self.image_size}) must be a multiple of "
@@ -155,7 +132,7 @@ class MosaicClipConfig(PreTrainedConfig):
     initializer_factor: float = 1.0
 
     def __post_init__(self, **kwargs):
-        _require_positive(self, "projection_dim")
+        require_positive(self, "projection_dim")
         if self.loss_type not in ("clip", "siglip"):
             raise ValueError(f"MosaicClipConfig.loss_type={self.loss_type!r} is unknown; accepted: 'clip', 'siglip'.")
         super().__post_init__(**kwargs)
