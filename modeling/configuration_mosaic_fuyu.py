@@ -61,7 +61,8 @@ class MosaicFuyuConfig(PreTrainedConfig):
             raise ValueError(
                 f"MosaicFuyuConfig.partial_rotary_factor must lie in (0, 1], got {self.partial_rotary_factor!r}."
             )
-        if int(self.head_dim * self.partial_rotary_factor) % 2:
+        rotary_dim = self.head_dim * self.partial_rotary_factor
+        if rotary_dim != int(rotary_dim) or int(rotary_dim) % 2:
             raise ValueError(
                 f"MosaicFuyuConfig: the rotary width head_dim * partial_rotary_factor = "
                 f"{self.head_dim} * {self.partial_rotary_factor} must be a whole even number."

@@ -223,7 +223,14 @@ class MosaicFuyuDecoder(MosaicFuyuPreTrainedModel):
         all_hidden_states = (hidden_states,) if output_hidden_states else None
         all_attentions = () if output_attentions else None
         for layer in self.layers:
-            hidden_states, attn_weights = layer(hidden_states, position_embeddings, causal_mask, past_key_values, **kwargs)
+            # keywords, so that activation checkpointing can drop the cache during training
+            hidden_states, attn_weights = layer(
+                hidden_states,
+                position_embeddings,
+                attention_mask=causal_mask,
+                past_key_values=past_key_values,
+                **kwargs,
+            )
             if output_hidden_states:
                 all_hidden_states += (hidden_states,)
             if output_attentions:

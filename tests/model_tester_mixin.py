@@ -29,8 +29,8 @@ class ModelTesterMixin(ABC):
         """Assert the shapes of `outputs`."""
 
     @abstractmethod
-    def compared_outputs(self, outputs) -> dict[str, torch.Tensor]:
-        """The output tensors two runs must agree on, by name."""
+    def compared_outputs(self, outputs, inputs: dict) -> dict[str, torch.Tensor]:
+        """The output tensors two runs on `inputs` must agree on, by name (padding positions left out)."""
 
     @abstractmethod
     def loss_of(self, model, inputs: dict) -> torch.Tensor:
@@ -41,8 +41,8 @@ class ModelTesterMixin(ABC):
         torch.manual_seed(0)
         return model_class._from_config(config, attn_implementation=attn_implementation).eval()
 
-    def assert_close_outputs(self, first, second, atol: float) -> None:
-        first, second = self.compared_outputs(first), self.compared_outputs(second)
+    def assert_close_outputs(self, first, second, inputs: dict, atol: float) -> None:
+        first, second = self.compared_outputs(first, inputs), self.compared_outputs(second, inputs)
         assert first.keys() == second.keys()
         for name in first:
             diff = (first[name] - second[name]).abs().max().item()
@@ -65,7 +65,7 @@ class ModelTesterMixin(ABC):
                 assert torch.equal(tensor, reloaded.state_dict()[name]), name
             inputs = self.make_inputs(model.config, batch_size=2)
             with torch.no_grad():
-                self.assert_close_outputs(model(**inputs), reloaded.eval()(**inputs), atol=0.0)
+                self.assert_close_outputs(model(**inputs), reloaded.eval()(**inputs), inputs, atol=0.0)
 
     def test_sdpa_matches_eager(self):
         for model_class in self.model_classes:
@@ -74,7 +74,7 @@ class ModelTesterMixin(ABC):
             assert sdpa.config._attn_implementation == "sdpa"
             inputs = self.make_inputs(eager.config, batch_size=3)
             with torch.no_grad():
-                self.assert_close_outputs(eager(**inputs), sdpa(**inputs), atol=1e-5)
+                self.assert_close_outputs(eager(**inputs), sdpa(**inputs), inputs, atol=1e-5)
 
     def test_batch_invariance(self):
         """Each sample run alone gives the same outputs as its row in a batch."""
@@ -82,9 +82,10 @@ class ModelTesterMixin(ABC):
             model = self.build(model_class, attn_implementation="sdpa")
             inputs = self.make_inputs(model.config, batch_size=3)
             with torch.no_grad():
-                batched = self.compared_outputs(model(**inputs))
+                batched = self.compared_outputs(model(**inputs), inputs)
                 for index in range(3):
-                    alone = self.compared_outputs(model(**self.select_sample(inputs, index)))
+                    sample = self.select_sample(inputs, index)
+                    alone = self.compared_outputs(model(**sample), sample)
                     for name, tensor in alone.items():
                         diff = (tensor[0] - batched[name][index]).abs().max().item()
                         assert diff <= 1e-5, f"{model_class.__name__}.{name}[{index}] differs by {diff}"

@@ -75,7 +75,7 @@ class TestMosaicClipModel(ModelTesterMixin):
         assert outputs.vision_model_output.last_hidden_state.shape == (batch, 1 + 16, 32)
         assert outputs.text_model_output.last_hidden_state.shape == (*inputs["input_ids"].shape, 32)
 
-    def compared_outputs(self, outputs):
+    def compared_outputs(self, outputs, inputs):
         return {
             "text_embeds": outputs.text_embeds,
             "image_embeds": outputs.image_embeds,
@@ -252,12 +252,12 @@ class TestMosaicClipTowers(ModelTesterMixin):
             assert outputs.pooler_output.shape == (batch, 32)
         assert outputs.last_hidden_state.shape[0] == batch
 
-    def compared_outputs(self, outputs):
+    def compared_outputs(self, outputs, inputs):
         first = outputs.get("image_embeds", outputs.get("text_embeds", outputs.get("pooler_output")))
         return {"embeds": first, "last_hidden_state": outputs.last_hidden_state}
 
     def loss_of(self, model, inputs):
-        return self.compared_outputs(model(**inputs))["embeds"].square().sum()
+        return self.compared_outputs(model(**inputs), inputs)["embeds"].square().sum()
 
 
 def test_text_padding_does_not_change_the_pooled_embedding():
