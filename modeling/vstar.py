@@ -1,0 +1,277 @@
+"""V* guided visual search (Wu & Xie, 2023) for any mosaic model, with a pluggable scorer.
+
+Some details are too small to see in the whole picture. `visual_search` finds the patch that holds a
+target with V*'s best-first hierarchical search; `vstar_generate` searches for what the question needs,
+then answers from the whole image plus full-resolution crops of what it found.
+
+A scorer is any object with two methods:
+- `score(images: list[PIL.Image.Image], target: str) -> list[float]`: confidence in [0, 1] that each
+  image shows the target (one batched call for many crops);
+- `heatmap(image: PIL.Image.Image, target: str) -> torch.Tensor`: a 2-D non-negative map of where in
+  the image the target likely is (any resolution; it is stretched over the image).
+"""
+
+import heapq
+import itertools
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import PIL.Image
+import PIL.ImageDraw
+import torch
+
+Box = tuple[int, int, int, int]  # (x0, y0, x1, y1) in original pixels, x1/y1 exclusive
+
+
+class Scorer(Protocol):
+    def score(self, images: list[PIL.Image.Image], target: str) -> list[float]: ...
+
+    def heatmap(self, image: PIL.Image.Image, target: str) -> torch.Tensor: ...
+
+
+@dataclass
+class SearchResult:
+    """Outcome of `visual_search`.
+
+    found: whether a patch reached `conf_high`, or the best patch seen reached `conf_low`.
+    box: the target's box in original pixels (tightened with the heatmap), None when not found.
+    score: the confidence of the patch the box came from (the best seen when not found).
+    boxes: every confident instance (several when the whole image already shows the target).
+    path: visited patches with their scores, in visiting order.
+    num_calls: scorer evaluations: one per image scored plus one per heatmap.
+    """
+
+    found: bool
+    box: Box | None
+    score: float
+    boxes: list[Box] = field(default_factory=list)
+    path: list[tuple[Box, float]] = field(default_factory=list)
+    num_calls: int = 0
+
+
+def split_box(box: Box) -> list[Box]:
+    """2x2 quadrants, or 4 strips along the long side when the aspect ratio is >= 2 or <= 0.5."""
+    x0, y0, x1, y1 = box
+    width, height = x1 - x0, y1 - y0
+    if width >= 2 * height:
+        xs = [x0 + round(i * width / 4) for i in range(5)]
+        return [(xs[i], y0, xs[i + 1], y1) for i in range(4)]
+    if height >= 2 * width:
+        ys = [y0 + round(i * height / 4) for i in range(5)]
+        return [(x0, ys[i], x1, ys[i + 1]) for i in range(4)]
+    xm, ym = x0 + width // 2, y0 + height // 2
+    return [(x0, y0, xm, ym), (xm, y0, x1, ym), (x0, ym, xm, y1), (xm, ym, x1, y1)]
+
+
+def _overlap_weights(cells: int, start: float, stop: float) -> torch.Tensor:
+    """Length of overlap of each unit cell [i, i + 1) with [start, stop)."""
+    edges = torch.arange(cells, dtype=torch.float64)
+    return (torch.clamp(torch.minimum(edges + 1, torch.tensor(stop)) - torch.maximum(edges, torch.tensor(start)), min=0))
+
+
+def heatmap_share(heatmap: torch.Tensor, outer: Box, inner: Box) -> float:
+    """Share of the heatmap mass (stretched over `outer`) that lies inside `inner`, exactly by cell area."""
+    total = float(heatmap.sum())
+    if total <= 0:
+        return 0.0
+    rows, cols = heatmap.shape
+    x0, y0, x1, y1 = outer
+    scale_x, scale_y = cols / (x1 - x0), rows / (y1 - y0)
+    row_weights = _overlap_weights(rows, (inner[1] - y0) * scale_y, (inner[3] - y0) * scale_y)
+    col_weights = _overlap_weights(cols, (inner[0] - x0) * scale_x, (inner[2] - x0) * scale_x)
+    return float(row_weights @ heatmap.double() @ col_weights) / total
+
+
+def heatmap_components(heatmap: torch.Tensor, outer: Box, relative_threshold: float = 0.5) -> list[tuple[float, Box]]:
+    """Boxes (in pixels of `outer`) of the 4-connected regions above `relative_threshold * max`, each with
+    its peak value, strongest first."""
+    if float(heatmap.max()) <= 0:
+        return []
+    above = (heatmap >= relative_threshold * heatmap.max()).tolist()
+    rows, cols = len(above), len(above[0])
+    x0, y0, x1, y1 = outer
+    cell_w, cell_h = (x1 - x0) / cols, (y1 - y0) / rows
+    seen = [[False] * cols for _ in range(rows)]
+    components = []
+    for start_row, start_col in itertools.product(range(rows), range(cols)):
+        if not above[start_row][start_col] or seen[start_row][start_col]:
+            continue
+        stack, cells = [(start_row, start_col)], []
+        seen[start_row][start_col] = True
+        while stack:
+            row, col = stack.pop()
+            cells.append((row, col))
+            for r, c in ((row - 1, col), (row + 1, col), (row, col - 1), (row, col + 1)):
+                if 0 <= r < rows and 0 <= c < cols and above[r][c] and not seen[r][c]:
+                    seen[r][c] = True
+                    stack.append((r, c))
+        rows_in, cols_in = [r for r, _ in cells], [c for _, c in cells]
+        peak = max(float(heatmap[r, c]) for r, c in cells)
+        box = (
+            x0 + math.floor(min(cols_in) * cell_w),
+            y0 + math.floor(min(rows_in) * cell_h),
+            x0 + math.ceil((max(cols_in) + 1) * cell_w),
+            y0 + math.ceil((max(rows_in) + 1) * cell_h),
+        )
+        components.append((peak, box))
+    return sorted(components, key=lambda component: -component[0])
+
+
+class _CountingScorer:
+    """Wraps a scorer to count evaluations and to refuse malformed answers with one clear error."""
+
+    def __init__(self, scorer: Scorer, image: PIL.Image.Image, target: str):
+        self.scorer, self.image, self.target, self.calls = scorer, image, target, 0
+
+    def score(self, boxes: Sequence[Box]) -> list[float]:
+        scores = list(self.scorer.score([self.image.crop(box) for box in boxes], self.target))
+        self.calls += len(boxes)
+        if len(scores) != len(boxes) or not all(0.0 <= float(s) <= 1.0 for s in scores):
+            raise ValueError(
+                f"{type(self.scorer).__name__}.score must return one confidence in [0, 1] per image; "
+                f"got {scores!r} for {len(boxes)} images."
+            )
+        return [float(s) for s in scores]
+
+    def heatmap(self, box: Box) -> torch.Tensor:
+        heatmap = torch.as_tensor(self.scorer.heatmap(self.image.crop(box), self.target)).detach().float().cpu()
+        self.calls += 1
+        if heatmap.ndim != 2 or heatmap.numel() == 0 or not bool(torch.isfinite(heatmap).all()) or heatmap.min() < 0:
+            raise ValueError(
+                f"{type(self.scorer).__name__}.heatmap must return a non-empty 2-D map of finite non-negative "
+                f"values; got shape {tuple(heatmap.shape)}."
+            )
+        return heatmap
+
+
+def default_min_size(width: int, height: int) -> int:
+    """SEAL's smallest patch side: a quarter of the short side, but at least 224 pixels."""
+    return max(math.ceil(min(width, height) / 4), 224)
+
+
+def visual_search(
+    image: PIL.Image.Image,
+    target: str,
+    scorer: Scorer,
+    *,
+    min_size: int | None = None,
+    conf_high: float = 0.5,
+    conf_low: float = 0.3,
+    max_calls: int | None = None,
+) -> SearchResult:
+    """V*'s best-first hierarchical search for `target` in `image`.
+
+    The root patch is the whole image. A popped patch that scores at least `conf_high` ends the search
+    (at the root, every confident instance found in the heatmap is collected). Patches whose short side
+    is at most `min_size` are leaves; others are split 2x2 (or into 4 strips when elongated) and each
+    child gets priority sum over the patch and its ancestors a of share(heatmap_a, child) / 4^level(a),
+    in one global queue, so the search backtracks. The 4 children are scored in one batched call. When
+    the queue is empty or `max_calls` is spent, the best patch seen is returned if it reaches `conf_low`.
+    """
+    if not isinstance(image, PIL.Image.Image):
+        raise TypeError(f"visual_search takes a PIL.Image.Image, got {type(image).__name__}.")
+    if min(image.size) == 0:
+        raise ValueError(f"visual_search got an empty image of size {image.size}.")
+    if not 0.0 <= conf_low <= conf_high <= 1.0:
+        raise ValueError(f"Need 0 <= conf_low <= conf_high <= 1, got conf_low={conf_low}, conf_high={conf_high}.")
+    if max_calls is not None and max_calls < 1:
+        raise ValueError(f"max_calls must be at least 1 (the root's score), got {max_calls}.")
+    image = image.convert("RGB")
+    min_size = default_min_size(*image.size) if min_size is None else min_size
+    counter = _CountingScorer(scorer, image, target)
+    root = (0, 0, *image.size)
+    root_score = counter.score([root])[0]
+    path = [(root, root_score)]
+    best_box, best_score = root, root_score
+
+    def budget_left(needed: int) -> bool:
+        return max_calls is None or counter.calls + needed <= max_calls
+
+    def located(box: Box) -> Box:
+        """Tighten a confident patch to its strongest heatmap region (the patch itself if the map is flat)."""
+        if box != root and budget_left(1):
+            components = heatmap_components(counter.heatmap(box), box)
+            if components:
+                return components[0][1]
+        return box
+
+    def found(box: Box, score: float, boxes: list[Box] | None = None) -> SearchResult:
+        final = located(box)
+        return SearchResult(True, final, score, boxes or [final], path, counter.calls)
+
+    if root_score >= conf_high:
+        instances = []
+        if budget_left(1):
+            candidates = [box for _, box in heatmap_components(counter.heatmap(root), root)]
+            if candidates and budget_left(len(candidates)):
+                scores = counter.score(candidates)
+                instances = [(s, b) for s, b in zip(scores, candidates) if s >= conf_high]
+        instances.sort(key=lambda instance: -instance[0])
+        boxes = [box for _, box in instances] or [root]
+        return SearchResult(True, boxes[0], instances[0][0] if instances else root_score, boxes, path, counter.calls)
+
+    # queue entries: (-priority, insertion order, box, level, score, ancestors' (box, level, heatmap))
+    order = itertools.count()
+    queue = [(0.0, next(order), root, 0, root_score, ())]
+    while queue:
+        _, _, box, level, score, ancestors = heapq.heappop(queue)
+        if box != root:
+            path.append((box, score))
+            if score >= conf_high:
+                return found(box, score)
+        if min(box[2] - box[0], box[3] - box[1]) <= min_size or not budget_left(1 + 4):
+            continue
+        lineage = (*ancestors, (box, level, counter.heatmap(box)))
+        children = split_box(box)
+        for child, child_score in zip(children, counter.score(children)):
+            priority = sum(heatmap_share(heatmap, a_box, child) / 4**a_level for a_box, a_level, heatmap in lineage)
+            heapq.heappush(queue, (-priority, next(order), child, level + 1, child_score, lineage))
+            if child_score > best_score:
+                best_box, best_score = child, child_score
+
+    if best_score >= conf_low:
+        return found(best_box, best_score)
+    return SearchResult(False, None, best_score, [], path, counter.calls)
+
+
+def exhaustive_search(
+    image: PIL.Image.Image, target: str, scorer: Scorer, *, window: int, conf_low: float = 0.3, batch_size: int = 16
+) -> SearchResult:
+    """The baseline V* is measured against: score every `window`-sized square on a half-window stride."""
+    image = image.convert("RGB")
+    width, height = image.size
+    window = min(window, width, height)
+    stride = max(window // 2, 1)
+
+    def starts(size: int) -> list[int]:
+        return sorted({*range(0, size - window + 1, stride), size - window})
+
+    boxes = [(x, y, x + window, y + window) for y in starts(height) for x in starts(width)]
+    counter = _CountingScorer(scorer, image, target)
+    scores = [s for i in range(0, len(boxes), batch_size) for s in counter.score(boxes[i : i + batch_size])]
+    best = max(range(len(boxes)), key=scores.__getitem__)
+    path = list(zip(boxes, scores))
+    if scores[best] < conf_low:
+        return SearchResult(False, None, scores[best], [], path, counter.calls)
+    components = heatmap_components(counter.heatmap(boxes[best]), boxes[best])
+    box = components[0][1] if components else boxes[best]
+    return SearchResult(True, box, scores[best], [box], path, counter.calls)
+
+
+def draw_search(image: PIL.Image.Image, result: SearchResult) -> PIL.Image.Image:
+    """The image with every visited patch outlined in visiting order (blue early, red late, numbered)
+    and the final box in thick green."""
+    canvas = image.convert("RGB").copy()
+    draw = PIL.ImageDraw.Draw(canvas)
+    line = max(2, round(min(canvas.size) / 300))
+    steps = max(len(result.path) - 1, 1)
+    for step, (box, score) in enumerate(result.path):
+        mix = step / steps
+        color = (round(255 * mix), 64, round(255 * (1 - mix)))
+        draw.rectangle([box[0], box[1], box[2] - 1, box[3] - 1], outline=color, width=line)
+        draw.text((box[0] + 2 * line, box[1] + 2 * line), f"{step}: {score:.2f}", fill=color)
+    for box in result.boxes:
+        draw.rectangle([box[0], box[1], box[2] - 1, box[3] - 1], outline=(0, 200, 0), width=3 * line)
+    return canvas

@@ -1,0 +1,180 @@
+"""V* search on real photos with a planted target, scored by a deterministic pixel-counting scorer."""
+
+import numpy as np
+import PIL.Image
+import pytest
+import torch
+
+from mosaic_vlm.modeling.vstar import (
+    SearchResult,
+    draw_search,
+    exhaustive_search,
+    heatmap_share,
+    split_box,
+    visual_search,
+)
+
+RED, BLUE = (255, 0, 0), (0, 0, 255)
+
+
+def iou(a, b) -> float:
+    inter_w = max(0, min(a[2], b[2]) - max(a[0], b[0]))
+    inter_h = max(0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = inter_w * inter_h
+    return inter / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter)
+
+
+def color_mask(image: PIL.Image.Image, color) -> torch.Tensor:
+    return torch.from_numpy(np.all(np.asarray(image) == color, axis=-1)).float()
+
+
+class PlantedColorScorer:
+    """Confidence grows with the share of exact `color` pixels in a crop; the heatmap is that mask pooled
+    to 32x32, plus `decoy_weight` times the mask of a decoy colour (to mislead the search)."""
+
+    def __init__(self, color=RED, gain: float = 60.0, decoy=None, decoy_weight: float = 0.0):
+        self.color, self.gain, self.decoy, self.decoy_weight = color, gain, decoy, decoy_weight
+        self.batch_sizes = []
+
+    def score(self, images, target):
+        self.batch_sizes.append(len(images))
+        return [min(1.0, float(color_mask(image, self.color).mean()) * self.gain) for image in images]
+
+    def heatmap(self, image, target):
+        mask = color_mask(image, self.color)
+        if self.decoy is not None:
+            mask = mask + self.decoy_weight * color_mask(image, self.decoy)
+        return torch.nn.functional.adaptive_avg_pool2d(mask[None, None], (32, 32))[0, 0]
+
+
+def photo_with_squares(size, squares) -> PIL.Image.Image:
+    """skimage's astronaut photo resized to `size`, with solid squares planted at (x, y, side, colour)."""
+    from skimage import data
+
+    image = PIL.Image.fromarray(data.astronaut()).resize(size, PIL.Image.BICUBIC)
+    pixels = np.asarray(image).copy()
+    for x, y, side, color in squares:
+        pixels[y : y + side, x : x + side] = color
+    return PIL.Image.fromarray(pixels)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_small_target_in_a_large_photo_is_found(seed):
+    rng = np.random.default_rng(seed)
+    x, y = (int(v) for v in rng.integers(0, 1536 - 40, size=2))
+    image = photo_with_squares((1536, 1536), [(x, y, 40, RED)])
+    scorer = PlantedColorScorer()
+    result = visual_search(image, "red square", scorer)
+    assert result.found and result.score >= 0.5
+    assert iou(result.box, (x, y, x + 40, y + 40)) > 0.5
+    # root + at most two expansions of 4 children and their heatmaps per level, plus the final heatmap
+    assert result.num_calls <= 40
+    window_scan = exhaustive_search(image, "red square", PlantedColorScorer(), window=384)
+    assert window_scan.found and result.num_calls * 4 <= window_scan.num_calls
+
+
+def test_batched_scorer_calls():
+    image = photo_with_squares((1024, 1024), [(700, 100, 30, RED)])
+    scorer = PlantedColorScorer(gain=150)
+    visual_search(image, "red square", scorer)
+    assert scorer.batch_sizes[0] == 1 and 4 in scorer.batch_sizes
+    assert sum(scorer.batch_sizes) < 40
+
+
+def test_backtracks_when_the_first_branch_is_wrong():
+    # the heatmap points strongly at a blue decoy in the top-left, the target is bottom-right
+    image = photo_with_squares((1536, 1536), [(100, 100, 120, BLUE), (1300, 1300, 40, RED)])
+    scorer = PlantedColorScorer(decoy=BLUE, decoy_weight=10.0)
+    result = visual_search(image, "red square", scorer)
+    assert result.found and iou(result.box, (1300, 1300, 1340, 1340)) > 0.5
+    visited = [box for box, _ in result.path[1:]]
+    assert visited[0] == (0, 0, 768, 768)  # the decoy's quadrant goes first
+    assert any(box[0] >= 768 and box[1] >= 768 for box in visited)  # then the search comes back
+
+
+def test_elongated_patches_split_into_strips():
+    assert split_box((0, 0, 2000, 500)) == [(0, 0, 500, 500), (500, 0, 1000, 500), (1000, 0, 1500, 500), (1500, 0, 2000, 500)]
+    assert split_box((0, 0, 400, 1000)) == [(0, 0, 400, 250), (0, 250, 400, 500), (0, 500, 400, 750), (0, 750, 400, 1000)]
+    assert split_box((10, 10, 110, 60)) == [(10, 10, 35, 60), (35, 10, 60, 60), (60, 10, 85, 60), (85, 10, 110, 60)]
+    assert split_box((0, 0, 300, 200)) == [(0, 0, 150, 100), (150, 0, 300, 100), (0, 100, 150, 200), (150, 100, 300, 200)]
+    image = photo_with_squares((2048, 512), [(1700, 200, 30, RED)])
+    result = visual_search(image, "red square", PlantedColorScorer(gain=100), min_size=256)
+    assert result.found and iou(result.box, (1700, 200, 1730, 230)) > 0.5
+    assert result.path[1][0][3] - result.path[1][0][1] == 512  # first visited child is a full-height strip
+
+
+def test_not_found_is_a_clear_result():
+    image = photo_with_squares((1024, 1024), [])
+    result = visual_search(image, "red square", PlantedColorScorer())
+    assert isinstance(result, SearchResult)
+    assert not result.found and result.box is None and result.boxes == []
+    assert len(result.path) > 1 and result.score < 0.3
+
+
+def test_max_calls_budget_is_respected():
+    image = photo_with_squares((1536, 1536), [(1300, 1300, 40, RED)])
+    for budget in (1, 5, 12):
+        result = visual_search(image, "red square", PlantedColorScorer(), max_calls=budget)
+        assert result.num_calls <= budget
+    with pytest.raises(ValueError, match="max_calls must be at least 1"):
+        visual_search(image, "red square", PlantedColorScorer(), max_calls=0)
+
+
+def test_low_confidence_best_patch_is_returned_above_conf_low():
+    image = photo_with_squares((1024, 1024), [(600, 600, 40, RED)])
+    # the gain makes the best leaf score ~0.35: below conf_high, above conf_low
+    result = visual_search(image, "red square", PlantedColorScorer(gain=14), conf_high=0.9)
+    assert result.found and 0.3 <= result.score < 0.9
+    assert iou(result.box, (600, 600, 640, 640)) > 0.5
+
+
+def test_several_instances_found_at_the_root():
+    image = photo_with_squares((1024, 1024), [(100, 120, 160, RED), (700, 600, 160, RED)])
+    result = visual_search(image, "red square", PlantedColorScorer())
+    assert result.found and len(result.boxes) == 2 and len(result.path) == 1
+    truths = [(100, 120, 260, 280), (700, 600, 860, 760)]
+    for truth in truths:
+        assert max(iou(box, truth) for box in result.boxes) > 0.5
+
+
+def test_heatmap_share_is_exact_by_area():
+    heatmap = torch.zeros(4, 4)
+    heatmap[0, 0] = 1.0
+    heatmap[3, 3] = 3.0
+    outer = (0, 0, 400, 400)
+    assert heatmap_share(heatmap, outer, (0, 0, 200, 200)) == pytest.approx(0.25)
+    assert heatmap_share(heatmap, outer, (200, 200, 400, 400)) == pytest.approx(0.75)
+    assert heatmap_share(heatmap, outer, (0, 0, 50, 100)) == pytest.approx(0.125)  # half of cell (0, 0)
+    assert heatmap_share(torch.zeros(3, 3), outer, (0, 0, 10, 10)) == 0.0
+
+
+def test_bad_scorers_and_inputs_raise_clear_errors():
+    image = photo_with_squares((512, 512), [])
+
+    class WrongLength(PlantedColorScorer):
+        def score(self, images, target):
+            return [0.1]
+
+    class NegativeHeatmap(PlantedColorScorer):
+        def heatmap(self, image, target):
+            return -torch.ones(4, 4)
+
+    with pytest.raises(ValueError, match="one confidence in \\[0, 1\\] per image"):
+        visual_search(image, "x", WrongLength(), min_size=100)
+    with pytest.raises(ValueError, match="non-negative"):
+        visual_search(image, "x", NegativeHeatmap(), min_size=100)
+    with pytest.raises(TypeError, match="PIL.Image.Image"):
+        visual_search(np.zeros((10, 10, 3)), "x", PlantedColorScorer())
+    with pytest.raises(ValueError, match="conf_low <= conf_high"):
+        visual_search(image, "x", PlantedColorScorer(), conf_low=0.6, conf_high=0.5)
+
+
+def test_draw_search_marks_path_and_final_box(tmp_path):
+    image = photo_with_squares((1024, 1024), [(700, 100, 30, RED)])
+    result = visual_search(image, "red square", PlantedColorScorer(gain=150))
+    picture = draw_search(image, result)
+    assert picture.size == image.size
+    x0, y0, x1, y1 = result.boxes[0]
+    assert picture.getpixel((x0, (y0 + y1) // 2)) == (0, 200, 0)  # final box outline in green
+    picture.save(tmp_path / "trace.png")
+    assert PIL.Image.open(tmp_path / "trace.png").size == image.size
