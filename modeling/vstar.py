@@ -260,6 +260,50 @@ def exhaustive_search(
     return SearchResult(True, box, scores[best], [box], path, counter.calls)
 
 
+class ClipScorer:
+    """Scores with a CLIP-style model. Confidence: the softmax probability of the target prompt against
+    background prompts. Heatmap: the same softmax per patch, from the projected patch tokens of one
+    forward pass (each patch token compared with the text embeddings)."""
+
+    def __init__(
+        self,
+        model,
+        processor,
+        prompt: str = "a photo of {}",
+        background_prompts: Sequence[str] = ("a photo", "a photo of the background", "a photo of something"),
+    ):
+        self.model, self.processor = model.eval(), processor
+        self.prompt, self.background_prompts = prompt, tuple(background_prompts)
+
+    @torch.no_grad()
+    def _text_embeds(self, target: str) -> torch.Tensor:
+        texts = self.processor(text=[self.prompt.format(target), *self.background_prompts])
+        embeds = self.model.get_text_features(texts["input_ids"], texts["attention_mask"]).pooler_output
+        return embeds / embeds.norm(dim=-1, keepdim=True)  # (1 + backgrounds, dim)
+
+    def _pixels(self, images) -> torch.Tensor:
+        """Whole images stretched to the model's square input: no centre crop, so a heatmap covers all of it."""
+        side = self.model.config.vision_config.image_size
+        size = {"height": side, "width": side}
+        return self.processor.image_processor(images, do_center_crop=False, size=size, return_tensors="pt")["pixel_values"]
+
+    @torch.no_grad()
+    def score(self, images: list[PIL.Image.Image], target: str) -> list[float]:
+        pixel_values = self._pixels(images)
+        image_embeds = self.model.get_image_features(pixel_values).pooler_output
+        image_embeds = image_embeds / image_embeds.norm(dim=-1, keepdim=True)
+        logits = self.model.similarity_logits(self._text_embeds(target), image_embeds)  # (prompts, images)
+        return logits.softmax(dim=0)[0].tolist()
+
+    @torch.no_grad()
+    def heatmap(self, image: PIL.Image.Image, target: str) -> torch.Tensor:
+        patch_embeds = self.model.get_patch_features(self._pixels(image))[0]  # (patches, dim)
+        patch_embeds = patch_embeds / patch_embeds.norm(dim=-1, keepdim=True)
+        probabilities = self.model.similarity_logits(self._text_embeds(target), patch_embeds).softmax(dim=0)[0]
+        grid = math.isqrt(probabilities.numel())
+        return probabilities.reshape(grid, grid)  # row-major patch order -> (grid rows, grid cols)
+
+
 def draw_search(image: PIL.Image.Image, result: SearchResult) -> PIL.Image.Image:
     """The image with every visited patch outlined in visiting order (blue early, red late, numbered)
     and the final box in thick green."""
