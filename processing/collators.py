@@ -40,7 +40,7 @@ class _ImageTextCollator:
                 raise ValueError(f"Row {index} of the dataset has an unreadable image: {error}") from error
         tokenizer = self.processor.tokenizer
         for column in self.text_columns:
-            lengths = [len(ids) for ids in tokenizer(dataset[column])["input_ids"]]
+            lengths = [len(ids) for ids in tokenizer(list(dataset[column]))["input_ids"]]
             too_long = sum(length > tokenizer.model_max_length for length in lengths)
             if too_long:
                 logger.warning(
