@@ -88,13 +88,11 @@ def keep_image_embeds(outputs, labels):
     return outputs[3]
 
 
-def main(argv=None) -> dict:
-    parser = HfArgumentParser((ModelArguments, TrainingArguments), description=__doc__)
-    model_args, training_args = parser.parse_args_into_dataclasses(args=argv)
+def build_trainer(model_args: ModelArguments, training_args: TrainingArguments) -> Trainer:
+    """The data sets (validated), processor, model and Trainer of this recipe."""
     training_args.remove_unused_columns = False
     training_args.dataloader_pin_memory = False
     torch.manual_seed(training_args.seed)
-
     data = digit_caption_dataset(image_size=model_args.image_size)
     train_set, test_set = data["train"], data["test"]
     if model_args.max_train_samples is not None:
@@ -104,8 +102,7 @@ def main(argv=None) -> dict:
     collator.validate(train_set)
     collator.validate(test_set)
     model = build_model(model_args, processor.tokenizer)
-
-    trainer = Trainer(
+    return Trainer(
         model=model,
         args=training_args,
         train_dataset=train_set,
@@ -115,13 +112,20 @@ def main(argv=None) -> dict:
         compute_metrics=zero_shot_metrics(model, processor, np.array(test_set["label"])),
         preprocess_logits_for_metrics=keep_image_embeds,
     )
+
+
+def main(argv=None) -> dict:
+    parser = HfArgumentParser((ModelArguments, TrainingArguments), description=__doc__)
+    model_args, training_args = parser.parse_args_into_dataclasses(args=argv)
+    trainer = build_trainer(model_args, training_args)
     trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
     metrics = trainer.evaluate()
     trainer.save_model(training_args.output_dir)
     if trainer.is_world_process_zero():
         with open(os.path.join(training_args.output_dir, "final_metrics.json"), "w") as file:
             json.dump(metrics, file, indent=2)
-        print(f"zero-shot accuracy on {len(test_set)} held-out digits: {metrics['eval_zero_shot_accuracy']:.1%}")
+        accuracy = metrics["eval_zero_shot_accuracy"]
+        print(f"zero-shot accuracy on {len(trainer.eval_dataset)} held-out digits: {accuracy:.1%}")
     if training_args.push_to_hub:
         trainer.push_to_hub()
     return metrics
