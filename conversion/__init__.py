@@ -1,3 +1,23 @@
 """mosaic_vlm.conversion: converters from and to transformers and OpenAI / open_clip layouts."""
 
 import mosaic_vlm.modeling  # noqa: F401  (registers every class with the Auto API)
+
+from .clip import (
+    clip_from_openai,
+    clip_from_transformers,
+    clip_to_openai,
+    clip_to_transformers,
+    infer_openai_config,
+    load_openai_state_dict,
+    openai_clip_logits,
+)
+
+__all__ = [
+    "clip_from_openai",
+    "clip_from_transformers",
+    "clip_to_openai",
+    "clip_to_transformers",
+    "infer_openai_config",
+    "load_openai_state_dict",
+    "openai_clip_logits",
+]
