@@ -3,6 +3,7 @@ the held-out digits during and after training; save (and optionally push) the mo
 
     python examples/train_clip.py --output_dir out/clip-digits --num_train_epochs 20
     torchrun --nproc_per_node 2 examples/train_clip.py --output_dir out/clip-digits --ddp_backend gloo
+    accelerate launch --config_file examples/accelerate_two_cpu.yaml examples/train_clip.py --output_dir out/clip-digits
 
 Every TrainingArguments flag works (see --help), e.g. --push_to_hub --hub_model_id you/clip-digits.
 """
@@ -125,7 +126,8 @@ def main(argv=None) -> dict:
         with open(os.path.join(training_args.output_dir, "final_metrics.json"), "w") as file:
             json.dump(metrics, file, indent=2)
         accuracy = metrics["eval_zero_shot_accuracy"]
-        print(f"zero-shot accuracy on {len(trainer.eval_dataset)} held-out digits: {accuracy:.1%}")
+        processes = trainer.args.world_size
+        print(f"zero-shot accuracy on {len(trainer.eval_dataset)} held-out digits: {accuracy:.1%} ({processes} processes)")
     if training_args.push_to_hub:
         trainer.push_to_hub()
     return metrics
