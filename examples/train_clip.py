@@ -3,7 +3,7 @@ the held-out digits during and after training; save (and optionally push) the mo
 
     python examples/train_clip.py --output_dir out/clip-digits --num_train_epochs 20
     torchrun --nproc_per_node 2 examples/train_clip.py --output_dir out/clip-digits --ddp_backend gloo
-    accelerate launch --config_file examples/accelerate_two_cpu.yaml examples/train_clip.py --output_dir out/clip-digits
+    accelerate launch --config_file examples/accelerate_two_cpu.yaml examples/train_clip.py --output_dir out/clip-digits --ddp_backend gloo
 
 Every TrainingArguments flag works (see --help), e.g. --push_to_hub --hub_model_id you/clip-digits.
 """

@@ -104,7 +104,7 @@ def test_too_long_captions_are_truncated_with_a_warning(clip_processor, caplog):
     "launcher, backend_args",
     [
         (["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"], ["--ddp_backend", "gloo"]),
-        (["-m", "accelerate.commands.launch", "--config_file", os.path.join(EXAMPLES, "accelerate_two_cpu.yaml")], []),
+        (["-m", "accelerate.commands.launch", "--config_file", os.path.join(EXAMPLES, "accelerate_two_cpu.yaml")], ["--ddp_backend", "gloo"]),
     ],
     ids=["torchrun", "accelerate"],
 )
