@@ -120,3 +120,37 @@ def test_two_ranks_run_the_clip_recipe(tmp_path, launcher, backend_args):
     assert result.returncode == 0, result.stderr[-3000:]
     assert "held-out digits" in result.stdout and "(2 processes)" in result.stdout
     assert os.path.isfile(tmp_path / "model.safetensors")
+
+
+def test_fuyu_gradient_accumulation_equals_the_large_batch(tmp_path):
+    """One optimizer step over 4 samples: batch 4 equals 2 micro-batches of 2 (Trainer passes
+    num_items_in_batch, so unequal answer lengths are weighted per token, not per micro-batch)."""
+    from test_modeling_fuyu import tiny_fuyu_config, varied_batch
+    from transformers import Trainer, default_data_collator
+
+    from mosaic_vlm.modeling import MosaicFuyuForCausalLM
+
+    inputs = varied_batch(4)
+    labels = torch.full_like(inputs["input_ids"], -100)
+    for row, answer_length in enumerate((3, 1, 2, 4)):
+        labels[row, -answer_length:] = inputs["input_ids"][row, -answer_length:]
+    rows = [{**{name: value[row] for name, value in inputs.items()}, "labels": labels[row]} for row in range(4)]
+
+    def one_step(batch_size, accumulation):
+        torch.manual_seed(0)
+        model = MosaicFuyuForCausalLM._from_config(tiny_fuyu_config(), attn_implementation="eager")
+        args = TrainingArguments(
+            output_dir=str(tmp_path / f"b{batch_size}"), per_device_train_batch_size=batch_size,
+            gradient_accumulation_steps=accumulation, max_steps=1, learning_rate=0.1, optim="sgd",
+            lr_scheduler_type="constant", report_to=[], save_strategy="no", logging_steps=1, disable_tqdm=True,
+            remove_unused_columns=False, dataloader_pin_memory=False,
+        )
+        trainer = Trainer(model=model, args=args, train_dataset=rows, data_collator=default_data_collator)
+        loss = trainer.train().training_loss
+        return loss, model.state_dict()
+
+    large_loss, large = one_step(4, 1)
+    small_loss, accumulated = one_step(2, 2)
+    assert abs(large_loss - small_loss) < 1e-5
+    for name, tensor in large.items():
+        torch.testing.assert_close(accumulated[name], tensor, atol=1e-6, rtol=1e-5, msg=lambda m: f"{name}: {m}")
