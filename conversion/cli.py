@@ -17,6 +17,14 @@ from pathlib import Path
 
 import safetensors.torch
 
+from .commands import (
+    add_bench_command,
+    add_demo_command,
+    add_pull_command,
+    add_push_command,
+    add_train_command,
+    add_zero_shot_command,
+)
 from .clip import (
     LOGIT_ATOL,
     OPENAI_WEIGHTS_NAME,
@@ -165,7 +173,15 @@ def progress_to_stderr() -> Iterator[None]:
         logger.setLevel(previous_level)
 
 
-COMMANDS = (add_convert_command,)
+COMMANDS = (
+    add_convert_command,
+    add_zero_shot_command,
+    add_train_command,
+    add_push_command,
+    add_pull_command,
+    add_bench_command,
+    add_demo_command,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,104 @@
+"""Run every side-by-side benchmark in one run and write the report: report.json, report.md (the table the
+README includes) and ratios.png (a bar chart of reference time / our time).
+
+    python benchmarks/report.py --output bench-report [--quick]
+"""
+
+import argparse
+import importlib.util
+import json
+import os
+import platform
+import sys
+from pathlib import Path
+
+import torch
+
+HERE = Path(__file__).resolve().parent
+
+# (module in benchmarks/, its entry point) in the order the report lists them
+BENCHMARKS = (
+    ("bench_clip", "run_clip_benchmark"),
+    ("bench_fuyu_processing", "run_fuyu_processing_benchmark"),
+    ("bench_fuyu_model", "run_fuyu_model_benchmark"),
+    ("vstar_bench", "run_vstar_benchmark"),
+)
+
+
+def _load(name: str):
+    spec = importlib.util.spec_from_file_location(f"mosaic_vlm_benchmarks_{name}", HERE / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def ratio_rows(name: str, result: dict) -> list[dict]:
+    """The (case, ours ms, reference ms, ratio) rows a benchmark reports under `cases`."""
+    return [
+        {
+            "benchmark": name,
+            "case": row["case"],
+            "ours_ms": row.get("ours_ms"),
+            "reference_ms": row.get("reference_ms", row.get("transformers_ms")),
+            "ratio": row.get("ratio"),
+        }
+        for row in result.get("cases", [])
+    ]
+
+
+def write_report(output: Path, quick: bool = False) -> list[Path]:
+    output = Path(output)
+    output.mkdir(parents=True, exist_ok=True)
+    machine = f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads"
+    results, rows = {}, []
+    for name, entry in BENCHMARKS:
+        print(f"== {name}", file=sys.stderr)
+        result = getattr(_load(name), entry)(quick=quick)
+        results[name] = result
+        rows += ratio_rows(name, result)
+    report = {"machine": machine, "torch": torch.__version__, "quick": quick, "results": results}
+    json_path = output / "report.json"
+    json_path.write_text(json.dumps(report, indent=2, default=str))
+
+    lines = [f"Machine: {machine}; torch {torch.__version__}; medians of interleaved repeats.", ""]
+    lines += ["| benchmark | case | ours ms | reference ms | ratio |", "|---|---|---:|---:|---:|"]
+    for row in rows:
+        ours, reference, ratio = (row[k] for k in ("ours_ms", "reference_ms", "ratio"))
+        lines.append(
+            f"| {row['benchmark']} | {row['case']} | {ours:.1f} | {reference:.1f} | {ratio:.2f} |"
+            if None not in (ours, reference, ratio)
+            else f"| {row['benchmark']} | {row['case']} | {ours} | {reference} | {ratio} |"
+        )
+    markdown_path = output / "report.md"
+    markdown_path.write_text("\n".join(lines) + "\n")
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    plotted = [row for row in rows if isinstance(row["ratio"], (int, float))]
+    figure, axis = plt.subplots(figsize=(8, 0.4 * len(plotted) + 1.5))
+    labels = [f"{row['benchmark']}: {row['case']}" for row in plotted]
+    axis.barh(labels, [row["ratio"] for row in plotted], color="tab:blue")
+    axis.axvline(1.0, color="black", linewidth=1)
+    axis.set_xlabel("reference time / our time (> 1: faster than the reference)")
+    axis.invert_yaxis()
+    figure.tight_layout()
+    chart_path = output / "ratios.png"
+    figure.savefig(chart_path, dpi=120)
+    plt.close(figure)
+    return [json_path, markdown_path, chart_path]
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--output", type=Path, default=Path("bench-report"), help="report folder")
+    parser.add_argument("--quick", action="store_true", help="tiny sizes and few repeats (a smoke run)")
+    args = parser.parse_args(argv)
+    for path in write_report(args.output, args.quick):
+        print(path)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,187 @@
+"""The `mosaic-vlm` subcommands besides `convert`: thin layers over the library's public functions.
+
+`train`, `bench` and `demo` run the recipes kept in the source checkout (examples/ and benchmarks/);
+they say so clearly when run from an installation without them.
+"""
+
+import argparse
+import importlib.util
+import logging
+from pathlib import Path
+
+logger = logging.getLogger("mosaic_vlm.conversion")
+
+CHECKOUT = Path(__file__).resolve().parent.parent
+
+
+def load_checkout_module(folder: str, name: str):
+    """A recipe module from the source checkout (examples/ or benchmarks/), or one clear error."""
+    path = CHECKOUT / folder / f"{name}.py"
+    if not path.is_file():
+        raise ValueError(f"{path} is missing: this command runs the recipes of a mosaic-vlm source checkout.")
+    spec = importlib.util.spec_from_file_location(f"mosaic_vlm_{folder}_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def require_model_folder(path: Path) -> Path:
+    if not (path / "config.json").is_file():
+        raise ValueError(f"{path} is not a saved model folder (no config.json); pass a save_pretrained folder.")
+    return path
+
+
+def add_zero_shot_command(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "zero-shot",
+        help="rank labels for images with a CLIP-style model",
+        description="Classify images zero-shot: print, per image, the labels ranked by probability.",
+        epilog="example:\n  mosaic-vlm zero-shot clip-folder cat.png dog.jpg --labels 'a photo of a cat' 'a photo of a dog'",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("model", type=Path, help="a saved MosaicClipModel folder (with its processor)")
+    parser.add_argument("images", type=Path, nargs="+", help="image files")
+    parser.add_argument("--labels", nargs="+", required=True, help="candidate labels (at least two)")
+    parser.add_argument(
+        "--template", default="{}", help="text around each label, '{}' marks the label (default: the label alone)"
+    )
+    parser.set_defaults(handler=run_zero_shot)
+
+
+def run_zero_shot(args: argparse.Namespace) -> None:
+    from transformers import pipeline
+
+    require_model_folder(args.model)
+    if len(args.labels) < 2:
+        raise ValueError("--labels needs at least two candidate labels to rank.")
+    missing = [str(image) for image in args.images if not image.is_file()]
+    if missing:
+        raise ValueError(f"image file(s) not found: {', '.join(missing)}")
+    classifier = pipeline("zero-shot-image-classification", model=str(args.model))
+    for image in args.images:
+        print(f"{image}:")
+        results = classifier(
+            str(image),
+            candidate_labels=args.labels,
+            hypothesis_template=args.template,
+            tokenizer_kwargs={"truncation": True},
+        )
+        for rank, result in enumerate(results, start=1):
+            print(f"  {rank}. {result['score']:.3f}  {result['label']}")
+
+
+def add_push_command(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "push",
+        help="push a saved model folder to the Hub",
+        description="Push a saved model (and its processor, if the folder has one) to the Hub with a model card.",
+        epilog="example:\n  mosaic-vlm push out/clip-digits you/clip-digits --revision main",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("model", type=Path, help="a saved model folder")
+    parser.add_argument("repo_id", help="Hub repository, e.g. you/clip-digits")
+    parser.add_argument("--revision", default=None, help="branch to push to (created if missing)")
+    parser.add_argument("--private", action="store_true", help="create the repository as private")
+    parser.set_defaults(handler=run_push)
+
+
+def run_push(args: argparse.Namespace) -> None:
+    from huggingface_hub import create_branch
+    from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoProcessor
+
+    require_model_folder(args.model)
+    config = AutoConfig.from_pretrained(args.model)
+    auto_class = AutoModelForCausalLM if config.model_type == "mosaic_fuyu" else AutoModel
+    model = auto_class.from_pretrained(args.model)
+    logger.info("pushing %s to %s", args.model, args.repo_id)
+    model.push_to_hub(args.repo_id, private=args.private)
+    if args.revision is not None:
+        create_branch(args.repo_id, branch=args.revision, exist_ok=True)
+        model.push_to_hub(args.repo_id, revision=args.revision)
+    if (args.model / "processor_config.json").is_file():
+        AutoProcessor.from_pretrained(args.model).push_to_hub(args.repo_id, revision=args.revision)
+    logger.info("done: %s", args.repo_id)
+
+
+def add_pull_command(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "pull",
+        help="download a model repository from the Hub into a folder",
+        description="Download every file of a Hub model repository (at a branch, tag or commit) into a folder.",
+        epilog="example:\n  mosaic-vlm pull you/clip-digits --output clip-digits --revision v1",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("repo_id", help="Hub repository, e.g. you/clip-digits")
+    parser.add_argument("--output", "-o", type=Path, required=True, help="folder to download into")
+    parser.add_argument("--revision", default=None, help="branch, tag or commit sha (default: main)")
+    parser.set_defaults(handler=run_pull)
+
+
+def run_pull(args: argparse.Namespace) -> None:
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HfHubHTTPError, RepositoryNotFoundError, RevisionNotFoundError
+
+    logger.info("downloading %s", args.repo_id)
+    try:
+        path = snapshot_download(args.repo_id, revision=args.revision, local_dir=args.output)
+    except RepositoryNotFoundError as error:
+        raise ValueError(f"repository {args.repo_id!r} not found on the Hub") from error
+    except RevisionNotFoundError as error:
+        raise ValueError(f"revision {args.revision!r} not found in {args.repo_id!r}") from error
+    except HfHubHTTPError as error:
+        raise OSError(f"download of {args.repo_id!r} failed: {error}") from error
+    logger.info("done: %s", path)
+
+
+def add_train_command(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "train",
+        help="run a Trainer recipe (clip or fuyu) on the bundled digits",
+        description="Run examples/train_<recipe>.py; everything after the recipe name goes to its own parser "
+        "(HfArgumentParser: every TrainingArguments flag works).",
+        epilog="example:\n  mosaic-vlm train clip --output_dir out/clip --num_train_epochs 20 --learning_rate 2e-3",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("recipe", choices=("clip", "fuyu"), help="which model family to train")
+    parser.add_argument("recipe_args", nargs=argparse.REMAINDER, help="arguments of the recipe (see its --help)")
+    parser.set_defaults(handler=run_train)
+
+
+def run_train(args: argparse.Namespace) -> None:
+    load_checkout_module("examples", f"train_{args.recipe}").main(args.recipe_args)
+
+
+def add_bench_command(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "bench",
+        help="run the side-by-side benchmarks and write the report",
+        description="Run every benchmark against its transformers reference in one run; write JSON, a "
+        "markdown table and a PNG bar chart of the speed ratios into --output.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--output", "-o", type=Path, default=Path("bench-report"), help="report folder")
+    parser.add_argument("--quick", action="store_true", help="tiny sizes and few repeats (a smoke run)")
+    parser.set_defaults(handler=run_bench)
+
+
+def run_bench(args: argparse.Namespace) -> None:
+    report = load_checkout_module("benchmarks", "report")
+    paths = report.write_report(args.output, quick=args.quick)
+    for path in paths:
+        print(path)
+
+
+def add_demo_command(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "demo",
+        help="the main job: train tiny models on real images offline and report",
+        description="Train, evaluate, search and reload tiny models on images that ship in wheels; write a "
+        "report with pictures into --output-dir.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("demo_args", nargs=argparse.REMAINDER, help="arguments of examples/demo.py (see its --help)")
+    parser.set_defaults(handler=run_demo)
+
+
+def run_demo(args: argparse.Namespace) -> None:
+    load_checkout_module("examples", "demo").main(args.demo_args)
