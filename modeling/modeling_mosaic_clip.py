@@ -13,7 +13,6 @@ import torch.distributed as dist
 import torch.distributed._functional_collectives as functional_collectives
 import torch.nn.functional as F
 from torch import nn
-from transformers import PreTrainedModel
 from transformers import initialization as init
 from transformers.activations import ACT2FN
 from transformers.masking_utils import create_causal_mask
@@ -24,6 +23,7 @@ from transformers.utils import ModelOutput
 from transformers.utils.generic import can_return_tuple
 
 from .configuration_mosaic_clip import MosaicClipConfig, MosaicClipTextConfig, MosaicClipVisionConfig
+from .mosaic_pretrained import MosaicPreTrainedModel
 
 
 @dataclass
@@ -255,7 +255,7 @@ class MosaicClipEncoder(nn.Module):
         )
 
 
-class MosaicClipPreTrainedModel(PreTrainedModel):
+class MosaicClipPreTrainedModel(MosaicPreTrainedModel):
     config: MosaicClipConfig
     base_model_prefix = "mosaic_clip"
     input_modalities = ("image", "text")
@@ -263,23 +263,6 @@ class MosaicClipPreTrainedModel(PreTrainedModel):
     _no_split_modules = ["MosaicClipTextEmbeddings", "MosaicClipEncoderLayer", "MosaicClipVisionEmbeddings"]
     _supports_sdpa = True
     _supports_attention_backend = True
-    # Every Auto class that resolves to this model; written into config.auto_map when saved as remote code.
-    _remote_auto_classes: tuple[str, ...] = ("AutoModel",)
-
-    def save_pretrained(self, save_directory, *args, **kwargs):
-        if self._auto_class is not None:
-            target = f"{type(self).__module__.split('.')[-1]}.{type(self).__name__}"
-            self.config.auto_map = {
-                **getattr(self.config, "auto_map", {}),
-                **{auto_class: target for auto_class in self._remote_auto_classes},
-            }
-        return super().save_pretrained(save_directory, *args, **kwargs)
-
-    def _initialize_weights(self, module, is_custom_code: bool = False):
-        # For custom code transformers skips every module without parameters of its own (`all()` over none
-        # is True), which would skip the attention and MLP branches below. Our `_init_weights` only writes
-        # through `transformers.initialization`, which leaves loaded weights alone, so the guard is not needed.
-        super()._initialize_weights(module, is_custom_code=False)
 
     @torch.no_grad()
     def _init_weights(self, module):

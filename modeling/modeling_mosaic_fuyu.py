@@ -17,7 +17,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import GenerationMixin, PreTrainedModel
+from transformers import GenerationMixin
 from transformers import initialization as init
 from transformers.activations import ACT2FN
 from transformers.cache_utils import Cache, DynamicCache
@@ -28,6 +28,7 @@ from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.utils.generic import can_return_tuple
 
 from .configuration_mosaic_fuyu import MosaicFuyuConfig
+from .mosaic_pretrained import MosaicPreTrainedModel
 
 
 def eager_attention_forward(module, query, key, value, attention_mask, scaling, dropout=0.0, **kwargs):
@@ -144,7 +145,7 @@ class MosaicFuyuDecoderLayer(GradientCheckpointingLayer):
         return hidden_states, attn_weights
 
 
-class MosaicFuyuPreTrainedModel(PreTrainedModel):
+class MosaicFuyuPreTrainedModel(MosaicPreTrainedModel):
     config: MosaicFuyuConfig
     base_model_prefix = "model"
     input_modalities = ("image", "text")
@@ -153,22 +154,6 @@ class MosaicFuyuPreTrainedModel(PreTrainedModel):
     _supports_sdpa = True
     _supports_attention_backend = True
     _can_compile_fullgraph = False
-    # Every Auto class that resolves to this model; written into config.auto_map when saved as remote code.
-    _remote_auto_classes: tuple[str, ...] = ("AutoModel",)
-
-    def save_pretrained(self, save_directory, *args, **kwargs):
-        if self._auto_class is not None:
-            target = f"{type(self).__module__.split('.')[-1]}.{type(self).__name__}"
-            self.config.auto_map = {
-                **getattr(self.config, "auto_map", {}),
-                **{auto_class: target for auto_class in self._remote_auto_classes},
-            }
-        return super().save_pretrained(save_directory, *args, **kwargs)
-
-    def _initialize_weights(self, module, is_custom_code: bool = False):
-        # See MosaicClipPreTrainedModel: transformers' custom-code guard would skip modules without
-        # parameters of their own; `_init_weights` writes only through `transformers.initialization`.
-        super()._initialize_weights(module, is_custom_code=False)
 
     @torch.no_grad()
     def _init_weights(self, module):

@@ -93,7 +93,7 @@ def test_zero_shot_pipeline(saved_clip, photos):
 
 def test_remote_code_loads_where_mosaic_vlm_is_not_importable(saved_clip, photos, tmp_path):
     folder, model, processor = saved_clip
-    for name in ("configuration_mosaic_clip.py", "modeling_mosaic_clip.py", "config_checks.py",
+    for name in ("configuration_mosaic_clip.py", "modeling_mosaic_clip.py", "config_checks.py", "mosaic_pretrained.py",
                  "image_processing_mosaic_clip.py", "processing_mosaic_clip.py"):
         assert (folder / name).is_file(), name
     auto_map = json.loads((folder / "config.json").read_text())["auto_map"]
