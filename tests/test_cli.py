@@ -60,3 +60,16 @@ def test_train_runs_the_clip_recipe(tmp_path, capsys):
     assert code == 0
     assert "held-out digits" in capsys.readouterr().out
     assert (tmp_path / "model.safetensors").is_file()
+
+
+def test_bench_quick_writes_json_markdown_and_chart(tmp_path, capsys):
+    import json
+
+    assert main(["bench", "--quick", "--output", str(tmp_path)]) == 0
+    report = json.loads((tmp_path / "report.json").read_text())
+    cases = report["results"]["bench_clip"]["cases"]
+    assert {case["case"].split(" (")[0] for case in cases} >= {"image encode fp32", "text encode fp32"}
+    assert all(case["ratio"] > 0 for case in cases)
+    table = (tmp_path / "report.md").read_text()
+    assert "| benchmark | case | ours ms | reference ms | ratio |" in table and "torch threads" in table
+    assert PIL.Image.open(tmp_path / "ratios.png").size[0] > 100
