@@ -1,8 +1,7 @@
 """V* guided visual search (Wu & Xie, 2023) for any mosaic model, with a pluggable scorer.
 
 Some details are too small to see in the whole picture. `visual_search` finds the patch that holds a
-target with V*'s best-first hierarchical search; `vstar_generate` searches for what the question needs,
-then answers from the whole image plus full-resolution crops of what it found.
+target with V*'s best-first hierarchical search; `draw_search` pictures the search.
 
 A scorer is any object with two methods:
 - `score(images: list[PIL.Image.Image], target: str) -> list[float]`: confidence in [0, 1] that each
@@ -302,102 +301,6 @@ class ClipScorer:
         probabilities = self.model.similarity_logits(self._text_embeds(target), patch_embeds).softmax(dim=0)[0]
         grid = math.isqrt(probabilities.numel())
         return probabilities.reshape(grid, grid)  # row-major patch order -> (grid rows, grid cols)
-
-
-class FuyuScorer:
-    """Scores with a Fuyu-style model. Confidence: the model's probability of "yes" (against "no") as the
-    first answer token to a yes/no question about the target. Heatmap: the confidences of a `grid x grid`
-    tiling of the image, scored in one batched call."""
-
-    def __init__(self, model, processor, question: str = "Is there a {} in the image?", grid: int = 3):
-        self.model, self.processor, self.question, self.grid = model.eval(), processor, question, grid
-        tokenizer = processor.tokenizer
-        self.answer_ids = [tokenizer(word, add_special_tokens=False)["input_ids"][0] for word in ("yes", "no")]
-        if self.answer_ids[0] == self.answer_ids[1]:
-            raise ValueError("The tokenizer maps 'yes' and 'no' to the same first token; FuyuScorer needs them apart.")
-
-    @torch.no_grad()
-    def score(self, images: list[PIL.Image.Image], target: str) -> list[float]:
-        inputs = self.processor(images=[[image] for image in images], text=[self.question.format(target)] * len(images))
-        logits = self.model(**self.processor.model_inputs(inputs), logits_to_keep=1).logits[:, -1]
-        return logits[:, self.answer_ids].softmax(dim=-1)[:, 0].tolist()
-
-    def heatmap(self, image: PIL.Image.Image, target: str) -> torch.Tensor:
-        width, height = image.size
-        xs = [round(i * width / self.grid) for i in range(self.grid + 1)]
-        ys = [round(i * height / self.grid) for i in range(self.grid + 1)]
-        tiles = [image.crop((xs[c], ys[r], xs[c + 1], ys[r + 1])) for r in range(self.grid) for c in range(self.grid)]
-        return torch.tensor(self.score(tiles, target)).reshape(self.grid, self.grid)  # row-major tiles
-
-
-@dataclass
-class VStarOutput:
-    """answer: the generated answer text. targets: what was searched for. searches: each target's
-    SearchResult. memory: the visual working memory, (target, box in pixels, box normalised to [0, 1])."""
-
-    answer: str
-    targets: list[str]
-    searches: dict[str, SearchResult]
-    memory: list[tuple[str, Box, tuple[float, ...]]]
-
-
-TARGETS_PROMPT = "Question: {} Which objects do you need to see more clearly to answer it? Answer 'none' or a comma-separated list."
-
-
-def parse_targets(reply: str) -> list[str]:
-    """Target names from a comma-separated reply; 'none' (or nothing) gives no targets."""
-    names = [name.strip(" .'\"\n").lower() for name in reply.replace(" and ", ",").split(",")]
-    return list(dict.fromkeys(name for name in names if name and name != "none"))
-
-
-def enlarge_box(box: Box, factor: float, width: int, height: int) -> Box:
-    """`box` scaled by `factor` around its centre, clipped to the image."""
-    cx, cy = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
-    half_w, half_h = (box[2] - box[0]) * factor / 2, (box[3] - box[1]) * factor / 2
-    return (
-        max(0, math.floor(cx - half_w)),
-        max(0, math.floor(cy - half_h)),
-        min(width, math.ceil(cx + half_w)),
-        min(height, math.ceil(cy + half_h)),
-    )
-
-
-def _generate_text(model, processor, images, text, **generate_kwargs) -> str:
-    inputs = processor(images=[images], text=[text])
-    generated = model.generate(**processor.model_inputs(inputs), **generate_kwargs)
-    return processor.post_process_image_text_to_text(generated, inputs)[0]
-
-
-def vstar_generate(model, processor, image, question: str, *, targets=None, scorer=None, **generate_kwargs) -> VStarOutput:
-    """Answer `question` about `image` with a Fuyu-style `model`, searching first for what it needs.
-
-    1. Without `targets`, the model is asked which objects it cannot see clearly; its reply is parsed.
-    2. Each target is searched for with `visual_search` (the scorer defaults to a FuyuScorer on `model`).
-    3. The visual working memory holds each found box enlarged 1.2x around its centre, cropped at full
-       resolution, with its coordinates normalised to the image.
-    4. The whole image, the crops and the question go to the model, which generates the answer.
-    If no target is named or none is found, the model answers from the whole image alone.
-    """
-    image = image.convert("RGB")
-    width, height = image.size
-    if targets is None:
-        targets = parse_targets(_generate_text(model, processor, [image], TARGETS_PROMPT.format(question), **generate_kwargs))
-    scorer = scorer if scorer is not None else FuyuScorer(model, processor)
-    searches = {target: visual_search(image, target, scorer) for target in targets}
-    memory = []
-    for target, result in searches.items():
-        if result.found:
-            box = enlarge_box(result.box, 1.2, width, height)
-            normalised = (box[0] / width, box[1] / height, box[2] / width, box[3] / height)
-            memory.append((target, box, tuple(round(v, 3) for v in normalised)))
-    if not memory:
-        answer = _generate_text(model, processor, [image], question, **generate_kwargs)
-        return VStarOutput(answer, list(targets), searches, memory)
-    focus = "; ".join(f"{name} <image> at location [{', '.join(f'{v:.3f}' for v in norm)}]" for name, _, norm in memory)
-    prompt = f"<image>Additional visual information to focus on: {focus}. {question}"
-    crops = [image.crop(box) for _, box, _ in memory]
-    answer = _generate_text(model, processor, [image, *crops], prompt, **generate_kwargs)
-    return VStarOutput(answer, list(targets), searches, memory)
 
 
 def draw_search(image: PIL.Image.Image, result: SearchResult) -> PIL.Image.Image:

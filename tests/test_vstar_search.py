@@ -178,3 +178,30 @@ def test_draw_search_marks_path_and_final_box(tmp_path):
     assert picture.getpixel((x0, (y0 + y1) // 2)) == (0, 200, 0)  # final box outline in green
     picture.save(tmp_path / "trace.png")
     assert PIL.Image.open(tmp_path / "trace.png").size == image.size
+
+
+def test_clip_scorer_scores_and_heatmaps(clip_processor):
+    from conftest import tiny_clip_config
+
+    from mosaic_vlm.modeling import MosaicClipModel
+    from mosaic_vlm.modeling.vstar import ClipScorer
+
+    torch.manual_seed(0)
+    model = MosaicClipModel(tiny_clip_config()).eval()
+    scorer = ClipScorer(model, clip_processor, background_prompts=("a photo", "a cup of coffee"))
+    image = photo_with_squares((600, 400), [(10, 10, 30, RED)])
+    crops = [image, image.crop((0, 0, 200, 200)), image.crop((300, 100, 600, 400))]
+    scores = scorer.score(crops, "cat")
+    assert len(scores) == 3 and all(0 < s < 1 for s in scores)
+    # the confidence is the target prompt's share of the softmax over target + background prompts
+    side = model.config.vision_config.image_size
+    texts = clip_processor(text=["a photo of cat", "a photo", "a cup of coffee"])
+    with torch.no_grad():
+        for crop, score in zip(crops, scores):
+            pixels = clip_processor.image_processor(crop.resize((side, side), PIL.Image.BICUBIC), return_tensors="pt")
+            logits = model(**texts, pixel_values=pixels["pixel_values"]).logits_per_image[0]
+            assert logits.softmax(-1)[0].item() == pytest.approx(score, abs=0.02)
+    heatmap = scorer.heatmap(image, "cat")
+    assert heatmap.shape == (4, 4) and bool((heatmap > 0).all() and (heatmap < 1).all())
+    result = visual_search(image, "cat", scorer, min_size=100, max_calls=30)
+    assert result.num_calls <= 30 and len(result.path) >= 1
