@@ -6,6 +6,7 @@ from transformers import AutoImageProcessor, AutoProcessor
 import mosaic_vlm.modeling as _modeling  # registers the configs and models
 
 from .image_processing_mosaic_clip import MosaicClipImageProcessor
+from .image_processing_mosaic_fuyu import MosaicFuyuImageProcessor
 from .processing_mosaic_clip import MosaicClipProcessor
 from .tokenizer_training import train_bpe_tokenizer
 
@@ -13,7 +14,11 @@ AutoImageProcessor.register(
     _modeling.MosaicClipConfig, image_processor_classes={"pil": MosaicClipImageProcessor}, exist_ok=True
 )
 AutoProcessor.register(_modeling.MosaicClipConfig, MosaicClipProcessor, exist_ok=True)
+AutoImageProcessor.register(
+    _modeling.MosaicFuyuConfig, image_processor_classes={"pil": MosaicFuyuImageProcessor}, exist_ok=True
+)
 MosaicClipImageProcessor.register_for_auto_class("AutoImageProcessor")
+MosaicFuyuImageProcessor.register_for_auto_class("AutoImageProcessor")
 MosaicClipProcessor.register_for_auto_class("AutoProcessor")
 
-__all__ = ["MosaicClipImageProcessor", "MosaicClipProcessor", "train_bpe_tokenizer"]
+__all__ = ["MosaicClipImageProcessor", "MosaicClipProcessor", "MosaicFuyuImageProcessor", "train_bpe_tokenizer"]
