@@ -21,3 +21,4 @@ __all__ = [
     "load_openai_state_dict",
     "openai_clip_logits",
 ]
+from .fuyu import fuyu_from_transformers, fuyu_processor_from_transformers, fuyu_to_transformers  # noqa: E402
