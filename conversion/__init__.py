@@ -11,14 +11,17 @@ from .clip import (
     load_openai_state_dict,
     openai_clip_logits,
 )
+from .fuyu import fuyu_from_transformers, fuyu_processor_from_transformers, fuyu_to_transformers
 
 __all__ = [
     "clip_from_openai",
     "clip_from_transformers",
     "clip_to_openai",
     "clip_to_transformers",
+    "fuyu_from_transformers",
+    "fuyu_processor_from_transformers",
+    "fuyu_to_transformers",
     "infer_openai_config",
     "load_openai_state_dict",
     "openai_clip_logits",
 ]
-from .fuyu import fuyu_from_transformers, fuyu_processor_from_transformers, fuyu_to_transformers  # noqa: E402
