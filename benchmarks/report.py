@@ -19,6 +19,7 @@ HERE = Path(__file__).resolve().parent
 # module in benchmarks/ -> (its entry point, keyword arguments of a full run, of a --quick run)
 BENCHMARKS = {
     "bench_clip": ("run_clip_benchmark", {}, {"batch_images": 2, "batch_texts": 4, "repeats": 2, "warmup": 1}),
+    "bench_fuyu_model": ("run_fuyu_model_benchmark", {}, {"repeats": 1, "quick": True}),
 }
 
 
