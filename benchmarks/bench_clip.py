@@ -123,8 +123,8 @@ def _cpu_model_name() -> str:
             for line in f:
                 if line.startswith("model name"):
                     return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
+    except OSError:  # no /proc (not Linux): fall back to what platform knows
+        return platform.processor()
     return platform.processor()
 
 

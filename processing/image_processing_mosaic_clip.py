@@ -25,14 +25,12 @@ ACCEPTED_IMAGES = (
 def _array_to_pil(array: np.ndarray) -> PIL.Image.Image:
     """One image array (2-D, HWC or CHW) as a PIL image, after checking its shape, dtype and value range."""
     if array.ndim == 3:
-        if array.shape[-1] in (1, 3, 4):
-            pass  # already HWC
-        elif array.shape[0] in (1, 3, 4):
+        if array.shape[-1] not in (1, 3, 4):  # not HWC: must be CHW
+            if array.shape[0] not in (1, 3, 4):
+                raise ValueError(
+                    f"Image of shape {array.shape} has no channel axis of size 1, 3 or 4; expected {ACCEPTED_IMAGES}."
+                )
             array = np.moveaxis(array, 0, -1)  # CHW -> HWC
-        else:
-            raise ValueError(
-                f"Image of shape {array.shape} has no channel axis of size 1, 3 or 4; expected {ACCEPTED_IMAGES}."
-            )
         if array.shape[-1] == 1:
             array = array[..., 0]  # (H, W, 1) -> (H, W) grayscale
     elif array.ndim != 2:
