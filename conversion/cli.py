@@ -17,14 +17,8 @@ from pathlib import Path
 
 import safetensors.torch
 
-from .commands import (
-    add_bench_command,
-    add_demo_command,
-    add_pull_command,
-    add_push_command,
-    add_train_command,
-    add_zero_shot_command,
-)
+from mosaic_vlm.modeling import MosaicClipModel, MosaicFuyuForCausalLM
+
 from .clip import (
     LOGIT_ATOL,
     OPENAI_WEIGHTS_NAME,
@@ -35,6 +29,15 @@ from .clip import (
     infer_openai_config,
     load_openai_state_dict,
 )
+from .commands import (
+    add_bench_command,
+    add_demo_command,
+    add_pull_command,
+    add_push_command,
+    add_train_command,
+    add_zero_shot_command,
+)
+from .fuyu import FUYU_8B_NEWLINE_TOKEN_ID, fuyu_from_transformers, fuyu_to_transformers
 
 PROGRAM = "mosaic-vlm"
 USAGE_ERROR = 2
@@ -50,6 +53,13 @@ examples:
 
   # open_clip model trained with GELU (most LAION models) -> MosaicClipModel
   {PROGRAM} convert --from openai --to mosaic --activation gelu open_clip_model.safetensors --output laion-b32
+
+  # a mosaic-vlm CLIP folder -> transformers CLIPModel folder
+  {PROGRAM} convert --from mosaic --to transformers clip-b32-mosaic --output clip-b32-hf
+
+  # transformers FuyuForCausalLM folder (e.g. adept/fuyu-8b) -> MosaicFuyuForCausalLM folder, and back
+  {PROGRAM} convert --model fuyu --from transformers --to mosaic fuyu-8b --output fuyu-8b-mosaic
+  {PROGRAM} convert --model fuyu --from mosaic --to transformers fuyu-8b-mosaic --output fuyu-8b-hf
 
   # transformers CLIPModel -> OpenAI / open_clip state dict (writes {OPENAI_WEIGHTS_NAME})
   {PROGRAM} convert --from transformers --to openai path/to/clip-folder --output clip-openai
@@ -75,7 +85,21 @@ def add_convert_command(subparsers) -> None:
         help="--from transformers: a CLIPModel save_pretrained folder; --from openai: a .safetensors state dict",
     )
     parser.add_argument(
-        "--from", dest="source", required=True, choices=("transformers", "openai"), help="layout of the input"
+        "--from",
+        dest="source",
+        required=True,
+        choices=("transformers", "openai", "mosaic"),
+        help="layout of the input (mosaic: a mosaic-vlm save_pretrained folder, to export it)",
+    )
+    parser.add_argument(
+        "--model", choices=("clip", "fuyu"), default="clip", help="model family (fuyu: transformers <-> mosaic only)"
+    )
+    parser.add_argument(
+        "--newline-token-id",
+        type=int,
+        default=FUYU_8B_NEWLINE_TOKEN_ID,
+        help="--model fuyu --from transformers: id of the image-newline token, which FuyuConfig does not record "
+        f"(default {FUYU_8B_NEWLINE_TOKEN_ID}, adept/fuyu-8b's |NEWLINE|)",
     )
     parser.add_argument(
         "--to",
@@ -103,8 +127,12 @@ def run_convert(args: argparse.Namespace) -> None:
         raise ValueError("--activation applies only to --from openai; the transformers config records it.")
     require_free_output(args.output, args.overwrite)
 
+    if args.model == "fuyu":
+        return run_convert_fuyu(args)
     logger.info("loading %s (%s)", args.input, args.source)
-    if args.source == "transformers":
+    if args.source == "mosaic":
+        model = MosaicClipModel.from_pretrained(load_mosaic_folder(args.input))
+    elif args.source == "transformers":
         model = clip_from_transformers(args.input)
     else:
         state_dict = load_openai_state_dict(args.input)
@@ -124,6 +152,27 @@ def run_convert(args: argparse.Namespace) -> None:
             safetensors.torch.save_file(converted, folder / OPENAI_WEIGHTS_NAME, metadata={"format": "pt"})
         else:
             converted.save_pretrained(folder)
+    logger.info("done: %s", args.output)
+
+
+def load_mosaic_folder(path: Path) -> Path:
+    if not (path / "config.json").is_file():
+        raise ValueError(f"{path} is not a mosaic-vlm save_pretrained folder (no config.json).")
+    return path
+
+
+def run_convert_fuyu(args: argparse.Namespace) -> None:
+    """Fuyu: transformers FuyuForCausalLM folder <-> MosaicFuyuForCausalLM folder."""
+    if (args.source, args.target) not in (("transformers", "mosaic"), ("mosaic", "transformers")):
+        raise ValueError("--model fuyu converts --from transformers --to mosaic, or --from mosaic --to transformers.")
+    logger.info("loading %s (%s)", args.input, args.source)
+    if args.source == "transformers":
+        converted = fuyu_from_transformers(args.input, image_newline_token_id=args.newline_token_id)
+    else:
+        converted = fuyu_to_transformers(MosaicFuyuForCausalLM.from_pretrained(load_mosaic_folder(args.input)))
+    logger.info("writing %s", args.output)
+    with staged_folder(args.output) as folder:
+        converted.save_pretrained(folder)
     logger.info("done: %s", args.output)
 
 

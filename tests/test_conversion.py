@@ -486,5 +486,5 @@ def test_cli_usage():
         [sys.executable, "-m", "mosaic_vlm.conversion", "convert", "--help"], capture_output=True, text=True
     )
     assert result.returncode == 0
-    for text in ("--from {transformers,openai}", "--to {mosaic,transformers,openai}", "--output", "examples:"):
+    for text in ("--from {transformers,openai,mosaic}", "--to {mosaic,transformers,openai}", "--output", "examples:"):
         assert text in result.stdout
