@@ -463,28 +463,31 @@ def config_to_transformers(config: MosaicClipConfig) -> CLIPConfig:
     )
 
 
-def load_transformers_clip(path: str | os.PathLike) -> CLIPModel:
-    """A CLIPModel from a local save_pretrained folder, loaded strictly from safetensors only."""
-    path = Path(path)
+def load_transformers_folder(path: str | os.PathLike, config_class, model_class):
+    """A transformers `model_class` from a local save_pretrained folder whose config is a `config_class`,
+    loaded strictly from safetensors only; one ValueError (FileNotFoundError for a missing path) otherwise."""
+    path, name = Path(path), model_class.__name__
     if not path.exists():
         raise FileNotFoundError(f"{path} does not exist.")
     if not path.is_dir():
-        raise ValueError(f"{path} is not a folder; pass the save_pretrained folder of a transformers CLIPModel.")
+        raise ValueError(f"{path} is not a folder; pass the save_pretrained folder of a transformers {name}.")
     try:
         config = AutoConfig.from_pretrained(path, local_files_only=True)
     except (OSError, ValueError, KeyError) as error:
         raise ValueError(f"{path} holds no readable transformers config.json: {error}") from error
-    if not isinstance(config, CLIPConfig):
-        raise ValueError(f"{path} holds a {config.model_type!r} model; expected a transformers CLIPModel ('clip').")
+    if not isinstance(config, config_class):
+        raise ValueError(
+            f"{path} holds a {config.model_type!r} model; expected a transformers {name} ({config_class.model_type!r})."
+        )
     try:
-        model, info = CLIPModel.from_pretrained(
+        model, info = model_class.from_pretrained(
             path, config=config, local_files_only=True, use_safetensors=True, output_loading_info=True
         )
     except (OSError, ValueError, RuntimeError, SafetensorError) as error:
-        raise ValueError(f"Cannot load the CLIPModel weights in {path} (safetensors only): {error}") from error
-    problems = {name: sorted(map(str, values)) for name, values in info.items() if values}
+        raise ValueError(f"Cannot load the {name} weights in {path} (safetensors only): {error}") from error
+    problems = {kind: sorted(map(str, keys)) for kind, keys in info.items() if keys}
     if problems:
-        raise ValueError(f"{path} does not load strictly into CLIPModel: {problems}.")
+        raise ValueError(f"{path} does not load strictly into {name}: {problems}.")
     return model
 
 
@@ -494,7 +497,7 @@ def clip_from_transformers(model_or_path: CLIPModel | str | os.PathLike) -> Mosa
     The config is mapped field by field (see `config_from_transformers`), the weights through
     TRANSFORMERS_KEY_TABLE, and the logits of both models on `check_inputs` must agree within LOGIT_ATOL
     in float32, or this raises. Returns the model in eval mode, in the source's dtype and on its device."""
-    source = load_transformers_clip(model_or_path) if isinstance(model_or_path, (str, os.PathLike)) else model_or_path
+    source = load_transformers_folder(model_or_path, CLIPConfig, CLIPModel) if isinstance(model_or_path, (str, os.PathLike)) else model_or_path
     if not isinstance(source, CLIPModel):
         raise TypeError(f"Expected a transformers CLIPModel or a path to one, got {type(source).__name__}.")
     config = config_from_transformers(source.config)

@@ -7,16 +7,14 @@ come out token for token. A failed check raises; nothing is returned.
 """
 
 import os
-from pathlib import Path
 
 import torch
-from safetensors import SafetensorError
-from transformers import AutoConfig, FuyuConfig, FuyuForCausalLM
+from transformers import FuyuConfig, FuyuForCausalLM
 
 from mosaic_vlm.modeling import MosaicFuyuConfig, MosaicFuyuForCausalLM
 from mosaic_vlm.processing import MosaicFuyuImageProcessor, MosaicFuyuProcessor
 
-from .clip import _build, _float32_eval, invert, logger, require_close, rule
+from .clip import _build, _float32_eval, invert, load_transformers_folder, logger, require_close, rule
 
 FUYU_NEWLINE_TOKEN = "|NEWLINE|"
 FUYU_8B_NEWLINE_TOKEN_ID = 71019  # "|NEWLINE|" in adept/fuyu-8b's tokenizer
@@ -107,36 +105,13 @@ def _check(reference, converted, reference_inputs: dict, converted_inputs: dict,
     logger.info("greedy generation of %d tokens matches %s token for token", CHECK_NEW_TOKENS, name)
 
 
-def load_transformers_fuyu(path: str | os.PathLike) -> FuyuForCausalLM:
-    """A FuyuForCausalLM from a local save_pretrained folder, loaded strictly from safetensors only."""
-    path = Path(path)
-    if not path.is_dir():
-        raise ValueError(f"{path} is not a folder; pass the save_pretrained folder of a transformers FuyuForCausalLM.")
-    try:
-        config = AutoConfig.from_pretrained(path, local_files_only=True)
-    except (OSError, ValueError, KeyError) as error:
-        raise ValueError(f"{path} holds no readable transformers config.json: {error}") from error
-    if not isinstance(config, FuyuConfig):
-        raise ValueError(f"{path} holds a {config.model_type!r} model; expected a transformers Fuyu model ('fuyu').")
-    try:
-        model, info = FuyuForCausalLM.from_pretrained(
-            path, config=config, local_files_only=True, use_safetensors=True, output_loading_info=True
-        )
-    except (OSError, ValueError, RuntimeError, SafetensorError) as error:
-        raise ValueError(f"Cannot load the FuyuForCausalLM weights in {path} (safetensors only): {error}") from error
-    problems = {name: sorted(map(str, values)) for name, values in info.items() if values}
-    if problems:
-        raise ValueError(f"{path} does not load strictly into FuyuForCausalLM: {problems}.")
-    return model
-
-
 def fuyu_from_transformers(
     model_or_path: FuyuForCausalLM | str | os.PathLike, image_newline_token_id: int = FUYU_8B_NEWLINE_TOKEN_ID
 ) -> MosaicFuyuForCausalLM:
     """transformers' FuyuForCausalLM (an instance or a local folder) -> MosaicFuyuForCausalLM, checked on
     logits (fp32, <= 1e-4) and greedy tokens. FuyuConfig does not record the image-newline token: pass
     its id (adept/fuyu-8b's "|NEWLINE|" by default)."""
-    source = load_transformers_fuyu(model_or_path) if isinstance(model_or_path, (str, os.PathLike)) else model_or_path
+    source = load_transformers_folder(model_or_path, FuyuConfig, FuyuForCausalLM) if isinstance(model_or_path, (str, os.PathLike)) else model_or_path
     if not isinstance(source, FuyuForCausalLM):
         raise TypeError(f"Expected a transformers FuyuForCausalLM or a path to one, got {type(source).__name__}.")
     config = config_from_transformers(source.config, image_newline_token_id)

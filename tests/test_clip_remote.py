@@ -37,9 +37,10 @@ BLOCK_MOSAIC_VLM = textwrap.dedent(
     sys.meta_path.insert(0, BlockMosaicVlm())
     try:
         import mosaic_vlm.modeling
+        still_importable = True
     except ImportError:
-        pass
-    else:
+        still_importable = False
+    if still_importable:
         raise SystemExit("mosaic_vlm is still importable")
     """
 )

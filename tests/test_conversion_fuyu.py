@@ -75,8 +75,10 @@ def test_config_mapping_and_refusals(mosaic_model):
 
     with pytest.raises(ValueError, match="Only the default rotary embedding converts"):
         config_from_transformers(config)
-    with pytest.raises(ValueError, match="not a folder"):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
         fuyu_from_transformers("/no/such/folder")
+    with pytest.raises(ValueError, match="not a folder; pass the save_pretrained folder of a transformers FuyuForCausalLM"):
+        fuyu_from_transformers(__file__)
 
 
 def test_processor_from_a_fuyu_tokenizer_and_image_processor_config():
