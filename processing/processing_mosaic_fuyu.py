@@ -8,16 +8,59 @@ image-newline token. Token ids are built directly as tensors; batches are left-p
 Model inputs: `input_ids`, `attention_mask`, `image_patches` (batch, max patches, patch dim) and
 `image_patches_mask` (batch, max patches), plus `labels` when `answers` are given (-100 everywhere but
 the answer and its EOS).
+
+Boxes `<box>y1, x1, y2, x2</box>` and points `<point>x, y</point>` in a prompt are in pixels of the
+prompt's first image. As in Fuyu they are rescaled to the processed image (halved, times the resize
+factor, rounded) and written between the tokens <0x00>/<0x01> (box) or <0x02>/<0x03> (point);
+`post_process_image_text_to_text(..., image_sizes=...)` maps generated ones back.
 """
+
+import re
 
 import torch
 from transformers.feature_extraction_utils import BatchFeature
 from transformers.processing_utils import ProcessorMixin
 
-from .image_processing_mosaic_fuyu import image_token_layout
+from .image_processing_mosaic_fuyu import fitted_size, image_token_layout
 
 IMAGE_PLACEHOLDER = "<image>"
 IGNORE_INDEX = -100
+COORDINATE_TAG = re.compile(r"<(box|point)>(.*?)</\1>")
+COORDINATE_TOKENS = {"box": ("<0x00>", "<0x01>"), "point": ("<0x02>", "<0x03>")}
+COORDINATE_COUNT = {"box": 4, "point": 2}
+
+
+def parse_coordinates(kind: str, text: str) -> list[float]:
+    """The numbers of one `<box>` (y1, x1, y2, x2) or `<point>` (x, y) tag."""
+    try:
+        values = [float(value) for value in text.split(",")]
+    except ValueError:
+        values = []
+    if len(values) != COORDINATE_COUNT[kind]:
+        expected = "<box>y1, x1, y2, x2</box>" if kind == "box" else "<point>x, y</point>"
+        raise ValueError(f"Cannot read <{kind}>{text}</{kind}>; write it as {expected} in pixels.")
+    return values
+
+
+def check_inside(kind: str, values: list[float], height: int, width: int) -> None:
+    """Refuses a box or point that leaves the height x width image, or a box with its corners swapped."""
+    ys, xs = (values[0::2], values[1::2]) if kind == "box" else ([values[1]], [values[0]])
+    ordered = kind == "point" or (values[0] <= values[2] and values[1] <= values[3])
+    if not (ordered and all(0 <= y <= height for y in ys) and all(0 <= x <= width for x in xs)):
+        raise ValueError(
+            f"The {kind} {values} lies outside the {height}x{width} (height x width) image; boxes are "
+            "<box>y1, x1, y2, x2</box> and points <point>x, y</point> with 0 <= x <= width, 0 <= y <= height."
+        )
+
+
+def to_processed_coordinates(values: list[float], scale: float) -> list[int]:
+    """Fuyu's mapping into the processed image: round(value / 2 * scale)."""
+    return [round(value / 2 * scale) for value in values]
+
+
+def to_original_coordinates(values: list[float], scale: float) -> list[int]:
+    """Fuyu's mapping back: 2 * int(value / scale)."""
+    return [2 * int(value / scale) for value in values]
 
 
 class MosaicFuyuProcessor(ProcessorMixin):
@@ -59,6 +102,34 @@ class MosaicFuyuProcessor(ProcessorMixin):
             "image lists (one list per prompt)."
         )
 
+    def _scale(self, image_size: tuple[int, int]) -> float:
+        """The resize factor (processed / original height) of an image of this (height, width), as Fuyu's."""
+        height, width = image_size
+        if not self.image_processor.do_resize:
+            return 1.0
+        size = self.image_processor.size
+        return fitted_size(height, width, size["height"], size["width"])[0] / height
+
+    def _text_ids(self, text: str, index: int, image_size: tuple[int, int] | None) -> torch.Tensor:
+        """Token ids of a piece of prompt `index`; its boxes and points are checked against `image_size`, the
+        (height, width) of the prompt's first image, rescaled to the processed image and wrapped in their
+        open/close tokens."""
+        parts = COORDINATE_TAG.split(text)  # text, kind, coordinates, text, kind, coordinates, ..., text
+        ids = []
+        for start in range(0, len(parts), 3):
+            if parts[start].strip():
+                ids += self.tokenizer(parts[start].strip(), add_special_tokens=False)["input_ids"]
+            if start + 2 < len(parts):
+                kind, values = parts[start + 1], parse_coordinates(parts[start + 1], parts[start + 2])
+                if image_size is None:
+                    raise ValueError(f"Prompt {index} has a <{kind}> but no image it could refer to.")
+                check_inside(kind, values, *image_size)
+                scaled = to_processed_coordinates(values, self._scale(image_size))
+                open_token, close_token = COORDINATE_TOKENS[kind]
+                numbers = self.tokenizer(", ".join(map(str, scaled)), add_special_tokens=False)["input_ids"]
+                ids += [self._token_id(open_token), *numbers, self._token_id(close_token)]
+        return torch.tensor(ids, dtype=torch.long)
+
     def __call__(self, images=None, text=None, answers=None, return_tensors="pt", **kwargs) -> BatchFeature:
         if text is None:
             raise ValueError("MosaicFuyuProcessor needs `text` (a prompt or a list of prompts).")
@@ -81,7 +152,7 @@ class MosaicFuyuProcessor(ProcessorMixin):
                 )
             segments_per_prompt.append(segments)
         flat_images = [image for entry in images_per_prompt for image in entry]
-        processed = self.image_processor(flat_images) if flat_images else {"image_patches": [], "patch_grids": []}
+        processed = self.image_processor(flat_images) if flat_images else {"image_patches": [], "patch_grids": [], "image_sizes": []}
         image_token_id, newline_id = self._token_id(self.image_token), self._token_id(self.image_newline_token)
         answer_id = self._token_id(self.begin_of_answer_token)
         tokenizer = self.tokenizer
@@ -90,12 +161,13 @@ class MosaicFuyuProcessor(ProcessorMixin):
         next_image = 0
         for index, (segments, prompt_images) in enumerate(zip(segments_per_prompt, images_per_prompt)):
             pieces, bos_placed = [], False
+            first_image_size = processed["image_sizes"][next_image] if prompt_images else None
             for position, segment in enumerate(segments):
                 if segment.strip() and not bos_placed:
                     pieces.append(torch.tensor([tokenizer.bos_token_id]))
                     bos_placed = True
                 if segment.strip():
-                    pieces.append(torch.tensor(tokenizer(segment.strip(), add_special_tokens=False)["input_ids"], dtype=torch.long))
+                    pieces.append(self._text_ids(segment.strip(), index, first_image_size))
                 if position < len(prompt_images):
                     rows, cols = processed["patch_grids"][next_image]
                     pieces.append(image_token_layout(rows, cols, image_token_id, newline_id))
@@ -142,15 +214,43 @@ class MosaicFuyuProcessor(ProcessorMixin):
             data["labels"] = label_ids
         return BatchFeature(data, tensor_type=return_tensors)
 
-    def post_process_image_text_to_text(self, generated_ids, skip_special_tokens: bool = True, **kwargs) -> list[str]:
-        """The generated answers only: each row decoded after its last begin-of-answer token."""
+    def post_process_image_text_to_text(
+        self, generated_ids, skip_special_tokens: bool = True, image_sizes=None, **kwargs
+    ) -> list[str]:
+        """The generated answers only: each row decoded after its last begin-of-answer token. Boxes and points
+        come out as `<box>y1, x1, y2, x2</box>` / `<point>x, y</point>`; given `image_sizes` (the original
+        (height, width) of each row's image) they are mapped back to original pixels."""
         answer_id = self._token_id(self.begin_of_answer_token)
+        rows = torch.as_tensor(generated_ids)
+        if image_sizes is not None and len(image_sizes) != len(rows):
+            raise ValueError(f"Got {len(image_sizes)} image sizes for {len(rows)} generated rows.")
         answers = []
-        for row in torch.as_tensor(generated_ids):
+        for row_index, row in enumerate(rows):
             positions = (row == answer_id).nonzero()
             start = int(positions[-1]) + 1 if len(positions) else 0
-            answers.append(self.tokenizer.decode(row[start:], skip_special_tokens=skip_special_tokens).strip())
+            scale = None if image_sizes is None else self._scale(tuple(image_sizes[row_index]))
+            answers.append(self._decode_with_coordinates(row[start:].tolist(), scale, skip_special_tokens))
         return answers
+
+    def _decode_with_coordinates(self, ids: list[int], scale: float | None, skip_special_tokens: bool) -> str:
+        """Decodes ids, writing each well-formed open ... close coordinate span as a `<box>` or `<point>` tag,
+        mapped back to original pixels when `scale` is given."""
+        spans = {self._token_id(opening): (kind, self._token_id(closing)) for kind, (opening, closing) in COORDINATE_TOKENS.items()}
+        pieces, plain, position = [], [], 0
+        while position < len(ids):
+            kind, close_id = spans.get(ids[position], (None, None))
+            end = ids.index(close_id, position + 1) if close_id in ids[position + 1 :] else None
+            numbers = [] if end is None else re.findall(r"\d+", self.tokenizer.decode(ids[position + 1 : end]))
+            if end is None or len(numbers) != COORDINATE_COUNT[kind]:  # plain text, or a malformed span
+                plain.append(ids[position])
+                position += 1
+                continue
+            values = [int(number) for number in numbers]
+            values = values if scale is None else to_original_coordinates(values, scale)
+            pieces += [self.tokenizer.decode(plain, skip_special_tokens=skip_special_tokens), f"<{kind}>{', '.join(map(str, values))}</{kind}>"]
+            plain, position = [], end + 1
+        pieces.append(self.tokenizer.decode(plain, skip_special_tokens=skip_special_tokens))
+        return " ".join(piece.strip() for piece in pieces if piece.strip())
 
     def batch_decode(self, generated_ids, skip_special_tokens: bool = True, **kwargs) -> list[str]:
         return self.post_process_image_text_to_text(generated_ids, skip_special_tokens=skip_special_tokens)

@@ -10,12 +10,14 @@ import pytest
 import torch
 from test_clip_remote import BLOCK_MOSAIC_VLM
 from transformers import AutoProcessor, pipeline
+from transformers.models.fuyu.processing_fuyu import scale_bbox_to_transformed_image, scale_point_to_transformed_image
 
 from mosaic_vlm.modeling import MosaicFuyuConfig, MosaicFuyuForCausalLM
 from mosaic_vlm.processing import MosaicFuyuImageProcessor, MosaicFuyuProcessor, train_bpe_tokenizer
 
 FUYU_TOKENS = ["|SPEAKER|", "|NEWLINE|", "<0x04>", "<0x00>", "<0x01>", "<0x02>", "<0x03>"]
-TEXTS = ["what digit is this?", "seven", "three", "yes", "no", "is there a cat in the image?", "describe it"]
+TEXTS = ["what digit is this?", "seven", "three", "yes", "no", "is there a cat in the image?", "describe it",
+         "find the cup at 0, 1, 2, 3, 4, 5, 6, 7, 8, 9"]
 
 
 @pytest.fixture(scope="module")
@@ -93,6 +95,60 @@ def test_generation_is_post_processed_to_the_answer_only(fuyu_processor, photos)
     for row, image, prompt in ((0, photos["coffee"], "what digit is this?"), (1, photos["cat"], "describe it")):
         alone = fuyu_processor(images=image, text=prompt)
         assert torch.equal(model.generate(**alone, max_new_tokens=4, do_sample=False)[0, -4:], new_tokens[row])
+
+
+def coordinate_span(processor, input_ids, kind):
+    """The numbers between a row's open and close coordinate tokens."""
+    opening, closing = ids(processor, *{"box": ("<0x00>", "<0x01>"), "point": ("<0x02>", "<0x03>")}[kind])
+    tokens = input_ids.tolist()
+    span = tokens[tokens.index(opening) + 1 : tokens.index(closing)]
+    return [int(number) for number in processor.tokenizer.decode(span).replace(" ", "").split(",")]
+
+
+def test_boxes_and_points_are_rescaled_as_fuyu_does_and_map_back(fuyu_processor, photos):
+    # coffee is 400x600; the processor fits it into 64x64 -> 42x64, a scale of 42 / 400
+    box, point = (100, 250, 301, 599), (333, 77)
+    out = fuyu_processor(images=photos["coffee"], text=f"find the cup <box>{', '.join(map(str, box))}</box> "
+                                                       f"at <point>{point[0]}, {point[1]}</point>")
+    scale = 42 / 400
+    assert coordinate_span(fuyu_processor, out["input_ids"][0], "box") == [int(v) for v in scale_bbox_to_transformed_image(*box, scale)]
+    assert coordinate_span(fuyu_processor, out["input_ids"][0], "point") == [int(v) for v in scale_point_to_transformed_image(*point, scale)]
+
+    # a generated answer holding that box and point maps back to original pixels, within Fuyu's rounding
+    row = out["input_ids"][0].tolist()
+    box_and_point = row[row.index(ids(fuyu_processor, "<0x00>")[0]) : row.index(ids(fuyu_processor, "<0x04>")[0])]
+    generated = torch.tensor(row + box_and_point)  # the prompt, then "<box>...</box> at <point>...</point>"
+    answer = fuyu_processor.post_process_image_text_to_text(generated[None], image_sizes=[(400, 600)])[0]
+    box_text = answer[answer.index("<box>") + 5 : answer.index("</box>")]
+    point_text = answer[answer.index("<point>") + 7 : answer.index("</point>")]
+    tolerance = 2 / scale + 2  # one processed-pixel step, halved coordinates, truncation
+    assert all(abs(a - b) <= tolerance for a, b in zip(map(int, box_text.split(", ")), box))
+    assert all(abs(a - b) <= tolerance for a, b in zip(map(int, point_text.split(", ")), point))
+    assert answer.startswith("<box>") and "at" in answer
+    # without image sizes the processed coordinates come back as generated
+    raw = fuyu_processor.post_process_image_text_to_text(generated[None])[0]
+    assert raw.startswith(f"<box>{', '.join(map(str, coordinate_span(fuyu_processor, out['input_ids'][0], 'box')))}</box>")
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("<box>10, 20, 500, 40</box>", "lies outside the 400x600"),
+        ("<box>10, 700, 50, 710</box>", "lies outside the 400x600"),
+        ("<box>50, 20, 10, 40</box>", "lies outside"),  # corners swapped
+        ("<point>601, 10</point>", "lies outside the 400x600"),
+        ("<box>1, 2, 3</box>", r"write it as <box>y1, x1, y2, x2</box>"),
+        ("<point>a, b</point>", r"write it as <point>x, y</point>"),
+    ],
+)
+def test_bad_boxes_and_points_raise_one_clear_error(fuyu_processor, photos, text, message):
+    with pytest.raises(ValueError, match=message):
+        fuyu_processor(images=photos["coffee"], text=text)
+
+
+def test_a_box_needs_an_image(fuyu_processor):
+    with pytest.raises(ValueError, match="has a <box> but no image"):
+        fuyu_processor(text="find <box>1, 2, 3, 4</box>")
 
 
 @pytest.mark.parametrize(
