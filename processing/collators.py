@@ -10,6 +10,8 @@ import logging
 
 import PIL.Image
 
+from .image_processing_mosaic_fuyu import fitted_size, patch_grid
+
 logger = logging.getLogger(__name__)
 
 
@@ -38,6 +40,9 @@ class _ImageTextCollator:
                     image.verify()
             except Exception as error:
                 raise ValueError(f"Row {index} of the dataset has an unreadable image: {error}") from error
+        self._check_lengths(dataset)
+
+    def _check_lengths(self, dataset) -> None:
         tokenizer = self.processor.tokenizer
         for column in self.text_columns:
             lengths = [len(ids) for ids in tokenizer(list(dataset[column]))["input_ids"]]
@@ -66,3 +71,40 @@ class MosaicClipCollator(_ImageTextCollator):
     def __call__(self, rows: list[dict]) -> dict:
         batch = self.processor(images=self._images(rows), text=[row[self.text_columns[0]] for row in rows])
         return {**batch, "return_loss": True}
+
+
+class MosaicFuyuCollator(_ImageTextCollator):
+    """Rows with an image, a question and an answer -> input_ids, attention_mask, image_patches,
+    image_patches_mask and labels that cover only the answer and its EOS."""
+
+    def __init__(self, processor, image_column: str = "image", question_column: str = "question",
+                 answer_column: str = "answer"):
+        super().__init__(processor)
+        self.image_column, self.text_columns = image_column, (question_column, answer_column)
+
+    def _check_lengths(self, dataset) -> None:
+        """Refuses rows whose image tokens, question, answer and 3 markers (BOS, begin-of-answer, EOS) exceed
+        model_max_length: a cut answer would teach the wrong thing, so they are not truncated."""
+        tokenizer, image_processor = self.processor.tokenizer, self.processor.image_processor
+        question_column, answer_column = self.text_columns
+        question_lengths = [len(ids) for ids in tokenizer(list(dataset[question_column]), add_special_tokens=False)["input_ids"]]
+        answer_lengths = [len(ids) for ids in tokenizer(list(dataset[answer_column]), add_special_tokens=False)["input_ids"]]
+        for index, image in enumerate(dataset[self.image_column]):
+            height, width = image.height, image.width
+            if image_processor.do_resize:
+                height, width = fitted_size(height, width, image_processor.size["height"], image_processor.size["width"])
+            rows, cols = patch_grid(height, width, image_processor.patch_size)
+            length = rows * (cols + 1) + question_lengths[index] + answer_lengths[index] + 3
+            if length > tokenizer.model_max_length:
+                raise ValueError(
+                    f"Row {index} takes {length} tokens (image, question and answer), more than the tokenizer's "
+                    f"model_max_length={tokenizer.model_max_length}; shorten it or use smaller images."
+                )
+
+    def __call__(self, rows: list[dict]) -> dict:
+        question_column, answer_column = self.text_columns
+        return dict(self.processor(
+            images=[[image] for image in self._images(rows)],
+            text=[row[question_column] for row in rows],
+            answers=[row[answer_column] for row in rows],
+        ))
