@@ -118,19 +118,33 @@ def add_pull_command(subparsers) -> None:
 
 
 def run_pull(args: argparse.Namespace) -> None:
-    from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import HfHubHTTPError, RepositoryNotFoundError, RevisionNotFoundError
+    import httpx2  # huggingface_hub's HTTP client
+    from huggingface_hub import constants, snapshot_download
+    from huggingface_hub.errors import (
+        EntryNotFoundError,
+        HfHubHTTPError,
+        LocalEntryNotFoundError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
+
+    from .cli import staged_folder
 
     logger.info("downloading %s", args.repo_id)
     try:
-        path = snapshot_download(args.repo_id, revision=args.revision, local_dir=args.output)
+        with staged_folder(args.output) as staging:  # no partial folder if the download breaks off
+            snapshot_download(args.repo_id, revision=args.revision, local_dir=staging)
     except RepositoryNotFoundError as error:
-        raise ValueError(f"repository {args.repo_id!r} not found on the Hub") from error
+        raise ValueError(f"repository {args.repo_id!r} not found on the Hub at {constants.ENDPOINT}") from error
     except RevisionNotFoundError as error:
         raise ValueError(f"revision {args.revision!r} not found in {args.repo_id!r}") from error
-    except HfHubHTTPError as error:
-        raise OSError(f"download of {args.repo_id!r} failed: {error}") from error
-    logger.info("done: %s", path)
+    except LocalEntryNotFoundError as error:  # huggingface_hub's answer when it cannot connect
+        raise OSError(f"the Hub at {constants.ENDPOINT} did not answer while pulling {args.repo_id!r}") from error
+    except EntryNotFoundError as error:
+        raise ValueError(f"a file of {args.repo_id!r} is missing on the Hub: {error}") from error
+    except (HfHubHTTPError, httpx2.HTTPError) as error:
+        raise OSError(f"pulling {args.repo_id!r} from {constants.ENDPOINT} broke off: {type(error).__name__}: {error}") from error
+    logger.info("done: %s", args.output)
 
 
 def add_train_command(subparsers) -> None:

@@ -429,7 +429,7 @@ def siglip_sigmoid_loss(logits_per_text: torch.Tensor) -> torch.Tensor:
 
 class MosaicClipModel(MosaicClipPreTrainedModel):
     config: MosaicClipConfig
-    _remote_auto_classes = ("AutoModel", "AutoModelForZeroShotImageClassification")
+    _remote_auto_classes = {"AutoModel": None, "AutoModelForZeroShotImageClassification": None}
 
     def __init__(self, config: MosaicClipConfig):
         super().__init__(config)

@@ -331,7 +331,7 @@ class MosaicFuyuModel(MosaicFuyuPreTrainedModel):
 
 class MosaicFuyuForCausalLM(MosaicFuyuPreTrainedModel, GenerationMixin):
     _tied_weights_keys = {"lm_head.weight": "model.language_model.embed_tokens.weight"}
-    _remote_auto_classes = ("AutoModelForCausalLM", "AutoModelForImageTextToText")
+    _remote_auto_classes = {"AutoModel": "MosaicFuyuModel", "AutoModelForCausalLM": None, "AutoModelForImageTextToText": None}
 
     def __init__(self, config: MosaicFuyuConfig):
         super().__init__(config)

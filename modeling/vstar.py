@@ -1,7 +1,8 @@
 """V* guided visual search (Wu & Xie, 2023) for any mosaic model, with a pluggable scorer.
 
 Some details are too small to see in the whole picture. `visual_search` finds the patch that holds a
-target with V*'s best-first hierarchical search; `draw_search` pictures the search.
+target with V*'s best-first hierarchical search; `vstar_generate` answers a question with a Fuyu-style
+model from the whole image plus crops of what it searched for; `draw_search` pictures a search.
 
 A scorer is any object with two methods:
 - `score(images: list[PIL.Image.Image], target: str) -> list[float]`: confidence in [0, 1] that each
@@ -301,6 +302,117 @@ class ClipScorer:
         probabilities = self.model.similarity_logits(self._text_embeds(target), patch_embeds).softmax(dim=0)[0]
         grid = math.isqrt(probabilities.numel())
         return probabilities.reshape(grid, grid)  # row-major patch order -> (grid rows, grid cols)
+
+
+class FuyuScorer:
+    """Scores with a Fuyu-style model. Confidence: the model's probability of "yes" (against "no") as the
+    first answer token to a yes/no question about the target. Heatmap: the confidences of a `grid x grid`
+    tiling of the image, scored in batched calls. `evaluations` counts the images the model has scored
+    (a heatmap costs `grid * grid` of them)."""
+
+    def __init__(self, model, processor, question: str = "Is there a {} in the image?", grid: int = 4, batch_size: int = 32):
+        self.model, self.processor, self.question = model.eval(), processor, question
+        self.grid, self.batch_size, self.evaluations = grid, batch_size, 0
+        tokenizer = processor.tokenizer
+        self.answer_ids = [tokenizer(word, add_special_tokens=False)["input_ids"][0] for word in ("yes", "no")]
+        if self.answer_ids[0] == self.answer_ids[1]:
+            raise ValueError("The tokenizer maps 'yes' and 'no' to the same first token; FuyuScorer needs them apart.")
+
+    @torch.no_grad()
+    def score(self, images: list[PIL.Image.Image], target: str) -> list[float]:
+        scores = []
+        for start in range(0, len(images), self.batch_size):
+            batch = images[start : start + self.batch_size]
+            inputs = self.processor(images=[[image] for image in batch], text=[self.question.format(target)] * len(batch))
+            logits = self.model(**inputs.to(self.model.device), logits_to_keep=1).logits[:, -1]
+            scores += logits[:, self.answer_ids].float().softmax(dim=-1)[:, 0].tolist()
+        self.evaluations += len(images)
+        return scores
+
+    def heatmap(self, image: PIL.Image.Image, target: str) -> torch.Tensor:
+        width, height = image.size
+        xs = [round(i * width / self.grid) for i in range(self.grid + 1)]
+        ys = [round(i * height / self.grid) for i in range(self.grid + 1)]
+        tiles = [image.crop((xs[c], ys[r], xs[c + 1], ys[r + 1])) for r in range(self.grid) for c in range(self.grid)]
+        return torch.tensor(self.score(tiles, target)).reshape(self.grid, self.grid)  # row-major tiles
+
+
+@dataclass
+class VStarOutput:
+    """answer: the generated answer. targets: what was searched for. searches: each target's SearchResult.
+    memory: the visual working memory, (target, box in pixels, box normalised to [0, 1]) per found target."""
+
+    answer: str
+    targets: list[str]
+    searches: dict[str, SearchResult]
+    memory: list[tuple[str, Box, tuple[float, float, float, float]]]
+
+
+TARGETS_PROMPT = "Which objects must be seen to answer: {}"
+FOCUS_PROMPT = "{} Additional visual information to focus on: {}"
+
+
+def parse_targets(reply: str) -> list[str]:
+    """Target names from a comma-separated reply; 'none' (or nothing) gives no targets."""
+    names = [name.strip(" .'\"\n").lower() for name in reply.replace(" and ", ",").split(",")]
+    return list(dict.fromkeys(name for name in names if name and name != "none"))
+
+
+def enlarge_box(box: Box, factor: float, width: int, height: int) -> Box:
+    """`box` scaled by `factor` around its centre, clipped to the width x height image."""
+    cx, cy = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
+    half_w, half_h = (box[2] - box[0]) * factor / 2, (box[3] - box[1]) * factor / 2
+    return (
+        max(0, math.floor(cx - half_w)),
+        max(0, math.floor(cy - half_h)),
+        min(width, math.ceil(cx + half_w)),
+        min(height, math.ceil(cy + half_h)),
+    )
+
+
+def focus_text(memory: Sequence[tuple[str, Box, tuple[float, ...]]]) -> str:
+    """The working memory as prompt text: each target, its normalised box and an image placeholder for its crop."""
+    return "; ".join(f"{name} at [{', '.join(f'{v:.2f}' for v in normalised)}] <image>" for name, _, normalised in memory)
+
+
+def _generate_text(model, processor, images: list, text: str, **generate_kwargs) -> str:
+    inputs = processor(images=[images], text=[text]).to(model.device)
+    return processor.post_process_image_text_to_text(model.generate(**inputs, **generate_kwargs))[0]
+
+
+def vstar_generate(
+    model, processor, image, question: str, *, targets=None, scorer=None, search_kwargs=None, **generate_kwargs
+) -> VStarOutput:
+    """Answer `question` about `image` with a Fuyu-style `model`, searching first for what it needs.
+
+    1. Without `targets`, the model is asked which objects it must see (`TARGETS_PROMPT`); its reply is
+       parsed as a comma-separated list ("none": nothing to search).
+    2. Each target is searched for with `visual_search(**search_kwargs)`; the scorer defaults to a
+       FuyuScorer on `model`.
+    3. The visual working memory holds each found box enlarged 1.2x around its centre, cropped at full
+       resolution, with its coordinates normalised to the image.
+    4. The whole image, the crops and the question (`FOCUS_PROMPT`) go to the model, which generates.
+    If no target is named or none is found, the model answers from the whole image alone.
+    """
+    if not isinstance(image, PIL.Image.Image):
+        raise TypeError(f"vstar_generate takes a PIL.Image.Image, got {type(image).__name__}.")
+    image = image.convert("RGB")
+    width, height = image.size
+    if targets is None:
+        targets = parse_targets(_generate_text(model, processor, [image], TARGETS_PROMPT.format(question), **generate_kwargs))
+    scorer = scorer if scorer is not None else FuyuScorer(model, processor)
+    searches = {target: visual_search(image, target, scorer, **(search_kwargs or {})) for target in targets}
+    memory = []
+    for target, result in searches.items():
+        if result.found:
+            box = enlarge_box(result.box, 1.2, width, height)
+            memory.append((target, box, (box[0] / width, box[1] / height, box[2] / width, box[3] / height)))
+    if not memory:
+        return VStarOutput(_generate_text(model, processor, [image], question, **generate_kwargs), list(targets), searches, memory)
+    prompt = "<image>" + FOCUS_PROMPT.format(question, focus_text(memory))
+    crops = [image.crop(box) for _, box, _ in memory]
+    answer = _generate_text(model, processor, [image, *crops], prompt, **generate_kwargs)
+    return VStarOutput(answer, list(targets), searches, memory)
 
 
 def draw_search(image: PIL.Image.Image, result: SearchResult) -> PIL.Image.Image:

@@ -441,8 +441,8 @@ def hub(tmp_path, monkeypatch):
 
     huggingface_hub reads its settings once at import, so besides the environment this patches
     `huggingface_hub.constants` (endpoint, resolve URL template, cache folders, offline and Xet switches), the
-    endpoint of the default `HfApi` behind `huggingface_hub.create_repo` & co., and `datasets.config` when
-    datasets is imported. Yields the server; `hub.stop()` in a test takes it down.
+    endpoint of the default `HfApi` behind `huggingface_hub.create_repo` & co., transformers' shared `HfApi`,
+    and `datasets.config` when datasets is imported. Yields the server; `hub.stop()` in a test takes it down.
     """
     from huggingface_hub import constants, hf_api
 
@@ -464,6 +464,8 @@ def hub(tmp_path, monkeypatch):
         }.items():
             monkeypatch.setattr(constants, name, value)
         monkeypatch.setattr(hf_api.api, "endpoint", server.endpoint)
+        if "transformers.utils.hub" in sys.modules:  # transformers keeps one HfApi, made on first use
+            monkeypatch.setattr(sys.modules["transformers.utils.hub"], "_hf_api", None)
         if "datasets" in sys.modules:
             datasets_config = sys.modules["datasets"].config
             monkeypatch.setattr(datasets_config, "HF_ENDPOINT", server.endpoint)
