@@ -30,11 +30,13 @@ from .clip import (
     load_openai_state_dict,
 )
 from .commands import (
+    add_ask_command,
     add_bench_command,
     add_demo_command,
     add_pull_command,
     add_push_command,
     add_train_command,
+    add_vstar_command,
     add_zero_shot_command,
 )
 from .fuyu import FUYU_8B_NEWLINE_TOKEN_ID, fuyu_from_transformers, fuyu_to_transformers
@@ -225,6 +227,8 @@ def progress_to_stderr() -> Iterator[None]:
 COMMANDS = (
     add_convert_command,
     add_zero_shot_command,
+    add_ask_command,
+    add_vstar_command,
     add_train_command,
     add_push_command,
     add_pull_command,

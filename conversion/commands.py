@@ -70,6 +70,109 @@ def run_zero_shot(args: argparse.Namespace) -> None:
             print(f"  {rank}. {result['score']:.3f}  {result['label']}")
 
 
+def load_fuyu_folder(folder: Path, command: str):
+    """The Fuyu-style model and processor of a saved folder, or one clear error."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoProcessor
+
+    require_model_folder(folder)
+    model_type = AutoConfig.from_pretrained(folder).model_type
+    if model_type != "mosaic_fuyu":
+        raise ValueError(f"{command} needs a Fuyu-style model folder; {folder} holds a {model_type} model.")
+    return AutoModelForCausalLM.from_pretrained(folder).eval(), AutoProcessor.from_pretrained(folder)
+
+
+def open_image(path: Path):
+    import PIL.Image
+
+    if not path.is_file():
+        raise ValueError(f"image file {path} does not exist.")
+    try:
+        with PIL.Image.open(path) as image:
+            return image.convert("RGB")
+    except PIL.UnidentifiedImageError as error:
+        raise ValueError(f"{path} is not an image file PIL can read.") from error
+
+
+def add_ask_command(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "ask",
+        help="answer a question about an image with a Fuyu-style model",
+        description="Answer a question about one image. Boxes <box>y1, x1, y2, x2</box> and points "
+        "<point>x, y</point> in the question (or given with --box / --point) are in the image's pixels; "
+        "boxes and points in the answer are mapped back to the image's pixels.",
+        epilog="examples:\n  mosaic-vlm ask fuyu-folder photo.png 'What digit is this?'\n"
+        "  mosaic-vlm ask fuyu-folder photo.png 'What is in this region?' --box 10 20 110 220",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("model", type=Path, help="a saved MosaicFuyuForCausalLM folder (with its processor)")
+    parser.add_argument("image", type=Path, help="an image file")
+    parser.add_argument("question", help="the question")
+    parser.add_argument("--box", type=float, nargs=4, metavar=("Y1", "X1", "Y2", "X2"), help="a box to add to the question")
+    parser.add_argument("--point", type=float, nargs=2, metavar=("X", "Y"), help="a point to add to the question")
+    parser.add_argument("--max-new-tokens", type=int, default=20, help="longest answer in tokens (default 20)")
+    parser.set_defaults(handler=run_ask)
+
+
+def run_ask(args: argparse.Namespace) -> None:
+    image = open_image(args.image)
+    model, processor = load_fuyu_folder(args.model, "ask")
+    question = args.question
+    if args.box:
+        question += " <box>" + ", ".join(f"{v:g}" for v in args.box) + "</box>"
+    if args.point:
+        question += " <point>" + ", ".join(f"{v:g}" for v in args.point) + "</point>"
+    inputs = processor(images=image, text=question)
+    generated = model.generate(**inputs, max_new_tokens=args.max_new_tokens, do_sample=False)
+    print(processor.post_process_image_text_to_text(generated, image_sizes=[(image.height, image.width)])[0])
+
+
+def add_vstar_command(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "vstar",
+        help="answer with V* guided visual search and save a picture of the search",
+        description="Search the image for the question's targets (named by the model unless --targets is "
+        "given), answer from the whole image plus crops of what was found, and save one PNG per target "
+        "with the visited patches in order and the final box.",
+        epilog="example:\n  mosaic-vlm vstar vstar-folder street.png 'What colour is the digit?' --targets digit "
+        "--output search.png",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("model", type=Path, help="a saved MosaicFuyuForCausalLM folder (with its processor)")
+    parser.add_argument("image", type=Path, help="an image file")
+    parser.add_argument("question", help="the question")
+    parser.add_argument("--targets", nargs="+", default=None, help="what to search for (default: ask the model)")
+    parser.add_argument("--output", "-o", type=Path, default=Path("vstar-search.png"),
+                        help="PNG of the search; with several targets, one file per target (default vstar-search.png)")
+    parser.add_argument("--min-size", type=int, default=None, help="smallest patch side in pixels (default: V*'s)")
+    parser.add_argument("--conf-high", type=float, default=0.5, help="confidence that ends a search (default 0.5)")
+    parser.add_argument("--conf-low", type=float, default=0.3, help="least confidence of a fallback box (default 0.3)")
+    parser.add_argument("--max-calls", type=int, default=None, help="scorer calls allowed per search")
+    parser.add_argument("--max-new-tokens", type=int, default=20, help="longest answer in tokens (default 20)")
+    parser.set_defaults(handler=run_vstar)
+
+
+def run_vstar(args: argparse.Namespace) -> None:
+    from mosaic_vlm.modeling.vstar import draw_search, vstar_generate
+
+    if args.output.suffix.lower() != ".png":
+        raise ValueError(f"--output must name a .png file, got {args.output}.")
+    image = open_image(args.image)
+    model, processor = load_fuyu_folder(args.model, "vstar")
+    search = {"min_size": args.min_size, "conf_high": args.conf_high, "conf_low": args.conf_low, "max_calls": args.max_calls}
+    output = vstar_generate(model, processor, image, args.question, targets=args.targets, search_kwargs=search,
+                            max_new_tokens=args.max_new_tokens, do_sample=False)
+    print(f"answer: {output.answer}")
+    for index, (target, result) in enumerate(output.searches.items()):
+        where = f"box {result.box}" if result.found else "not found"
+        print(f"target {target!r}: {where}, score {result.score:.2f}, {result.num_calls} scorer calls")
+        path = args.output if len(output.searches) == 1 else args.output.with_stem(f"{args.output.stem}-{index}")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        draw_search(image, result).save(path)
+        print(f"search picture: {path}")
+    if not output.searches:
+        print("no target to search for: answered from the whole image")
+
+
 def add_push_command(subparsers) -> None:
     parser = subparsers.add_parser(
         "push",

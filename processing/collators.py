@@ -102,9 +102,10 @@ class MosaicFuyuCollator(_ImageTextCollator):
                 )
 
     def __call__(self, rows: list[dict]) -> dict:
+        """A row's image column holds one image, or a list of images for a question with `<image>` placeholders."""
         question_column, answer_column = self.text_columns
         return dict(self.processor(
-            images=[[image] for image in self._images(rows)],
+            images=[list(image) if isinstance(image, (list, tuple)) else [image] for image in self._images(rows)],
             text=[row[question_column] for row in rows],
             answers=[row[answer_column] for row in rows],
         ))

@@ -1,0 +1,165 @@
+"""The V*Bench-like set: direct answering vs `vstar_generate`, search success, and scorer calls of V*
+against an exhaustive sliding-window scan at the same window size.
+
+The questions (digit, colour, left/right) are about sklearn digits on small tiles (about 3% of the short
+side) in skimage photos of at least 1024 px; see `mosaic_vlm.processing.vstar_scenes`. The model is the
+tiny Fuyu-style model of examples/train_vstar.py (trained here with Trainer unless --model is given);
+it answers, names its targets and, through `FuyuScorer`, scores crops for the search.
+
+    python benchmarks/bench_vstar.py [--model out/vstar] [--questions 120] [--exhaustive 12] [--traces out/traces]
+"""
+
+import argparse
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from mosaic_vlm.modeling.vstar import FuyuScorer, draw_search, exhaustive_search, visual_search, vstar_generate
+from mosaic_vlm.processing.vstar_scenes import benchmark_questions, box_iou
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+SEARCH = {"min_size": 64, "conf_high": 0.8, "conf_low": 0.3}
+GENERATE = {"max_new_tokens": 6, "do_sample": False}
+
+
+def train_model(output_dir: Path, max_steps: int, train_rows: int):
+    """examples/train_vstar.py with Trainer; returns the trained model and processor."""
+    sys.path.insert(0, str(EXAMPLES))
+    import train_vstar
+    from transformers import HfArgumentParser, TrainingArguments
+
+    parser = HfArgumentParser((train_vstar.VStarArguments, TrainingArguments))
+    args, training_args = parser.parse_args_into_dataclasses(args=[
+        "--output_dir", str(output_dir), "--max_steps", str(max_steps), "--train_rows", str(train_rows),
+        "--per_device_train_batch_size", "32", "--learning_rate", "2e-3", "--warmup_steps", "50",
+        "--eval_strategy", "no", "--save_strategy", "no", "--report_to", "none", "--logging_steps", "100",
+    ])
+    trainer = train_vstar.build_trainer(args, training_args)
+    trainer.train()
+    trainer.save_model(str(output_dir))
+    return trainer.model.eval(), trainer.processing_class
+
+
+def load_model(folder: Path):
+    from transformers import AutoModelForCausalLM, AutoProcessor
+
+    import mosaic_vlm.modeling  # noqa: F401  (registers the mosaic classes)
+
+    return AutoModelForCausalLM.from_pretrained(folder).eval(), AutoProcessor.from_pretrained(folder)
+
+
+def answer_directly(model, processor, image, question: str) -> str:
+    inputs = processor(images=image, text=question)
+    return processor.post_process_image_text_to_text(model.generate(**inputs, **GENERATE))[0]
+
+
+def run_vstar_benchmark(model=None, processor=None, questions: int = 120, exhaustive: int = 12, traces: Path | None = None,
+                        train_steps: int = 1500, train_rows: int = 48000, output_dir: Path = Path("out/vstar")) -> dict:
+    if model is None:
+        model, processor = train_model(output_dir, train_steps, train_rows)
+    items = benchmark_questions(questions)
+    scorer = FuyuScorer(model, processor)
+    rows, started = [], time.perf_counter()
+    with torch.no_grad():
+        for index, item in enumerate(tqdm(items, desc="V*Bench-like questions")):
+            image = item.scene.render()
+            direct = answer_directly(model, processor, image, item.question)
+            evaluations_before = scorer.evaluations
+            output = vstar_generate(model, processor, image, item.question, scorer=scorer, search_kwargs=SEARCH, **GENERATE)
+            hits = [
+                target in output.searches and output.searches[target].found
+                and box_iou(output.searches[target].box, box) > 0.5
+                for target, box in zip(item.targets, item.target_boxes)
+            ]
+            rows.append({
+                "kind": item.kind, "direct": direct == item.answer, "vstar": output.answer == item.answer,
+                "targets_named": sorted(output.targets) == sorted(item.targets), "hits": hits,
+                "calls": [result.num_calls for result in output.searches.values()],
+                "evaluations": scorer.evaluations - evaluations_before, "searches": len(output.searches),
+            })
+            if traces is not None and index < 6:
+                traces.mkdir(parents=True, exist_ok=True)
+                for target, result in output.searches.items():
+                    draw_search(image, result).save(traces / f"question{index}-{target.replace(' ', '_')}.png")
+    vstar_seconds = time.perf_counter() - started
+
+    # the exhaustive scan on the first searches, at V*'s leaf size, with V*'s confidence threshold
+    scan_rows = []
+    for item in tqdm(items[:exhaustive], desc="exhaustive scans"):
+        image = item.scene.render()
+        for target, box in zip(item.targets, item.target_boxes):
+            before = scorer.evaluations
+            scan = exhaustive_search(image, target, scorer, window=SEARCH["min_size"], conf_low=SEARCH["conf_low"], batch_size=64)
+            ours = visual_search(image, target, scorer, **SEARCH)
+            scan_rows.append({
+                "scan_calls": scan.num_calls, "scan_hit": scan.found and box_iou(scan.box, box) > 0.5,
+                "scan_evaluations": scorer.evaluations - before,
+                "vstar_calls": ours.num_calls, "vstar_hit": ours.found and box_iou(ours.box, box) > 0.5,
+            })
+
+    def share(values) -> float:
+        values = list(values)
+        return sum(values) / len(values) if values else float("nan")
+
+    by_kind = {
+        kind: {
+            "questions": sum(row["kind"] == kind for row in rows),
+            "direct_accuracy": share(row["direct"] for row in rows if row["kind"] == kind),
+            "vstar_accuracy": share(row["vstar"] for row in rows if row["kind"] == kind),
+        }
+        for kind in ("digit", "colour", "spatial")
+    }
+    searches = [call for row in rows for call in row["calls"]]
+    vstar_scan_evaluations = sum(row["evaluations"] for row in rows) / max(1, sum(row["searches"] for row in rows))
+    return {
+        "questions": len(rows),
+        "direct_accuracy": share(row["direct"] for row in rows),
+        "vstar_accuracy": share(row["vstar"] for row in rows),
+        "by_kind": by_kind,
+        "targets_named": share(row["targets_named"] for row in rows),
+        "search_success": share(hit for row in rows for hit in row["hits"]),
+        "calls_per_search": statistics.mean(searches) if searches else float("nan"),
+        "evaluations_per_search": vstar_scan_evaluations,
+        "exhaustive": {
+            "searches": len(scan_rows),
+            "scan_calls_per_search": share(row["scan_calls"] for row in scan_rows),
+            "scan_hit_rate": share(row["scan_hit"] for row in scan_rows),
+            "vstar_calls_per_search": share(row["vstar_calls"] for row in scan_rows),
+            "vstar_hit_rate": share(row["vstar_hit"] for row in scan_rows),
+        },
+        "seconds_per_question": vstar_seconds / max(1, len(rows)),
+        "threads": torch.get_num_threads(),
+    }
+
+
+def print_result(result: dict) -> None:
+    print(f"{result['questions']} questions: direct {result['direct_accuracy']:.1%}, V* {result['vstar_accuracy']:.1%}")
+    for kind, figures in result["by_kind"].items():
+        print(f"  {kind}: {figures['questions']} questions, direct {figures['direct_accuracy']:.1%}, V* {figures['vstar_accuracy']:.1%}")
+    print(f"targets named right {result['targets_named']:.1%}; search success (IoU > 0.5) {result['search_success']:.1%}")
+    print(f"scorer calls per search {result['calls_per_search']:.1f} ({result['evaluations_per_search']:.1f} crops scored)")
+    scan = result["exhaustive"]
+    print(f"exhaustive scan on {scan['searches']} searches: {scan['scan_calls_per_search']:.0f} calls, hit rate "
+          f"{scan['scan_hit_rate']:.1%}; V* on the same: {scan['vstar_calls_per_search']:.1f} calls, hit rate {scan['vstar_hit_rate']:.1%}")
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", type=Path, default=None, help="a trained folder (default: train one with Trainer)")
+    parser.add_argument("--questions", type=int, default=120, help="benchmark questions (default 120)")
+    parser.add_argument("--exhaustive", type=int, default=12, help="questions whose searches are also scanned exhaustively")
+    parser.add_argument("--traces", type=Path, default=None, help="folder for PNG pictures of the first searches")
+    parser.add_argument("--train-steps", type=int, default=1500, help="Trainer steps when training here")
+    args = parser.parse_args(argv)
+    model, processor = load_model(args.model) if args.model else (None, None)
+    print_result(run_vstar_benchmark(model, processor, args.questions, args.exhaustive, args.traces, args.train_steps))
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    main()

@@ -1,0 +1,97 @@
+"""Train the tiny Fuyu-style model of the V*Bench-like set with Trainer: one model that scores
+"Is there a digit in the image?" on crops of every size (the V* scorer), names the targets a question
+needs, and answers digit, colour and left/right questions directly or from V*'s visual working memory.
+Evaluation during training: held-out answer accuracy (teacher-forced, equal to greedy decoding).
+
+    python examples/train_vstar.py --output_dir out/vstar --max_steps 3000
+
+The rows come from `mosaic_vlm.processing.vstar_scenes` (skimage photos, sklearn digits); every
+TrainingArguments flag works (see --help).
+"""
+
+import dataclasses
+import json
+import os
+import sys
+
+import torch
+from transformers import HfArgumentParser, Trainer, TrainingArguments
+
+from mosaic_vlm.modeling import MosaicFuyuConfig, MosaicFuyuForCausalLM
+from mosaic_vlm.processing import MosaicFuyuImageProcessor, MosaicFuyuProcessor, train_bpe_tokenizer
+from mosaic_vlm.processing.collators import MosaicFuyuCollator
+from mosaic_vlm.processing.vstar_scenes import tokenizer_texts, training_rows
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from train_fuyu import FUYU_TOKENS, answer_accuracy, greedy_predictions  # noqa: E402
+
+
+@dataclasses.dataclass
+class VStarArguments:
+    hidden_size: int = dataclasses.field(default=128, metadata={"help": "width of the decoder"})
+    num_hidden_layers: int = dataclasses.field(default=4, metadata={"help": "decoder layers"})
+    num_attention_heads: int = dataclasses.field(default=4, metadata={"help": "attention heads"})
+    image_size: int = dataclasses.field(default=64, metadata={"help": "the model's input: images are fitted into this square"})
+    patch_size: int = dataclasses.field(default=8, metadata={"help": "side of a square patch"})
+    train_rows: int = dataclasses.field(default=24000, metadata={"help": "generated training rows"})
+    eval_rows: int = dataclasses.field(default=600, metadata={"help": "generated held-out rows (another seed)"})
+
+
+def build_processor(image_size: int, patch_size: int) -> MosaicFuyuProcessor:
+    tokenizer = train_bpe_tokenizer(tokenizer_texts() * 4, vocab_size=512, model_max_length=512, extra_special_tokens=FUYU_TOKENS)
+    image_processor = MosaicFuyuImageProcessor(patch_size=patch_size, size={"height": image_size, "width": image_size})
+    return MosaicFuyuProcessor(image_processor=image_processor, tokenizer=tokenizer)
+
+
+def build_model(args: VStarArguments, tokenizer) -> MosaicFuyuForCausalLM:
+    config = MosaicFuyuConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=args.hidden_size,
+        intermediate_size=4 * args.hidden_size,
+        num_hidden_layers=args.num_hidden_layers,
+        num_attention_heads=args.num_attention_heads,
+        max_position_embeddings=tokenizer.model_max_length,
+        patch_size=args.patch_size,
+        image_token_id=tokenizer.convert_tokens_to_ids("|SPEAKER|"),
+        image_newline_token_id=tokenizer.convert_tokens_to_ids("|NEWLINE|"),
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
+    return MosaicFuyuForCausalLM(config)
+
+
+def build_trainer(args: VStarArguments, training_args: TrainingArguments) -> Trainer:
+    training_args.remove_unused_columns = False
+    training_args.dataloader_pin_memory = False
+    torch.manual_seed(training_args.seed)
+    processor = build_processor(args.image_size, args.patch_size)
+    size = (args.image_size, args.image_size)
+    return Trainer(
+        model=build_model(args, processor.tokenizer),
+        args=training_args,
+        train_dataset=training_rows(args.train_rows, seed=training_args.seed, max_size=size),
+        eval_dataset=training_rows(args.eval_rows, seed=training_args.seed + 1_000_000, max_size=size),
+        data_collator=MosaicFuyuCollator(processor, image_column="images"),
+        processing_class=processor,
+        compute_metrics=answer_accuracy,
+        preprocess_logits_for_metrics=greedy_predictions,
+    )
+
+
+def main(argv=None) -> dict:
+    parser = HfArgumentParser((VStarArguments, TrainingArguments), description=__doc__)
+    args, training_args = parser.parse_args_into_dataclasses(args=argv)
+    trainer = build_trainer(args, training_args)
+    trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    metrics = trainer.evaluate()
+    trainer.save_model(training_args.output_dir)
+    if trainer.is_world_process_zero():
+        with open(os.path.join(training_args.output_dir, "final_metrics.json"), "w") as file:
+            json.dump(metrics, file, indent=2)
+        print(f"held-out answer accuracy {metrics['eval_answer_accuracy']:.1%} over {len(trainer.eval_dataset)} rows")
+    return metrics
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,233 @@
+"""A small V*Bench-like set, offline: real photos that ship in scikit-image, at least 1024 px, with
+handwritten sklearn digits drawn in colour on small white tiles (about 3% of the short side) at random
+positions. Such a tile is a few pixels wide once the whole photo is fitted into a small model's input,
+so it must be searched for.
+
+Questions (each with its answer and the targets a search needs):
+- digit (attribute): "What digit is on the tile?" -> "seven"; target "digit";
+- colour (attribute): "What colour is the digit?" -> "red"; target "digit";
+- spatial: "Is the red digit left or right of the blue digit?" -> "left"; targets "red digit" and
+  "blue digit".
+
+`training_rows` makes the rows a Fuyu-style model learns from with Trainer: yes/no questions about
+crops of every size a search visits ("Is there a red digit in the image?"), the three question kinds asked
+directly and with V*'s visual working memory, and the target list a question needs.
+"""
+
+import random
+from dataclasses import dataclass
+from functools import cache
+
+import numpy as np
+import PIL.Image
+
+from .digit_datasets import DIGIT_NAMES
+from .image_processing_mosaic_fuyu import fitted_size
+
+Box = tuple[int, int, int, int]  # (x0, y0, x1, y1), x1/y1 exclusive
+PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "retina", "hubble_deep_field", "immunohistochemistry")
+COLOURS = {"red": (220, 20, 20), "green": (20, 150, 30), "blue": (20, 50, 220), "black": (0, 0, 0)}
+DIGIT_QUESTION = "What digit is on the tile?"
+COLOUR_QUESTION = "What colour is the digit?"
+SPATIAL_QUESTION = "Is the {} digit left or right of the {} digit?"
+PRESENCE_QUESTION = "Is there a {} in the image?"
+TARGETS_QUESTION = "Which objects must be seen to answer: {}"
+FOCUS_QUESTION = "{} Additional visual information to focus on: {}"
+
+
+@cache
+def photo(name: str, short_side: int = 1024) -> PIL.Image.Image:
+    """A scikit-image photo as RGB, upscaled (bicubic) so that its short side is at least `short_side`."""
+    from skimage import data
+
+    image = PIL.Image.fromarray(getattr(data, name)()).convert("RGB")
+    scale = max(1.0, short_side / min(image.size))
+    return image.resize((round(image.width * scale), round(image.height * scale)), PIL.Image.BICUBIC)
+
+
+@cache
+def _digit_strokes() -> tuple[np.ndarray, np.ndarray]:
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    return digits.images / 16.0, digits.target
+
+
+@dataclass(frozen=True)
+class Tile:
+    digit: int
+    colour: str
+    box: Box
+    sample: int  # which handwritten sample of the digit
+
+    def image(self) -> PIL.Image.Image:
+        """The white tile with the digit's strokes in its colour (strokes blended by their intensity)."""
+        strokes, _ = _digit_strokes()
+        side = self.box[2] - self.box[0]
+        inner = side - max(2, side // 8) * 2
+        ink = PIL.Image.fromarray((strokes[self.sample] * 255).astype(np.uint8)).resize((inner, inner), PIL.Image.BILINEAR)
+        tile = PIL.Image.new("RGB", (side, side), (255, 255, 255))
+        tile.paste(PIL.Image.new("RGB", (inner, inner), COLOURS[self.colour]), ((side - inner) // 2,) * 2, mask=ink)
+        return tile
+
+
+@dataclass(frozen=True)
+class Scene:
+    photo: str
+    tiles: tuple[Tile, ...]
+
+    @property
+    def size(self) -> tuple[int, int]:
+        return photo(self.photo).size
+
+    def render(self, box: Box | None = None) -> PIL.Image.Image:
+        """The scene, or the `box` crop of it, at full resolution."""
+        box = box or (0, 0, *self.size)
+        image = photo(self.photo).crop(box)
+        for tile in self.tiles:
+            if overlap(tile.box, box):
+                image.paste(tile.image(), (tile.box[0] - box[0], tile.box[1] - box[1]))
+        return image
+
+
+@dataclass(frozen=True)
+class Question:
+    scene: Scene
+    kind: str  # "digit", "colour" or "spatial"
+    question: str
+    answer: str
+    targets: tuple[str, ...]
+    target_boxes: tuple[Box, ...]
+
+
+def overlap(a: Box, b: Box) -> int:
+    """Area of the intersection of two boxes."""
+    return max(0, min(a[2], b[2]) - max(a[0], b[0])) * max(0, min(a[3], b[3]) - max(a[1], b[1]))
+
+
+def box_iou(a: Box, b: Box) -> float:
+    inter = overlap(a, b)
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union if union else 0.0
+
+
+def random_scene(rng: random.Random, digits: list[int], tile_fraction: float = 0.03) -> Scene:
+    """A random photo with one tile per digit, each at a random place apart from the others, in colours
+    that differ from each other."""
+    name = rng.choice(PHOTOS)
+    width, height = photo(name).size
+    side = max(12, round(min(width, height) * tile_fraction))
+    _, labels = _digit_strokes()
+    tiles, colours = [], rng.sample(list(COLOURS), len(digits))
+    while len(tiles) < len(digits):
+        x, y = rng.randrange(0, width - side), rng.randrange(0, height - side)
+        box = (x, y, x + side, y + side)
+        expanded = (x - 2 * side, y - 2 * side, x + 3 * side, y + 3 * side)
+        if all(overlap(expanded, tile.box) == 0 for tile in tiles):
+            digit = digits[len(tiles)]
+            sample = rng.choice(np.flatnonzero(labels == digit).tolist())
+            tiles.append(Tile(digit, colours[len(tiles)], box, sample))
+    return Scene(name, tuple(tiles))
+
+
+def random_question(rng: random.Random, kind: str) -> Question:
+    if kind == "spatial":
+        scene = random_scene(rng, [rng.randrange(10), rng.randrange(10)])
+        a, b = scene.tiles
+        answer = "left" if (a.box[0] + a.box[2]) < (b.box[0] + b.box[2]) else "right"
+        question = SPATIAL_QUESTION.format(a.colour, b.colour)
+        return Question(scene, kind, question, answer, (f"{a.colour} digit", f"{b.colour} digit"), (a.box, b.box))
+    scene = random_scene(rng, [rng.randrange(10)])
+    tile = scene.tiles[0]
+    question, answer = (DIGIT_QUESTION, DIGIT_NAMES[tile.digit]) if kind == "digit" else (COLOUR_QUESTION, tile.colour)
+    return Question(scene, kind, question, answer, ("digit",), (tile.box,))
+
+
+def benchmark_questions(count: int = 120, seed: int = 0) -> list[Question]:
+    """`count` questions, the three kinds in turn, each on its own random scene."""
+    rng = random.Random(seed)
+    return [random_question(rng, ("digit", "colour", "spatial")[index % 3]) for index in range(count)]
+
+
+def normalised(box: Box, size: tuple[int, int]) -> tuple[float, float, float, float]:
+    width, height = size
+    return (box[0] / width, box[1] / height, box[2] / width, box[3] / height)
+
+
+def focus_text(entries: list[tuple[str, tuple[float, ...]]]) -> str:
+    """V*'s visual working memory as prompt text (one image placeholder per crop); matches vstar_generate."""
+    return "; ".join(f"{name} at [{', '.join(f'{v:.2f}' for v in box)}] <image>" for name, box in entries)
+
+
+def memory_box(rng: random.Random, target: Box, size: tuple[int, int]) -> Box:
+    """A box like the one a search ends with (the target give or take a heatmap cell), enlarged 1.2x."""
+    width, height = size
+    side = target[2] - target[0]
+    x0, y0 = target[0] - rng.randint(0, side // 2), target[1] - rng.randint(0, side // 2)
+    x1, y1 = target[2] + rng.randint(0, side // 2), target[3] + rng.randint(0, side // 2)
+    grow_x, grow_y = (x1 - x0) // 10, (y1 - y0) // 10  # 1.2x around the centre
+    return (max(0, x0 - grow_x), max(0, y0 - grow_y), min(width, x1 + grow_x), min(height, y1 + grow_y))
+
+
+def shrink(image: PIL.Image.Image, max_size: tuple[int, int]) -> PIL.Image.Image:
+    """Downscaled to fit (height, width) as MosaicFuyuImageProcessor does; lets rows stay small in memory."""
+    height, width = fitted_size(image.height, image.width, *max_size)
+    return image if (height, width) == (image.height, image.width) else image.resize((width, height), PIL.Image.BILINEAR)
+
+
+def _presence_row(rng: random.Random, max_size: tuple[int, int]) -> dict:
+    """A yes/no question about a crop of any size a search visits (from the whole image to a fraction of a
+    tile); "yes" when the crop holds at least half of a matching tile, or is at least half covered by one."""
+    scene = random_scene(rng, [rng.randrange(10) for _ in range(rng.choice((1, 2)))])
+    width, height = scene.size
+    tile = rng.choice(scene.tiles)
+    tile_side = tile.box[2] - tile.box[0]
+    side = min(min(width, height), round(tile_side * 2 ** rng.uniform(-1, 6)))
+    if rng.random() < 0.5:  # a crop around a tile
+        x = rng.randint(max(0, tile.box[2] - side - tile_side // 2), min(width - side, tile.box[0] + tile_side // 2))
+        y = rng.randint(max(0, tile.box[3] - side - tile_side // 2), min(height - side, tile.box[1] + tile_side // 2))
+    else:
+        x, y = rng.randrange(0, width - side + 1), rng.randrange(0, height - side + 1)
+    crop = (x, y, x + side, y + side)
+    target = "digit" if rng.random() < 0.4 else f"{rng.choice([tile.colour, rng.choice(list(COLOURS))])} digit"
+    matching = [t for t in scene.tiles if target in ("digit", f"{t.colour} digit")]
+    shown = any(overlap(t.box, crop) >= 0.5 * min(tile_side**2, side**2) for t in matching)
+    image = shrink(scene.render(crop), max_size)
+    return {"images": [image], "question": PRESENCE_QUESTION.format(target), "answer": "yes" if shown else "no"}
+
+
+def _answer_rows(rng: random.Random, max_size: tuple[int, int]) -> list[dict]:
+    """One question asked three ways: for its target list, directly, and with V*'s working memory."""
+    item = random_question(rng, rng.choice(("digit", "colour", "spatial")))
+    whole = shrink(item.scene.render(), max_size)
+    memory = [memory_box(rng, box, item.scene.size) for box in item.target_boxes]
+    focus = focus_text([(name, normalised(box, item.scene.size)) for name, box in zip(item.targets, memory)])
+    return [
+        {"images": [whole], "question": TARGETS_QUESTION.format(item.question), "answer": ", ".join(item.targets)},
+        {"images": [whole], "question": item.question, "answer": item.answer},
+        {
+            "images": [whole, *(shrink(item.scene.render(box), max_size) for box in memory)],
+            "question": "<image>" + FOCUS_QUESTION.format(item.question, focus),
+            "answer": item.answer,
+        },
+    ]
+
+
+def training_rows(count: int, seed: int, max_size: tuple[int, int]) -> list[dict]:
+    """`count` rows of {images, question, answer}: half yes/no presence questions, half answer rows. Images
+    are fitted into `max_size` (height, width), the model's input size, as its processor would."""
+    rng = random.Random(seed)
+    rows = []
+    while len(rows) < count:
+        rows += [_presence_row(rng, max_size) for _ in range(3)] + _answer_rows(rng, max_size)
+    return rows[:count]
+
+
+def tokenizer_texts() -> list[str]:
+    """Every word the rows use, and every normalised coordinate, for training a tokenizer."""
+    words = [DIGIT_QUESTION, COLOUR_QUESTION, *COLOURS, "left", "right", "yes", "no", "digit", *DIGIT_NAMES]
+    words += [SPATIAL_QUESTION.format(a, b) for a in COLOURS for b in COLOURS if a != b]
+    words += [PRESENCE_QUESTION.format(name) for name in ("digit", *(f"{colour} digit" for colour in COLOURS))]
+    words += [TARGETS_QUESTION.format(DIGIT_QUESTION), FOCUS_QUESTION.format("", "at [0.50, 0.50] ;")]
+    words += [f"[{v / 100:.2f}, {v / 100:.2f}, {v / 100:.2f}, {v / 100:.2f}]" for v in range(101)]
+    return words
