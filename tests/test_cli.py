@@ -24,7 +24,7 @@ def clip_folder(tmp_path_factory, clip_processor):
 def test_help_lists_every_command():
     result = subprocess.run([sys.executable, "-m", "mosaic_vlm.conversion", "--help"], capture_output=True, text=True)
     assert result.returncode == 0
-    for command in ("convert", "zero-shot", "train", "push", "pull", "bench", "demo"):
+    for command in ("convert", "zero-shot", "ask", "vstar", "train", "push", "pull", "bench", "demo"):
         assert command in result.stdout
 
 
@@ -45,13 +45,67 @@ def test_zero_shot_prints_a_ranked_table(clip_folder, photos, tmp_path, capsys):
         (["zero-shot", "{model}", "/no/such.png", "--labels", "a", "b"], "image file(s) not found"),
         (["zero-shot", "{model}", "/no/such.png", "--labels", "a"], "at least two candidate labels"),
         (["push", "/no/such/model", "me/repo"], "is not a saved model folder"),
+        (["ask", "{model}", "/no/such.png", "what?"], "image file /no/such.png does not exist"),
+        (["ask", "{model}", "{image}", "what?"], "ask needs a Fuyu-style model folder; "),
+        (["vstar", "{model}", "{image}", "what?"], "vstar needs a Fuyu-style model folder; "),
+        (["vstar", "{model}", "{image}", "what?", "--output", "search.jpg"], "--output must name a .png file"),
     ],
 )
-def test_errors_are_one_line_with_exit_code_2(clip_folder, capsys, arguments, message):
-    arguments = [argument.replace("{model}", str(clip_folder)) for argument in arguments]
+def test_errors_are_one_line_with_exit_code_2(clip_folder, photo_file, capsys, arguments, message):
+    arguments = [argument.replace("{model}", str(clip_folder)).replace("{image}", str(photo_file)) for argument in arguments]
     assert main(arguments) == 2
     error = capsys.readouterr().err.strip().splitlines()
     assert message in error[-1] and error[-1].startswith("mosaic-vlm")
+
+
+@pytest.fixture(scope="module")
+def photo_file(tmp_path_factory, photos):
+    path = tmp_path_factory.mktemp("photo") / "coffee.png"
+    PIL.Image.fromarray(photos["coffee"]).save(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def fuyu_folder(tmp_path_factory):
+    from test_fuyu_processor import FUYU_TOKENS, TEXTS, tiny_model
+
+    from mosaic_vlm.processing import MosaicFuyuImageProcessor, MosaicFuyuProcessor, train_bpe_tokenizer
+
+    tokenizer = train_bpe_tokenizer(TEXTS * 5, vocab_size=120, model_max_length=256, extra_special_tokens=FUYU_TOKENS)
+    processor = MosaicFuyuProcessor(MosaicFuyuImageProcessor(patch_size=16, size={"height": 64, "width": 64}), tokenizer)
+    folder = tmp_path_factory.mktemp("cli_fuyu")
+    model = tiny_model(processor)
+    model.save_pretrained(folder)
+    processor.save_pretrained(folder)
+    return folder, model, processor
+
+
+def test_ask_prints_the_answer_with_boxes_in_image_pixels(fuyu_folder, photo_file, capsys):
+    folder, model, processor = fuyu_folder
+    image = PIL.Image.open(photo_file)
+    assert main(["ask", str(folder), str(photo_file), "what digit is this?", "--box", "10", "20", "100", "300",
+                 "--max-new-tokens", "5"]) == 0
+    inputs = processor(images=image, text="what digit is this? <box>10, 20, 100, 300</box>")
+    expected = processor.post_process_image_text_to_text(
+        model.generate(**inputs, max_new_tokens=5, do_sample=False), image_sizes=[(image.height, image.width)]
+    )[0]
+    assert capsys.readouterr().out.strip() == expected
+    assert main(["ask", str(folder), str(photo_file), "describe it", "--box", "10", "20", "900", "300"]) == 2
+    assert "lies outside the 400x600" in capsys.readouterr().err
+
+
+def test_vstar_prints_the_answer_and_saves_the_search_picture(fuyu_folder, photo_file, tmp_path, capsys):
+    folder, _, _ = fuyu_folder
+    output = tmp_path / "pictures" / "search.png"
+    assert main(["vstar", str(folder), str(photo_file), "describe it", "--targets", "cat", "--min-size", "100",
+                 "--max-calls", "12", "--output", str(output), "--max-new-tokens", "3"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("answer: ")
+    assert lines[1].startswith("target 'cat': ") and "scorer calls" in lines[1]
+    calls = int(lines[1].split(" scorer calls")[0].split()[-1])
+    assert 1 <= calls <= 12
+    assert lines[2] == f"search picture: {output}"
+    assert PIL.Image.open(output).size == PIL.Image.open(photo_file).size
 
 
 def test_train_runs_the_clip_recipe(tmp_path, capsys):
