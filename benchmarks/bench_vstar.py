@@ -13,6 +13,7 @@ import argparse
 import os
 import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -24,10 +25,13 @@ from mosaic_vlm.processing.vstar_scenes import benchmark_questions, box_iou
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 SEARCH = {"min_size": 64, "conf_high": 0.8, "conf_low": 0.3}
+QUICK_SEARCH = {"min_size": 256, "conf_high": 0.8, "conf_low": 0.3, "max_calls": 40}  # smoke runs: coarse, bounded
 GENERATE = {"max_new_tokens": 6, "do_sample": False}
+FULL_MODEL = []  # examples/train_vstar.py's defaults
+QUICK_MODEL = ["--hidden_size", "32", "--num_hidden_layers", "1", "--eval_rows", "8"]
 
 
-def train_model(output_dir: Path, max_steps: int, train_rows: int):
+def train_model(output_dir: Path, max_steps: int, train_rows: int, model_args: list[str] = FULL_MODEL):
     """examples/train_vstar.py with Trainer; returns the trained model and processor."""
     sys.path.insert(0, str(EXAMPLES))
     import train_vstar
@@ -35,9 +39,9 @@ def train_model(output_dir: Path, max_steps: int, train_rows: int):
 
     parser = HfArgumentParser((train_vstar.VStarArguments, TrainingArguments))
     args, training_args = parser.parse_args_into_dataclasses(args=[
-        "--output_dir", str(output_dir), "--max_steps", str(max_steps), "--train_rows", str(train_rows),
-        "--per_device_train_batch_size", "32", "--learning_rate", "2e-3", "--warmup_steps", "50",
-        "--eval_strategy", "no", "--save_strategy", "no", "--report_to", "none", "--logging_steps", "100",
+        *model_args, "--output_dir", str(output_dir), "--max_steps", str(max_steps), "--train_rows", str(train_rows),
+        "--per_device_train_batch_size", "32", "--learning_rate", "3e-3", "--warmup_steps", "50",
+        "--eval_strategy", "no", "--save_strategy", "no", "--report_to", "none", "--logging_steps", "250",
     ])
     trainer = train_vstar.build_trainer(args, training_args)
     trainer.train()
@@ -59,9 +63,14 @@ def answer_directly(model, processor, image, question: str) -> str:
 
 
 def run_vstar_benchmark(model=None, processor=None, questions: int = 120, exhaustive: int = 12, traces: Path | None = None,
-                        train_steps: int = 1500, train_rows: int = 48000, output_dir: Path = Path("out/vstar")) -> dict:
+                        train_steps: int = 2000, output_dir: Path | None = None, quick: bool = False) -> dict:
+    """Trains the model first when none is given. `quick` (smoke runs): a tiny model, a few steps, coarse
+    bounded searches; pictures of the first searches compared with the exhaustive scan go to `traces`."""
+    search = QUICK_SEARCH if quick else SEARCH
     if model is None:
-        model, processor = train_model(output_dir, train_steps, train_rows)
+        output_dir = output_dir or Path(tempfile.mkdtemp(prefix="mosaic-vstar-"))
+        steps = 20 if quick else train_steps
+        model, processor = train_model(output_dir, steps, 32 * steps, QUICK_MODEL if quick else FULL_MODEL)
     items = benchmark_questions(questions)
     scorer = FuyuScorer(model, processor)
     rows, started = [], time.perf_counter()
@@ -70,7 +79,7 @@ def run_vstar_benchmark(model=None, processor=None, questions: int = 120, exhaus
             image = item.scene.render()
             direct = answer_directly(model, processor, image, item.question)
             evaluations_before = scorer.evaluations
-            output = vstar_generate(model, processor, image, item.question, scorer=scorer, search_kwargs=SEARCH, **GENERATE)
+            output = vstar_generate(model, processor, image, item.question, scorer=scorer, search_kwargs=search, **GENERATE)
             hits = [
                 target in output.searches and output.searches[target].found
                 and box_iou(output.searches[target].box, box) > 0.5
@@ -82,23 +91,20 @@ def run_vstar_benchmark(model=None, processor=None, questions: int = 120, exhaus
                 "calls": [result.num_calls for result in output.searches.values()],
                 "evaluations": scorer.evaluations - evaluations_before, "searches": len(output.searches),
             })
-            if traces is not None and index < 6:
-                traces.mkdir(parents=True, exist_ok=True)
-                for target, result in output.searches.items():
-                    draw_search(image, result).save(traces / f"question{index}-{target.replace(' ', '_')}.png")
     vstar_seconds = time.perf_counter() - started
 
-    # the exhaustive scan on the first searches, at V*'s leaf size, with V*'s confidence threshold
+    # the exhaustive scan on the first questions' targets, at V*'s leaf size and confidence threshold
     scan_rows = []
-    for item in tqdm(items[:exhaustive], desc="exhaustive scans"):
+    for index, item in enumerate(tqdm(items[:exhaustive], desc="exhaustive scans")):
         image = item.scene.render()
         for target, box in zip(item.targets, item.target_boxes):
-            before = scorer.evaluations
-            scan = exhaustive_search(image, target, scorer, window=SEARCH["min_size"], conf_low=SEARCH["conf_low"], batch_size=64)
-            ours = visual_search(image, target, scorer, **SEARCH)
+            scan = exhaustive_search(image, target, scorer, window=search["min_size"], conf_low=search["conf_low"], batch_size=64)
+            ours = visual_search(image, target, scorer, **search)
+            if traces is not None:
+                traces.mkdir(parents=True, exist_ok=True)
+                draw_search(image, ours).save(traces / f"search{index}-{target.replace(' ', '_')}.png")
             scan_rows.append({
                 "scan_calls": scan.num_calls, "scan_hit": scan.found and box_iou(scan.box, box) > 0.5,
-                "scan_evaluations": scorer.evaluations - before,
                 "vstar_calls": ours.num_calls, "vstar_hit": ours.found and box_iou(ours.box, box) > 0.5,
             })
 
@@ -115,7 +121,10 @@ def run_vstar_benchmark(model=None, processor=None, questions: int = 120, exhaus
         for kind in ("digit", "colour", "spatial")
     }
     searches = [call for row in rows for call in row["calls"]]
-    vstar_scan_evaluations = sum(row["evaluations"] for row in rows) / max(1, sum(row["searches"] for row in rows))
+    vstar_calls, scan_calls = share(row["vstar_calls"] for row in scan_rows), share(row["scan_calls"] for row in scan_rows)
+    cases = [{"case": "scorer calls per search (V* vs exhaustive scan)", "ours": vstar_calls, "reference": scan_calls,
+              "unit": "calls", "ratio": scan_calls / vstar_calls}]
+    evaluations_per_search = sum(row["evaluations"] for row in rows) / max(1, sum(row["searches"] for row in rows))
     return {
         "questions": len(rows),
         "direct_accuracy": share(row["direct"] for row in rows),
@@ -124,7 +133,7 @@ def run_vstar_benchmark(model=None, processor=None, questions: int = 120, exhaus
         "targets_named": share(row["targets_named"] for row in rows),
         "search_success": share(hit for row in rows for hit in row["hits"]),
         "calls_per_search": statistics.mean(searches) if searches else float("nan"),
-        "evaluations_per_search": vstar_scan_evaluations,
+        "evaluations_per_search": evaluations_per_search,
         "exhaustive": {
             "searches": len(scan_rows),
             "scan_calls_per_search": share(row["scan_calls"] for row in scan_rows),
@@ -133,6 +142,7 @@ def run_vstar_benchmark(model=None, processor=None, questions: int = 120, exhaus
             "vstar_hit_rate": share(row["vstar_hit"] for row in scan_rows),
         },
         "seconds_per_question": vstar_seconds / max(1, len(rows)),
+        "cases": cases,
         "threads": torch.get_num_threads(),
     }
 
@@ -153,8 +163,8 @@ def main(argv=None) -> None:
     parser.add_argument("--model", type=Path, default=None, help="a trained folder (default: train one with Trainer)")
     parser.add_argument("--questions", type=int, default=120, help="benchmark questions (default 120)")
     parser.add_argument("--exhaustive", type=int, default=12, help="questions whose searches are also scanned exhaustively")
-    parser.add_argument("--traces", type=Path, default=None, help="folder for PNG pictures of the first searches")
-    parser.add_argument("--train-steps", type=int, default=1500, help="Trainer steps when training here")
+    parser.add_argument("--traces", type=Path, default=None, help="folder for PNG pictures of the compared searches")
+    parser.add_argument("--train-steps", type=int, default=2000, help="Trainer steps when training here")
     args = parser.parse_args(argv)
     model, processor = load_model(args.model) if args.model else (None, None)
     print_result(run_vstar_benchmark(model, processor, args.questions, args.exhaustive, args.traces, args.train_steps))

@@ -1,5 +1,5 @@
 """Run every side-by-side benchmark in one run and write the report: report.json, report.md (the table the
-README includes) and ratios.png (a bar chart of reference time / our time).
+README includes) and ratios.png (a bar chart of reference / ours: time, or scorer calls for V*).
 
     python benchmarks/report.py --output bench-report [--quick]
 """
@@ -19,7 +19,9 @@ HERE = Path(__file__).resolve().parent
 # module in benchmarks/ -> (its entry point, keyword arguments of a full run, of a --quick run)
 BENCHMARKS = {
     "bench_clip": ("run_clip_benchmark", {}, {"batch_images": 2, "batch_texts": 4, "repeats": 2, "warmup": 1}),
+    "bench_fuyu_processing": ("run_fuyu_processing_benchmark", {}, {"repeats": 2, "size": (320, 240)}),
     "bench_fuyu_model": ("run_fuyu_model_benchmark", {}, {"repeats": 1, "quick": True}),
+    "bench_vstar": ("run_vstar_benchmark", {}, {"questions": 3, "exhaustive": 1, "quick": True}),
 }
 
 
@@ -31,13 +33,15 @@ def _load(name: str):
 
 
 def ratio_rows(name: str, result: dict) -> list[dict]:
-    """The (case, ours ms, reference ms, ratio) rows a benchmark reports under `cases`."""
+    """The (case, ours, reference, unit, ratio) rows a benchmark reports under `cases`; times are in ms
+    unless a case names another unit (V* counts scorer calls)."""
     return [
         {
             "benchmark": name,
             "case": row["case"],
-            "ours_ms": row.get("ours_ms"),
-            "reference_ms": row.get("reference_ms", row.get("transformers_ms")),
+            "ours": row.get("ours", row.get("ours_ms")),
+            "reference": row.get("reference", row.get("reference_ms", row.get("transformers_ms"))),
+            "unit": row.get("unit", "ms"),
             "ratio": row.get("ratio"),
         }
         for row in result.get("cases", [])
@@ -59,13 +63,13 @@ def write_report(output: Path, quick: bool = False) -> list[Path]:
     json_path.write_text(json.dumps(report, indent=2, default=str))
 
     lines = [f"Machine: {machine}; torch {torch.__version__}; medians of interleaved repeats.", ""]
-    lines += ["| benchmark | case | ours ms | reference ms | ratio |", "|---|---|---:|---:|---:|"]
+    lines += ["| benchmark | case | ours | reference | unit | ratio |", "|---|---|---:|---:|---|---:|"]
     for row in rows:
-        ours, reference, ratio = (row[k] for k in ("ours_ms", "reference_ms", "ratio"))
+        ours, reference, ratio = (row[k] for k in ("ours", "reference", "ratio"))
         lines.append(
-            f"| {row['benchmark']} | {row['case']} | {ours:.1f} | {reference:.1f} | {ratio:.2f} |"
+            f"| {row['benchmark']} | {row['case']} | {ours:.1f} | {reference:.1f} | {row['unit']} | {ratio:.2f} |"
             if None not in (ours, reference, ratio)
-            else f"| {row['benchmark']} | {row['case']} | {ours} | {reference} | {ratio} |"
+            else f"| {row['benchmark']} | {row['case']} | {ours} | {reference} | {row['unit']} | {ratio} |"
         )
     markdown_path = output / "report.md"
     markdown_path.write_text("\n".join(lines) + "\n")
@@ -80,7 +84,7 @@ def write_report(output: Path, quick: bool = False) -> list[Path]:
     labels = [f"{row['benchmark']}: {row['case']}" for row in plotted]
     axis.barh(labels, [row["ratio"] for row in plotted], color="tab:blue")
     axis.axvline(1.0, color="black", linewidth=1)
-    axis.set_xlabel("reference time / our time (> 1: faster than the reference)")
+    axis.set_xlabel("reference / ours, time or scorer calls (> 1: we are faster or need fewer calls)")
     axis.invert_yaxis()
     figure.tight_layout()
     chart_path = output / "ratios.png"

@@ -1,141 +1,164 @@
-"""Offline demo: train a tiny CLIP-style model on real handwritten digits and classify held-out digits
-zero-shot from their captions ("a photo of the digit seven"). Everything it needs ships in wheels.
+"""The main job, offline, on real images that ship in wheels (sklearn digits, scikit-image photos):
 
-    ./dev demo [--epochs N] [--output-dir DIR]
+1. train the CLIP-style model with Trainer on captioned digits (plus crops of four photos); report the
+   held-out zero-shot accuracy and the zero-shot pipeline's ranking for the photos;
+2. train the Fuyu-style model with Trainer to answer "What digit is this?"; report held-out accuracy
+   and a few answers;
+3. train the V* model and run the V*Bench-like set: direct vs V* accuracy, search success, scorer calls
+   against an exhaustive scan; save PNG pictures of a few searches;
+4. save both digit models and reload them with AutoModel / AutoProcessor: the outputs are unchanged;
+5. write report.md and the PNGs into --output-dir.
+
+    ./dev demo [--output-dir demo-output] [--quick]
 """
 
 import argparse
-import tempfile
+import os
+import sys
 import time
+from pathlib import Path
 
-import numpy as np
+import PIL.Image
 import torch
-from sklearn.datasets import load_digits
-from sklearn.model_selection import train_test_split
-from transformers import AutoModel, AutoProcessor, Trainer, TrainingArguments
+from transformers import AutoModel, AutoModelForCausalLM, AutoProcessor, HfArgumentParser, TrainingArguments, pipeline
 
-from mosaic_vlm.modeling import MosaicClipConfig, MosaicClipModel
-from mosaic_vlm.processing import MosaicClipImageProcessor, MosaicClipProcessor, train_bpe_tokenizer
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(HERE.parent / "benchmarks"))
+import bench_vstar  # noqa: E402
+import train_clip  # noqa: E402
+import train_fuyu  # noqa: E402
 
-DIGIT_NAMES = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
+from mosaic_vlm.processing.digit_datasets import PHOTO_CAPTIONS  # noqa: E402
 
-
-def caption(digit: int) -> str:
-    return f"a photo of the digit {DIGIT_NAMES[digit]}"
-
-
-def build_processor() -> MosaicClipProcessor:
-    tokenizer = train_bpe_tokenizer([caption(d) for d in range(10)] * 8, vocab_size=96, model_max_length=16)
-    image_processor = MosaicClipImageProcessor(
-        size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}, image_mean=[0.5] * 3, image_std=[0.5] * 3
-    )
-    return MosaicClipProcessor(image_processor=image_processor, tokenizer=tokenizer)
+# full run / --quick run (every stage still runs; only the amounts shrink)
+SETTINGS = {
+    "full": {"clip_epochs": "20", "photo_crops": "60", "fuyu_epochs": "8", "vstar_steps": 2000, "questions": 60, "exhaustive": 4},
+    "quick": {"clip_epochs": "1", "photo_crops": "4", "fuyu_epochs": "1", "vstar_steps": 20, "questions": 3, "exhaustive": 1},
+}
+COMMON = ["--report_to", "none", "--save_strategy", "no", "--logging_steps", "200", "--seed", "0"]
 
 
-def build_model(tokenizer) -> MosaicClipModel:
-    tower = dict(hidden_size=64, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4, projection_dim=32)
-    config = MosaicClipConfig(
-        text_config=dict(
-            tower,
-            vocab_size=len(tokenizer),
-            max_position_embeddings=16,
-            pad_token_id=tokenizer.pad_token_id,
-            bos_token_id=tokenizer.bos_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-        ),
-        vision_config=dict(tower, image_size=32, patch_size=8),
-        projection_dim=32,
-    )
-    return MosaicClipModel(config)
+def trainer_of(module, arguments_class, argv):
+    model_args, training_args = HfArgumentParser((arguments_class, TrainingArguments)).parse_args_into_dataclasses(args=argv)
+    return module.build_trainer(model_args, training_args)
 
 
-class CaptionedDigits(torch.utils.data.Dataset):
-    """Digit images (8x8, 0-16) as processed pixels, each paired with its caption's token ids."""
+def stage_clip(settings, output: Path) -> tuple[list[str], object]:
+    print("\n== 1. CLIP-style model on captioned digits and photo crops (Trainer)")
+    trainer = trainer_of(train_clip, train_clip.ModelArguments, [
+        "--output_dir", str(output / "clip"), "--num_train_epochs", settings["clip_epochs"], "--photo_crops",
+        settings["photo_crops"], "--per_device_train_batch_size", "64", "--learning_rate", "2e-3", "--warmup_steps", "20",
+        "--eval_strategy", "no", *COMMON,
+    ])
+    trainer.train()
+    accuracy = trainer.evaluate()["eval_zero_shot_accuracy"]
+    trainer.save_model(str(output / "clip"))
+    print(f"zero-shot accuracy on {len(trainer.eval_dataset)} held-out digits: {accuracy:.1%}")
+    classifier = pipeline("zero-shot-image-classification", model=str(output / "clip"))
+    from skimage import data
 
-    def __init__(self, images: np.ndarray, labels: np.ndarray, processor: MosaicClipProcessor):
-        pixels = (images * (255 / 16)).round().astype(np.uint8)
-        self.pixel_values = processor.image_processor(list(pixels), return_tensors="pt")["pixel_values"]
-        self.input_ids = [processor.tokenizer(caption(int(label)))["input_ids"] for label in labels]
-        self.labels = labels
-
-    def __len__(self):
-        return len(self.labels)
-
-    def __getitem__(self, index):
-        return {"pixel_values": self.pixel_values[index], "input_ids": self.input_ids[index]}
-
-
-def collate_with_loss(tokenizer):
-    def collate(rows):
-        texts = tokenizer.pad({"input_ids": [row["input_ids"] for row in rows]}, return_tensors="pt")
-        return {
-            "pixel_values": torch.stack([row["pixel_values"] for row in rows]),
-            "input_ids": texts["input_ids"],
-            "attention_mask": texts["attention_mask"],
-            "return_loss": True,
-        }
-
-    return collate
+    lines = [f"- zero-shot accuracy on {len(trainer.eval_dataset)} held-out digits: **{accuracy:.1%}**", "",
+             "| photo | 1st label | score | 2nd label | score |", "|---|---|---:|---|---:|"]
+    for name in PHOTO_CAPTIONS:
+        ranked = classifier(PIL.Image.fromarray(getattr(data, name)()), candidate_labels=list(PHOTO_CAPTIONS.values()),
+                            hypothesis_template="{}")
+        print(f"  {name:10s} " + "  ".join(f"{r['score']:.2f} {r['label']}" for r in ranked[:2]))
+        lines.append(f"| {name} | {ranked[0]['label']} | {ranked[0]['score']:.2f} | {ranked[1]['label']} | {ranked[1]['score']:.2f} |")
+    return lines, trainer
 
 
-@torch.no_grad()
-def zero_shot_accuracy(model, processor, dataset: CaptionedDigits) -> float:
-    model.eval()
-    texts = processor(text=[caption(d) for d in range(10)])
-    text_embeds = model.get_text_features(**texts).pooler_output
-    image_embeds = model.get_image_features(dataset.pixel_values).pooler_output
-    predictions = model.similarity_logits(
-        text_embeds / text_embeds.norm(dim=-1, keepdim=True), image_embeds / image_embeds.norm(dim=-1, keepdim=True)
-    ).argmax(dim=0)
-    return (predictions.numpy() == dataset.labels).mean().item()
+def stage_fuyu(settings, output: Path) -> tuple[list[str], object]:
+    print("\n== 2. Fuyu-style model answers 'What digit is this?' (Trainer)")
+    trainer = trainer_of(train_fuyu, train_fuyu.ModelArguments, [
+        "--output_dir", str(output / "fuyu"), "--num_train_epochs", settings["fuyu_epochs"],
+        "--per_device_train_batch_size", "32", "--learning_rate", "3e-3", "--warmup_steps", "20",
+        "--eval_strategy", "no", *COMMON,
+    ])
+    trainer.train()
+    trainer.save_model(str(output / "fuyu"))
+    test_set, processor = trainer.eval_dataset, trainer.processing_class
+    accuracy = train_fuyu.generated_accuracy(trainer.model, processor, test_set)
+    print(f"answered right on {accuracy:.1%} of {len(test_set)} held-out digits")
+    rows = test_set[:5]
+    inputs = processor(images=[[image] for image in rows["image"]], text=rows["question"])
+    answers = processor.post_process_image_text_to_text(trainer.model.generate(**inputs, max_new_tokens=4, do_sample=False))
+    lines = [f"- 'What digit is this?' answered right on **{accuracy:.1%}** of {len(test_set)} held-out digits", "",
+             "| held-out digit | answer |", "|---|---|"]
+    for image, expected, answer in zip(rows["image"], rows["answer"], answers):
+        print(f"  a {expected}: {answer!r}")
+        lines.append(f"| {expected} | {answer} |")
+    return lines, trainer
+
+
+def stage_vstar(settings, output: Path) -> list[str]:
+    print("\n== 3. V* guided visual search on the V*Bench-like set")
+    quick = settings is SETTINGS["quick"]
+    model, processor = bench_vstar.train_model(output / "vstar", settings["vstar_steps"], 32 * settings["vstar_steps"],
+                                               bench_vstar.QUICK_MODEL if quick else bench_vstar.FULL_MODEL)
+    result = bench_vstar.run_vstar_benchmark(model, processor, settings["questions"], settings["exhaustive"], output / "traces", quick=quick)
+    bench_vstar.print_result(result)
+    scan = result["exhaustive"]
+    lines = [
+        f"- {result['questions']} questions (skimage photos of 1024+ px, digit tiles of ~3% of the short side): "
+        f"direct **{result['direct_accuracy']:.1%}**, V* **{result['vstar_accuracy']:.1%}**",
+        "", "| kind | questions | direct | V* |", "|---|---:|---:|---:|",
+        *(f"| {kind} | {f['questions']} | {f['direct_accuracy']:.1%} | {f['vstar_accuracy']:.1%} |" for kind, f in result["by_kind"].items()),
+        "",
+        f"- targets named right: {result['targets_named']:.1%}; search success (IoU > 0.5): {result['search_success']:.1%}",
+        f"- scorer calls per search: {result['calls_per_search']:.1f} ({result['evaluations_per_search']:.0f} crops scored); "
+        f"exhaustive scan: {scan['scan_calls_per_search']:.0f} calls (hit rate {scan['scan_hit_rate']:.0%} vs V* "
+        f"{scan['vstar_hit_rate']:.0%} on the same {scan['searches']} searches)",
+        "", *(f"![search]({path.relative_to(output)})" for path in sorted((output / "traces").glob("*.png"))[:4]),
+    ]
+    return lines
+
+
+def stage_reload(clip_trainer, fuyu_trainer, output: Path) -> list[str]:
+    print("\n== 4. Reload both digit models with AutoModel / AutoProcessor")
+    lines = ["| model | Auto class | max abs difference of the outputs |", "|---|---|---:|"]
+    for name, trainer, auto_class in (("clip", clip_trainer, AutoModel), ("fuyu", fuyu_trainer, AutoModelForCausalLM)):
+        folder = output / name
+        rows = trainer.eval_dataset.select(range(4))
+        batch = trainer.data_collator([rows[i] for i in range(4)])
+        reloaded = auto_class.from_pretrained(folder).eval()
+        reloaded_batch = type(trainer.data_collator)(AutoProcessor.from_pretrained(folder))([rows[i] for i in range(4)])
+        with torch.no_grad():
+            before = trainer.model.eval()(**batch)
+            after = reloaded(**reloaded_batch)
+        key = "logits_per_image" if name == "clip" else "logits"
+        difference = (before[key] - after[key]).abs().max().item()
+        print(f"  {name}: {type(reloaded).__name__} via {auto_class.__name__}, max abs difference {difference:.1e}")
+        lines.append(f"| {name} | {auto_class.__name__} -> {type(reloaded).__name__} | {difference:.1e} |")
+    return lines
 
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--epochs", type=float, default=20, help="training epochs over the 1437 training digits")
-    parser.add_argument("--output-dir", default=None, help="where the trained model is saved (default: a temp dir)")
+    parser.add_argument("--output-dir", type=Path, default=Path("demo-output"), help="where models, report and PNGs go")
+    parser.add_argument("--quick", action="store_true", help="every stage, with tiny amounts (a smoke run)")
     args = parser.parse_args(argv)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    settings = SETTINGS["quick" if args.quick else "full"]
+    output = args.output_dir.resolve()
+    output.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(0)
     start = time.perf_counter()
-
-    digits = load_digits()
-    train_images, test_images, train_labels, test_labels = train_test_split(
-        digits.images, digits.target, test_size=0.2, random_state=0, stratify=digits.target
-    )
-    processor = build_processor()
-    train_set = CaptionedDigits(train_images, train_labels, processor)
-    test_set = CaptionedDigits(test_images, test_labels, processor)
-    model = build_model(processor.tokenizer)
-    print(f"zero-shot accuracy before training: {zero_shot_accuracy(model, processor, test_set):.1%}")
-
-    output_dir = args.output_dir or tempfile.mkdtemp(prefix="mosaic-demo-")
-    training_args = TrainingArguments(
-        output_dir=output_dir,
-        per_device_train_batch_size=64,
-        num_train_epochs=args.epochs,
-        learning_rate=2e-3,
-        warmup_steps=20,
-        weight_decay=0.05,
-        logging_steps=100,
-        save_strategy="no",
-        report_to=[],
-        remove_unused_columns=False,
-        dataloader_pin_memory=False,
-        seed=0,
-    )
-    trainer = Trainer(
-        model=model, args=training_args, train_dataset=train_set, data_collator=collate_with_loss(processor.tokenizer)
-    )
-    trainer.train()
-    accuracy = zero_shot_accuracy(model, processor, test_set)
-    print(f"zero-shot accuracy on {len(test_set)} held-out digits: {accuracy:.1%}")
-
-    model.save_pretrained(output_dir)
-    processor.save_pretrained(output_dir)
-    reloaded = AutoModel.from_pretrained(output_dir)
-    reloaded_accuracy = zero_shot_accuracy(reloaded, AutoProcessor.from_pretrained(output_dir), test_set)
-    print(f"reloaded with AutoModel/AutoProcessor from {output_dir}: {reloaded_accuracy:.1%}")
-    print(f"done in {time.perf_counter() - start:.0f} s")
+    clip_lines, clip_trainer = stage_clip(settings, output)
+    fuyu_lines, fuyu_trainer = stage_fuyu(settings, output)
+    vstar_lines = stage_vstar(settings, output)
+    reload_lines = stage_reload(clip_trainer, fuyu_trainer, output)
+    minutes = (time.perf_counter() - start) / 60
+    report = [
+        "# mosaic-vlm demo", "",
+        f"{'Quick' if args.quick else 'Full'} run, {minutes:.1f} min on {os.cpu_count()} cores ({torch.get_num_threads()} torch threads).",
+        "", "## 1. CLIP-style zero-shot", "", *clip_lines,
+        "", "## 2. Fuyu-style question answering", "", *fuyu_lines,
+        "", "## 3. V* guided visual search", "", *vstar_lines,
+        "", "## 4. Save and reload", "", *reload_lines, "",
+    ]
+    (output / "report.md").write_text("\n".join(report))
+    print(f"\nreport: {output / 'report.md'}\nsearch pictures: {output / 'traces'}\ndone in {minutes:.1f} min")
 
 
 if __name__ == "__main__":

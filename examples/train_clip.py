@@ -20,7 +20,13 @@ from transformers import HfArgumentParser, Trainer, TrainingArguments
 from mosaic_vlm.modeling import MosaicClipConfig, MosaicClipModel
 from mosaic_vlm.processing import MosaicClipImageProcessor, MosaicClipProcessor, train_bpe_tokenizer
 from mosaic_vlm.processing.collators import MosaicClipCollator
-from mosaic_vlm.processing.digit_datasets import DIGIT_NAMES, digit_caption, digit_caption_dataset
+from mosaic_vlm.processing.digit_datasets import (
+    DIGIT_NAMES,
+    PHOTO_CAPTIONS,
+    digit_caption,
+    digit_caption_dataset,
+    photo_caption_dataset,
+)
 
 
 @dataclasses.dataclass
@@ -33,10 +39,14 @@ class ModelArguments:
     patch_size: int = dataclasses.field(default=8, metadata={"help": "side of a square patch"})
     loss_type: str = dataclasses.field(default="clip", metadata={"help": "'clip' (softmax) or 'siglip' (sigmoid)"})
     max_train_samples: int | None = dataclasses.field(default=None, metadata={"help": "cap the training set (for quick runs)"})
+    photo_crops: int = dataclasses.field(
+        default=0, metadata={"help": "add this many captioned crops of each of four skimage photos (everyday labels)"}
+    )
 
 
 def build_processor(image_size: int) -> MosaicClipProcessor:
-    tokenizer = train_bpe_tokenizer([digit_caption(d) for d in range(10)] * 8, vocab_size=96, model_max_length=16)
+    captions = [digit_caption(d) for d in range(10)] + list(PHOTO_CAPTIONS.values())
+    tokenizer = train_bpe_tokenizer(captions * 8, vocab_size=128, model_max_length=16)
     image_processor = MosaicClipImageProcessor(
         size={"shortest_edge": image_size},
         crop_size={"height": image_size, "width": image_size},
@@ -98,6 +108,11 @@ def build_trainer(model_args: ModelArguments, training_args: TrainingArguments) 
     train_set, test_set = data["train"], data["test"]
     if model_args.max_train_samples is not None:
         train_set = train_set.select(range(model_args.max_train_samples))
+    if model_args.photo_crops:
+        from datasets import concatenate_datasets
+
+        photos = photo_caption_dataset(model_args.photo_crops, model_args.image_size, seed=training_args.seed)
+        train_set = concatenate_datasets([train_set, photos]).shuffle(seed=training_args.seed)
     processor = build_processor(model_args.image_size)
     collator = MosaicClipCollator(processor)
     collator.validate(train_set)

@@ -3,6 +3,8 @@
 - `digit_caption_dataset`: sklearn's 1797 handwritten digits, captioned "a photo of the digit seven".
 - `digit_question_dataset`: the same digits with a question and its one-word answer.
 Both split train/test with a fixed stratified seed, so every script and test sees the same held-out set.
+- `photo_caption_dataset`: random crops of four scikit-image photos with everyday captions (label -1),
+  to add to the digits so that a CLIP-style model also learns a few everyday labels.
 """
 
 import numpy as np
@@ -10,6 +12,12 @@ import PIL.Image
 
 DIGIT_NAMES = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 DIGIT_QUESTION = "What digit is this?"
+PHOTO_CAPTIONS = {
+    "astronaut": "a photo of an astronaut",
+    "coffee": "a photo of a cup of coffee",
+    "chelsea": "a photo of a cat",
+    "rocket": "a photo of a rocket",
+}
 
 
 def digit_caption(digit: int) -> str:
@@ -63,3 +71,22 @@ def digit_question_dataset(image_size: int = 32, test_size: float = 0.2, seed: i
         "label": labels.tolist(),
     }
     return _split(columns, features, labels, test_size, seed)
+
+
+def photo_caption_dataset(crops_per_photo: int, image_size: int = 32, seed: int = 0):
+    """Dataset with columns image (Image), caption (str), label (ClassLabel, -1: not a digit): random square
+    crops (half to all of the short side) of the PHOTO_CAPTIONS photos, resized to `image_size`."""
+    from datasets import ClassLabel, Dataset, Features, Image, Value
+    from skimage import data
+
+    rng = np.random.default_rng(seed)
+    images, captions = [], []
+    for name, caption in PHOTO_CAPTIONS.items():
+        photo = PIL.Image.fromarray(getattr(data, name)()).convert("RGB")
+        for _ in range(crops_per_photo):
+            side = int(rng.integers(min(photo.size) // 2, min(photo.size) + 1))
+            x, y = int(rng.integers(0, photo.width - side + 1)), int(rng.integers(0, photo.height - side + 1))
+            images.append(photo.crop((x, y, x + side, y + side)).resize((image_size, image_size), PIL.Image.BICUBIC))
+            captions.append(caption)
+    features = Features({"image": Image(), "caption": Value("string"), "label": ClassLabel(names=list(DIGIT_NAMES))})
+    return Dataset.from_dict({"image": images, "caption": captions, "label": [-1] * len(images)}, features=features)

@@ -125,5 +125,7 @@ def test_bench_quick_writes_json_markdown_and_chart(tmp_path, capsys):
     assert {case["case"].split(" (")[0] for case in cases} >= {"image encode fp32", "text encode fp32"}
     assert all(case["ratio"] > 0 for case in cases)
     table = (tmp_path / "report.md").read_text()
-    assert "| benchmark | case | ours ms | reference ms | ratio |" in table and "torch threads" in table
+    assert "| benchmark | case | ours | reference | unit | ratio |" in table and "torch threads" in table
+    assert set(report["results"]) == {"bench_clip", "bench_fuyu_processing", "bench_fuyu_model", "bench_vstar"}
+    assert "| bench_vstar | scorer calls per search (V* vs exhaustive scan) |" in table
     assert PIL.Image.open(tmp_path / "ratios.png").size[0] > 100
