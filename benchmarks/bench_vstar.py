@@ -24,7 +24,7 @@ from mosaic_vlm.modeling.vstar import FuyuScorer, draw_search, exhaustive_search
 from mosaic_vlm.processing.vstar_scenes import benchmark_questions, box_iou
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
-SEARCH = {"min_size": 64, "conf_high": 0.8, "conf_low": 0.3}
+SEARCH = {"min_size": 64, "conf_high": 0.8, "conf_low": 0.3, "max_calls": 100}
 QUICK_SEARCH = {"min_size": 256, "conf_high": 0.8, "conf_low": 0.3, "max_calls": 40}  # smoke runs: coarse, bounded
 GENERATE = {"max_new_tokens": 6, "do_sample": False}
 FULL_MODEL = []  # examples/train_vstar.py's defaults

@@ -296,9 +296,10 @@ def add_demo_command(subparsers) -> None:
         "report with pictures into --output-dir.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("demo_args", nargs=argparse.REMAINDER, help="arguments of examples/demo.py (see its --help)")
+    parser.add_argument("--output-dir", type=Path, default=Path("demo-output"), help="where models, report and PNGs go")
+    parser.add_argument("--quick", action="store_true", help="every stage, with tiny amounts (a smoke run)")
     parser.set_defaults(handler=run_demo)
 
 
 def run_demo(args: argparse.Namespace) -> None:
-    load_checkout_module("examples", "demo").main(args.demo_args)
+    load_checkout_module("examples", "demo").main(["--output-dir", str(args.output_dir), *(["--quick"] if args.quick else [])])

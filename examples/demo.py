@@ -33,7 +33,7 @@ from mosaic_vlm.processing.digit_datasets import PHOTO_CAPTIONS  # noqa: E402
 
 # full run / --quick run (every stage still runs; only the amounts shrink)
 SETTINGS = {
-    "full": {"clip_epochs": "20", "photo_crops": "60", "fuyu_epochs": "8", "vstar_steps": 2000, "questions": 60, "exhaustive": 4},
+    "full": {"clip_epochs": "20", "photo_crops": "60", "fuyu_epochs": "8", "vstar_steps": 2000, "questions": 30, "exhaustive": 2},
     "quick": {"clip_epochs": "1", "photo_crops": "4", "fuyu_epochs": "1", "vstar_steps": 20, "questions": 3, "exhaustive": 1},
 }
 COMMON = ["--report_to", "none", "--save_strategy", "no", "--logging_steps", "200", "--seed", "0"]
