@@ -17,13 +17,12 @@ import sys
 import torch
 from transformers import HfArgumentParser, Trainer, TrainingArguments
 
-from mosaic_vlm.modeling import MosaicFuyuConfig, MosaicFuyuForCausalLM
 from mosaic_vlm.processing import MosaicFuyuImageProcessor, MosaicFuyuProcessor, train_bpe_tokenizer
 from mosaic_vlm.processing.collators import MosaicFuyuCollator
 from mosaic_vlm.processing.vstar_scenes import tokenizer_texts, training_rows
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from train_fuyu import FUYU_TOKENS, answer_accuracy, greedy_predictions  # noqa: E402
+from train_fuyu import FUYU_TOKENS, answer_accuracy, build_model, greedy_predictions  # noqa: E402
 
 
 @dataclasses.dataclass
@@ -42,24 +41,6 @@ def build_processor(image_size: int, patch_size: int) -> MosaicFuyuProcessor:
     tokenizer = train_bpe_tokenizer(tokenizer_texts() * 4, vocab_size=512, model_max_length=512, extra_special_tokens=FUYU_TOKENS)
     image_processor = MosaicFuyuImageProcessor(patch_size=patch_size, size={"height": image_size, "width": image_size})
     return MosaicFuyuProcessor(image_processor=image_processor, tokenizer=tokenizer)
-
-
-def build_model(args: VStarArguments, tokenizer) -> MosaicFuyuForCausalLM:
-    config = MosaicFuyuConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=args.hidden_size,
-        intermediate_size=4 * args.hidden_size,
-        num_hidden_layers=args.num_hidden_layers,
-        num_attention_heads=args.num_attention_heads,
-        max_position_embeddings=tokenizer.model_max_length,
-        patch_size=args.patch_size,
-        image_token_id=tokenizer.convert_tokens_to_ids("|SPEAKER|"),
-        image_newline_token_id=tokenizer.convert_tokens_to_ids("|NEWLINE|"),
-        pad_token_id=tokenizer.pad_token_id,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-    )
-    return MosaicFuyuForCausalLM(config)
 
 
 def build_trainer(args: VStarArguments, training_args: TrainingArguments) -> Trainer:
