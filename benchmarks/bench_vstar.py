@@ -2,11 +2,13 @@
 against an exhaustive sliding-window scan at the same window size.
 
 The questions (digit, colour, left/right) are about sklearn digits on small tiles (about 3% of the short
-side) in skimage photos of at least 1024 px; see `mosaic_vlm.processing.vstar_scenes`. The model is the
-tiny Fuyu-style model of examples/train_vstar.py (trained here with Trainer unless --model is given);
-it answers, names its targets and, through `FuyuScorer`, scores crops for the search.
+side) in skimage photos of at least 1024 px; see `mosaic_vlm.processing.vstar_scenes`. The two models
+are the tiny Fuyu-style models of examples/train_vstar.py (trained here with Trainer unless --model and
+--search-model are given): one names the targets and answers, the other scores crops for the search
+through `FuyuScorer`.
 
-    python benchmarks/bench_vstar.py [--model out/vstar] [--questions 120] [--exhaustive 12] [--traces out/traces]
+    python benchmarks/bench_vstar.py [--model out/vstar --search-model out/vstar-search] [--questions 120]
+        [--exhaustive 12] [--traces out/traces]
 """
 
 import argparse
@@ -27,21 +29,24 @@ EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 SEARCH = {"min_size": 64, "conf_high": 0.8, "conf_low": 0.3, "max_calls": 100}
 QUICK_SEARCH = {"min_size": 256, "conf_high": 0.8, "conf_low": 0.3, "max_calls": 40}  # smoke runs: coarse, bounded
 GENERATE = {"max_new_tokens": 6, "do_sample": False}
+TRAIN_STEPS = {"answer": 3000, "search": 3000}
+QUICK_STEPS = {"answer": 20, "search": 20}
 FULL_MODEL = []  # examples/train_vstar.py's defaults
 QUICK_MODEL = ["--hidden_size", "32", "--num_hidden_layers", "1", "--eval_rows", "8"]
 
 
-def train_model(output_dir: Path, max_steps: int, train_rows: int, model_args: list[str] = FULL_MODEL):
-    """examples/train_vstar.py with Trainer; returns the trained model and processor."""
+def train_model(output_dir: Path, task: str, max_steps: int, model_args: list[str] = FULL_MODEL):
+    """examples/train_vstar.py with Trainer for one of the two models; returns it and its processor."""
     sys.path.insert(0, str(EXAMPLES))
     import train_vstar
     from transformers import HfArgumentParser, TrainingArguments
 
     parser = HfArgumentParser((train_vstar.VStarArguments, TrainingArguments))
     args, training_args = parser.parse_args_into_dataclasses(args=[
-        *model_args, "--output_dir", str(output_dir), "--max_steps", str(max_steps), "--train_rows", str(train_rows),
-        "--per_device_train_batch_size", "32", "--learning_rate", "3e-3", "--warmup_steps", "50",
-        "--eval_strategy", "no", "--save_strategy", "no", "--report_to", "none", "--logging_steps", "250",
+        *model_args, "--task", task, "--output_dir", str(output_dir), "--max_steps", str(max_steps),
+        "--train_rows", str(32 * max_steps), "--per_device_train_batch_size", "32", "--learning_rate", "3e-3",
+        "--warmup_steps", "50", "--eval_strategy", "no", "--save_strategy", "no", "--report_to", "none",
+        "--logging_steps", "250",
     ])
     trainer = train_vstar.build_trainer(args, training_args)
     trainer.train()
@@ -62,17 +67,22 @@ def answer_directly(model, processor, image, question: str) -> str:
     return processor.post_process_image_text_to_text(model.generate(**inputs, **GENERATE))[0]
 
 
-def run_vstar_benchmark(model=None, processor=None, questions: int = 120, exhaustive: int = 12, traces: Path | None = None,
-                        train_steps: int = 2000, output_dir: Path | None = None, quick: bool = False) -> dict:
-    """Trains the model first when none is given. `quick` (smoke runs): a tiny model, a few steps, coarse
-    bounded searches; pictures of the first searches compared with the exhaustive scan go to `traces`."""
+def run_vstar_benchmark(answerer=None, searcher=None, questions: int = 120, exhaustive: int = 12, traces: Path | None = None,
+                        train_steps: dict | None = None, output_dir: Path | None = None, quick: bool = False) -> dict:
+    """`answerer` and `searcher` are (model, processor) pairs; a missing one is trained first, for
+    `train_steps[task]` steps, into output_dir/vstar or output_dir/vstar-search. `quick` (smoke runs): tiny
+    models, a few steps, coarse bounded searches. Pictures of the first searches go to `traces`."""
     search = QUICK_SEARCH if quick else SEARCH
-    if model is None:
-        output_dir = output_dir or Path(tempfile.mkdtemp(prefix="mosaic-vstar-"))
-        steps = 20 if quick else train_steps
-        model, processor = train_model(output_dir, steps, 32 * steps, QUICK_MODEL if quick else FULL_MODEL)
+    steps = QUICK_STEPS if quick else {**TRAIN_STEPS, **(train_steps or {})}
+    output_dir = output_dir or Path(tempfile.mkdtemp(prefix="mosaic-vstar-"))
+    model_args = QUICK_MODEL if quick else FULL_MODEL
+    if answerer is None:
+        answerer = train_model(output_dir / "vstar", "answer", steps["answer"], model_args)
+    if searcher is None:
+        searcher = train_model(output_dir / "vstar-search", "search", steps["search"], model_args)
+    model, processor = answerer
+    scorer = FuyuScorer(*searcher)
     items = benchmark_questions(questions)
-    scorer = FuyuScorer(model, processor)
     rows, started = [], time.perf_counter()
     with torch.no_grad():
         for index, item in enumerate(tqdm(items, desc="V*Bench-like questions")):
@@ -160,14 +170,17 @@ def print_result(result: dict) -> None:
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", type=Path, default=None, help="a trained folder (default: train one with Trainer)")
+    parser.add_argument("--model", type=Path, default=None, help="the trained answering model (default: train one with Trainer)")
+    parser.add_argument("--search-model", type=Path, default=None, help="the trained search model (default: train one with Trainer)")
     parser.add_argument("--questions", type=int, default=120, help="benchmark questions (default 120)")
     parser.add_argument("--exhaustive", type=int, default=12, help="questions whose searches are also scanned exhaustively")
     parser.add_argument("--traces", type=Path, default=None, help="folder for PNG pictures of the compared searches")
-    parser.add_argument("--train-steps", type=int, default=2000, help="Trainer steps when training here")
+    parser.add_argument("--train-steps", type=int, default=None, help="Trainer steps per model when training here (default 3000)")
     args = parser.parse_args(argv)
-    model, processor = load_model(args.model) if args.model else (None, None)
-    print_result(run_vstar_benchmark(model, processor, args.questions, args.exhaustive, args.traces, args.train_steps))
+    answerer = load_model(args.model) if args.model else None
+    searcher = load_model(args.search_model) if args.search_model else None
+    steps = {"answer": args.train_steps, "search": args.train_steps} if args.train_steps else None
+    print_result(run_vstar_benchmark(answerer, searcher, args.questions, args.exhaustive, args.traces, steps))
 
 
 if __name__ == "__main__":

@@ -133,14 +133,16 @@ def add_vstar_command(subparsers) -> None:
         description="Search the image for the question's targets (named by the model unless --targets is "
         "given), answer from the whole image plus crops of what was found, and save one PNG per target "
         "with the visited patches in order and the final box.",
-        epilog="example:\n  mosaic-vlm vstar vstar-folder street.png 'What colour is the digit?' --targets digit "
-        "--output search.png",
+        epilog="example:\n  mosaic-vlm vstar demo-output/vstar street.png 'What colour is the digit?' "
+        "--search-model demo-output/vstar-search --targets digit --output search.png",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("model", type=Path, help="a saved MosaicFuyuForCausalLM folder (with its processor)")
     parser.add_argument("image", type=Path, help="an image file")
     parser.add_argument("question", help="the question")
     parser.add_argument("--targets", nargs="+", default=None, help="what to search for (default: ask the model)")
+    parser.add_argument("--search-model", type=Path, default=None,
+                        help="a MosaicFuyuForCausalLM folder that scores crops for the search (default: the answering model)")
     parser.add_argument("--output", "-o", type=Path, default=Path("vstar-search.png"),
                         help="PNG of the search; with several targets, one file per target (default vstar-search.png)")
     parser.add_argument("--min-size", type=int, default=None, help="smallest patch side in pixels (default: V*'s)")
@@ -152,14 +154,15 @@ def add_vstar_command(subparsers) -> None:
 
 
 def run_vstar(args: argparse.Namespace) -> None:
-    from mosaic_vlm.modeling.vstar import draw_search, vstar_generate
+    from mosaic_vlm.modeling.vstar import FuyuScorer, draw_search, vstar_generate
 
     if args.output.suffix.lower() != ".png":
         raise ValueError(f"--output must name a .png file, got {args.output}.")
     image = open_image(args.image)
     model, processor = load_fuyu_folder(args.model, "vstar")
+    scorer = FuyuScorer(*load_fuyu_folder(args.search_model, "vstar")) if args.search_model else None
     search = {"min_size": args.min_size, "conf_high": args.conf_high, "conf_low": args.conf_low, "max_calls": args.max_calls}
-    output = vstar_generate(model, processor, image, args.question, targets=args.targets, search_kwargs=search,
+    output = vstar_generate(model, processor, image, args.question, targets=args.targets, scorer=scorer, search_kwargs=search,
                             max_new_tokens=args.max_new_tokens, do_sample=False)
     print(f"answer: {output.answer}")
     for index, (target, result) in enumerate(output.searches.items()):

@@ -33,8 +33,10 @@ from mosaic_vlm.processing.digit_datasets import PHOTO_CAPTIONS  # noqa: E402
 
 # full run / --quick run (every stage still runs; only the amounts shrink)
 SETTINGS = {
-    "full": {"clip_epochs": "20", "photo_crops": "60", "fuyu_epochs": "8", "vstar_steps": 2000, "questions": 30, "exhaustive": 2},
-    "quick": {"clip_epochs": "1", "photo_crops": "4", "fuyu_epochs": "1", "vstar_steps": 20, "questions": 3, "exhaustive": 1},
+    "full": {"clip_epochs": "20", "photo_crops": "60", "fuyu_epochs": "8", "vstar_answer_steps": 3000,
+             "vstar_search_steps": 3000, "questions": 30, "exhaustive": 2},
+    "quick": {"clip_epochs": "1", "photo_crops": "4", "fuyu_epochs": "1", "vstar_answer_steps": 20,
+              "vstar_search_steps": 20, "questions": 3, "exhaustive": 1},
 }
 COMMON = ["--report_to", "none", "--save_strategy", "no", "--logging_steps", "200", "--seed", "0"]
 
@@ -92,11 +94,10 @@ def stage_fuyu(settings, output: Path) -> tuple[list[str], object]:
 
 
 def stage_vstar(settings, output: Path) -> list[str]:
-    print("\n== 3. V* guided visual search on the V*Bench-like set")
-    quick = settings is SETTINGS["quick"]
-    model, processor = bench_vstar.train_model(output / "vstar", settings["vstar_steps"], 32 * settings["vstar_steps"],
-                                               bench_vstar.QUICK_MODEL if quick else bench_vstar.FULL_MODEL)
-    result = bench_vstar.run_vstar_benchmark(model, processor, settings["questions"], settings["exhaustive"], output / "traces", quick=quick)
+    print("\n== 3. V* guided visual search on the V*Bench-like set (two models, Trainer)")
+    steps = {"answer": settings["vstar_answer_steps"], "search": settings["vstar_search_steps"]}
+    result = bench_vstar.run_vstar_benchmark(None, None, settings["questions"], settings["exhaustive"], output / "traces",
+                                             steps, output, quick=settings is SETTINGS["quick"])
     bench_vstar.print_result(result)
     scan = result["exhaustive"]
     lines = [

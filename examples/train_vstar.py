@@ -1,9 +1,12 @@
-"""Train the tiny Fuyu-style model of the V*Bench-like set with Trainer: one model that scores
-"Is there a digit in the image?" on crops of every size (the V* scorer), names the targets a question
-needs, and answers digit, colour and left/right questions directly or from V*'s visual working memory.
+"""Train V*'s two tiny Fuyu-style models of the V*Bench-like set with Trainer, as SEAL has two:
+- `--task answer`: names the targets a question needs, and answers digit, colour and left/right questions
+  directly or from V*'s visual working memory;
+- `--task search`: answers "Is there a red digit in the image?" about crops of every size a search
+  visits; `FuyuScorer` turns it into the search's scorer.
 Evaluation during training: held-out answer accuracy (teacher-forced, equal to greedy decoding).
 
-    python examples/train_vstar.py --output_dir out/vstar --max_steps 3000
+    python examples/train_vstar.py --task answer --output_dir out/vstar --max_steps 4000
+    python examples/train_vstar.py --task search --output_dir out/vstar-search --max_steps 3000
 
 The rows come from `mosaic_vlm.processing.vstar_scenes` (skimage photos, sklearn digits); every
 TrainingArguments flag works (see --help).
@@ -19,7 +22,7 @@ from transformers import HfArgumentParser, Trainer, TrainingArguments
 
 from mosaic_vlm.processing import MosaicFuyuImageProcessor, MosaicFuyuProcessor, train_bpe_tokenizer
 from mosaic_vlm.processing.collators import MosaicFuyuCollator
-from mosaic_vlm.processing.vstar_scenes import tokenizer_texts, training_rows
+from mosaic_vlm.processing.vstar_scenes import TASKS, tokenizer_texts, training_rows
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from train_fuyu import FUYU_TOKENS, answer_accuracy, build_model, greedy_predictions  # noqa: E402
@@ -27,6 +30,7 @@ from train_fuyu import FUYU_TOKENS, answer_accuracy, build_model, greedy_predict
 
 @dataclasses.dataclass
 class VStarArguments:
+    task: str = dataclasses.field(default="answer", metadata={"help": "which model: 'answer' or 'search'", "choices": TASKS})
     hidden_size: int = dataclasses.field(default=64, metadata={"help": "width of the decoder"})
     num_hidden_layers: int = dataclasses.field(default=3, metadata={"help": "decoder layers"})
     num_attention_heads: int = dataclasses.field(default=4, metadata={"help": "attention heads"})
@@ -52,8 +56,8 @@ def build_trainer(args: VStarArguments, training_args: TrainingArguments) -> Tra
     return Trainer(
         model=build_model(args, processor.tokenizer),
         args=training_args,
-        train_dataset=training_rows(args.train_rows, seed=training_args.seed, max_size=size),
-        eval_dataset=training_rows(args.eval_rows, seed=training_args.seed + 1_000_000, max_size=size),
+        train_dataset=training_rows(args.train_rows, training_args.seed, size, args.task),
+        eval_dataset=training_rows(args.eval_rows, training_args.seed + 1_000_000, size, args.task),
         data_collator=MosaicFuyuCollator(processor, image_column="images"),
         processing_class=processor,
         compute_metrics=answer_accuracy,

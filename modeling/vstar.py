@@ -146,6 +146,25 @@ class _CountingScorer:
         return heatmap
 
 
+def _area(box: Box) -> int:
+    return (box[2] - box[0]) * (box[3] - box[1])
+
+
+def tighten(counter: _CountingScorer, box: Box, min_side: float, budget_left=lambda needed: True) -> Box:
+    """The strongest region of a confident patch's heatmap (the patch itself when the map is flat). While a
+    region narrows its patch to a quarter of the area or less and is still more than `min_side` wide, it is
+    tightened again the same way."""
+    while budget_left(1):
+        components = heatmap_components(counter.heatmap(box), box)
+        if not components:
+            return box
+        region = components[0][1]
+        if 4 * _area(region) > _area(box) or min(region[2] - region[0], region[3] - region[1]) <= min_side:
+            return region
+        box = region
+    return box
+
+
 def default_min_size(width: int, height: int) -> int:
     """SEAL's smallest patch side: a quarter of the short side, but at least 224 pixels."""
     return max(math.ceil(min(width, height) / 4), 224)
@@ -189,16 +208,8 @@ def visual_search(
     def budget_left(needed: int) -> bool:
         return max_calls is None or counter.calls + needed <= max_calls
 
-    def located(box: Box) -> Box:
-        """Tighten a confident patch to its strongest heatmap region (the patch itself if the map is flat)."""
-        if box != root and budget_left(1):
-            components = heatmap_components(counter.heatmap(box), box)
-            if components:
-                return components[0][1]
-        return box
-
     def found(box: Box, score: float, boxes: list[Box] | None = None) -> SearchResult:
-        final = located(box)
+        final = box if box == root else tighten(counter, box, min_size / 2, budget_left)
         return SearchResult(True, final, score, boxes or [final], path, counter.calls)
 
     if root_score >= conf_high:
@@ -239,7 +250,8 @@ def visual_search(
 def exhaustive_search(
     image: PIL.Image.Image, target: str, scorer: Scorer, *, window: int, conf_low: float = 0.3, batch_size: int = 16
 ) -> SearchResult:
-    """The baseline V* is measured against: score every `window`-sized square on a half-window stride."""
+    """The baseline V* is measured against: score every `window`-sized square on a half-window stride, then
+    tighten the best one as `visual_search` tightens its final patch."""
     image = image.convert("RGB")
     width, height = image.size
     window = min(window, width, height)
@@ -255,8 +267,7 @@ def exhaustive_search(
     path = list(zip(boxes, scores))
     if scores[best] < conf_low:
         return SearchResult(False, None, scores[best], [], path, counter.calls)
-    components = heatmap_components(counter.heatmap(boxes[best]), boxes[best])
-    box = components[0][1] if components else boxes[best]
+    box = tighten(counter, boxes[best], window / 2)
     return SearchResult(True, box, scores[best], [box], path, counter.calls)
 
 

@@ -106,6 +106,12 @@ def test_vstar_prints_the_answer_and_saves_the_search_picture(fuyu_folder, photo
     assert 1 <= calls <= 12
     assert lines[2] == f"search picture: {output}"
     assert PIL.Image.open(output).size == PIL.Image.open(photo_file).size
+    # the same folder as a separate search model: the same search, scored through --search-model
+    assert main(["vstar", str(folder), str(photo_file), "describe it", "--targets", "cat", "--min-size", "100",
+                 "--max-calls", "12", "--output", str(output), "--max-new-tokens", "3", "--search-model", str(folder)]) == 0
+    assert capsys.readouterr().out.splitlines()[:2] == lines[:2]
+    assert main(["vstar", str(folder), str(photo_file), "what?", "--search-model", str(tmp_path / "missing")]) == 2
+    assert "missing" in capsys.readouterr().err
 
 
 def test_train_runs_the_clip_recipe(tmp_path, capsys):

@@ -20,7 +20,7 @@ SNIPPETS = re.findall(r"```python\n(.*?)```", (ROOT / "README.md").read_text(), 
 
 @pytest.fixture(scope="module")
 def demo_folders(tmp_path_factory):
-    """demo-output/{clip,fuyu,vstar}, as `./dev demo` leaves them, with tiny untrained models."""
+    """demo-output/{clip,fuyu,vstar,vstar-search}, as `./dev demo` leaves them, with tiny untrained models."""
     root = tmp_path_factory.mktemp("readme")
     torch.manual_seed(0)
     clip_processor = train_clip.build_processor(32)
@@ -33,8 +33,9 @@ def demo_folders(tmp_path_factory):
     fuyu_processor.save_pretrained(root / "demo-output" / "fuyu")
     vstar_processor = train_vstar.build_processor(48, 12)
     vstar_args = train_vstar.VStarArguments(hidden_size=32, num_hidden_layers=1)
-    train_vstar.build_model(vstar_args, vstar_processor.tokenizer).save_pretrained(root / "demo-output" / "vstar")
-    vstar_processor.save_pretrained(root / "demo-output" / "vstar")
+    for name in ("vstar", "vstar-search"):
+        train_vstar.build_model(vstar_args, vstar_processor.tokenizer).save_pretrained(root / "demo-output" / name)
+        vstar_processor.save_pretrained(root / "demo-output" / name)
     return root
 
 
