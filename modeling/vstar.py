@@ -84,9 +84,23 @@ def heatmap_share(heatmap: torch.Tensor, outer: Box, inner: Box) -> float:
     return float(row_weights @ heatmap.double() @ col_weights) / total
 
 
+def _weighted_extent(cells: list[tuple[int, float]]) -> tuple[float, float]:
+    """The extent, in cell units, of a region along one axis: the interval of the uniform spread with the
+    heatmap-weighted mean and variance of its cells (each cell a unit interval). A block of equal cells
+    gives exactly its cells; weaker cells at the border (partly covered by the target) pull the edges in.
+    Never larger than the cells' own span."""
+    total = sum(weight for _, weight in cells)
+    mean = sum(weight * (index + 0.5) for index, weight in cells) / total
+    variance = sum(weight * (index + 0.5 - mean) ** 2 for index, weight in cells) / total + 1 / 12
+    half = math.sqrt(3 * variance)  # a uniform spread of width w has variance w^2 / 12
+    first, last = min(index for index, _ in cells), max(index for index, _ in cells) + 1
+    return max(first, mean - half), min(last, mean + half)
+
+
 def heatmap_components(heatmap: torch.Tensor, outer: Box, relative_threshold: float = 0.5) -> list[tuple[float, Box]]:
     """Boxes (in pixels of `outer`) of the 4-connected regions above `relative_threshold * max`, each with
-    its peak value, strongest first."""
+    its peak value, strongest first. A box spans its region's cells, with edges pulled in by weaker
+    border cells (`_weighted_extent`)."""
     if float(heatmap.max()) <= 0:
         return []
     above = (heatmap >= relative_threshold * heatmap.max()).tolist()
@@ -107,13 +121,16 @@ def heatmap_components(heatmap: torch.Tensor, outer: Box, relative_threshold: fl
                 if 0 <= r < rows and 0 <= c < cols and above[r][c] and not seen[r][c]:
                     seen[r][c] = True
                     stack.append((r, c))
-        rows_in, cols_in = [r for r, _ in cells], [c for _, c in cells]
         peak = max(float(heatmap[r, c]) for r, c in cells)
+        (col_start, col_stop), (row_start, row_stop) = (
+            _weighted_extent([(c, float(heatmap[r, c])) for r, c in cells]),
+            _weighted_extent([(r, float(heatmap[r, c])) for r, c in cells]),
+        )
         box = (
-            x0 + math.floor(min(cols_in) * cell_w),
-            y0 + math.floor(min(rows_in) * cell_h),
-            x0 + math.ceil((max(cols_in) + 1) * cell_w),
-            y0 + math.ceil((max(rows_in) + 1) * cell_h),
+            x0 + math.floor(col_start * cell_w),
+            y0 + math.floor(row_start * cell_h),
+            x0 + math.ceil(col_stop * cell_w),
+            y0 + math.ceil(row_stop * cell_h),
         )
         components.append((peak, box))
     return sorted(components, key=lambda component: -component[0])

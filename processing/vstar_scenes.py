@@ -190,7 +190,7 @@ def search_crop(rng: random.Random, size: tuple[int, int], tile: Box) -> tuple[i
     time the cell under the middle of `tile`. Returns 2^d and the cell."""
     width, height = size
     cells = 2 ** rng.randint(0, 6)
-    if rng.random() < 0.5:
+    if rng.random() < 1 / 3:
         column, row = (tile[0] + tile[2]) * cells // (2 * width), (tile[1] + tile[3]) * cells // (2 * height)
     else:
         column, row = rng.randrange(cells), rng.randrange(cells)
@@ -208,15 +208,17 @@ def shows(crop: Box, tile: Box) -> bool:
 
 
 def _answer_rows(rng: random.Random, max_size: tuple[int, int]) -> list[dict]:
-    """One question asked three ways: for its target list, directly, and with V*'s working memory."""
-    item = random_question(rng, rng.choice(("digit", "colour", "spatial")))
+    """One question asked for its target list and with V*'s working memory, and a third of the time
+    directly. Left/right questions come three times as often: comparing two coordinates is what a tiny
+    model learns slowest, and the direct answer (a guess from a whole image where the tiles are a pixel
+    or two wide) needs few rows."""
+    item = random_question(rng, rng.choices(("digit", "colour", "spatial"), weights=(1, 1, 3))[0])
     full = item.scene.render()
     whole = _fitted(full, (0, 0, *full.size), max_size)
     memory = [memory_box(rng, box, full.size) for box in item.target_boxes]
     focus = focus_text([(name, normalised(box, full.size)) for name, box in zip(item.targets, memory)])
-    return [
+    rows = [
         {"kind": "targets", "images": [whole], "question": TARGETS_QUESTION.format(item.question), "answer": ", ".join(item.targets)},
-        {"kind": f"direct {item.kind}", "images": [whole], "question": item.question, "answer": item.answer},
         {
             "kind": f"focus {item.kind}",
             "images": [whole, *(_fitted(full, box, max_size) for box in memory)],
@@ -224,6 +226,9 @@ def _answer_rows(rng: random.Random, max_size: tuple[int, int]) -> list[dict]:
             "answer": item.answer,
         },
     ]
+    if rng.random() < 1 / 3:
+        rows.append({"kind": f"direct {item.kind}", "images": [whole], "question": item.question, "answer": item.answer})
+    return rows
 
 
 def _presence_rows(rng: random.Random, max_size: tuple[int, int], count: int) -> list[dict]:

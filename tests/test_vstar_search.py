@@ -9,6 +9,7 @@ from mosaic_vlm.modeling.vstar import (
     SearchResult,
     draw_search,
     exhaustive_search,
+    heatmap_components,
     heatmap_share,
     split_box,
     visual_search,
@@ -135,6 +136,16 @@ def test_several_instances_found_at_the_root():
     truths = [(100, 120, 260, 280), (700, 600, 860, 760)]
     for truth in truths:
         assert max(iou(box, truth) for box in result.boxes) > 0.5
+
+
+def test_heatmap_components_boxes_follow_the_cells_and_their_weights():
+    heatmap = torch.zeros(4, 4)
+    heatmap[1:3, 1:3] = 1.0  # an even 2x2 block: exactly its cells
+    heatmap[3, 3] = 0.75  # a separate, weaker region
+    assert heatmap_components(heatmap, (0, 0, 400, 400)) == [(1.0, (100, 100, 300, 300)), (0.75, (300, 300, 400, 400))]
+    heatmap[1:3, 2] = 0.6  # the right column only partly covered: the right edge comes in, the rest stays
+    (peak, (x0, y0, x1, y1)), _ = heatmap_components(heatmap, (0, 0, 400, 400))
+    assert (peak, x0, y0, y1) == (1.0, 100, 100, 300) and 250 < x1 < 300
 
 
 def test_heatmap_share_is_exact_by_area():
