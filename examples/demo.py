@@ -107,9 +107,10 @@ def stage_vstar(settings, output: Path) -> list[str]:
         *(f"| {kind} | {f['questions']} | {f['direct_accuracy']:.1%} | {f['vstar_accuracy']:.1%} |" for kind, f in result["by_kind"].items()),
         "",
         f"- targets named right: {result['targets_named']:.1%}; search success (IoU > 0.5): {result['search_success']:.1%}",
-        f"- scorer calls per search: {result['calls_per_search']:.1f} ({result['evaluations_per_search']:.0f} crops scored); "
-        f"exhaustive scan: {scan['scan_calls_per_search']:.0f} calls (hit rate {scan['scan_hit_rate']:.0%} vs V* "
-        f"{scan['vstar_hit_rate']:.0%} on the same {scan['searches']} searches)",
+        f"- scorer calls per search: {result['calls_per_search']:.1f} ({result['evaluations_per_search']:.0f} crops scored)",
+        f"- against an exhaustive scan on {scan['searches']} searches: V* {scan['vstar_calls_per_search']:.0f} calls "
+        f"({scan['vstar_crops_per_search']:.0f} crops), hit rate {scan['vstar_hit_rate']:.0%}; scan "
+        f"{scan['scan_calls_per_search']:.0f} calls ({scan['scan_crops_per_search']:.0f} crops), hit rate {scan['scan_hit_rate']:.0%}",
         "", *(f"![search]({path.relative_to(output)})" for path in sorted((output / "traces").glob("*.png"))[:4]),
     ]
     return lines

@@ -186,8 +186,9 @@ TRAINING_REDUCING_GAP = 3.0
 
 def search_crop(rng: random.Random, size: tuple[int, int], tile: Box) -> tuple[int, Box]:
     """A crop like those a search scores: one cell of the image split 2^d x 2^d (d = 0..6, from the whole
-    image down to half a tile), which is a quadrant of the search tree or a heatmap cell of one; half the
-    time the cell under the middle of `tile`. Returns 2^d and the cell."""
+    image down to half a tile), which is a quadrant of the search tree or a heatmap cell of one; a third of
+    the time the cell under the middle of `tile` (a search scores far more empty crops than full ones).
+    Returns 2^d and the cell."""
     width, height = size
     cells = 2 ** rng.randint(0, 6)
     if rng.random() < 1 / 3:
@@ -233,14 +234,15 @@ def _answer_rows(rng: random.Random, max_size: tuple[int, int]) -> list[dict]:
 
 def _presence_rows(rng: random.Random, max_size: tuple[int, int], count: int) -> list[dict]:
     """`count` yes/no questions ("Is there a red digit in the image?") about search-shaped crops of one
-    scene with one or two tiles."""
+    scene with one or two tiles. Three in four ask for a colour (half of them the colour of a tile there):
+    telling the colours apart in a small crop is the harder half of the search model's job."""
     scene = random_scene(rng, [rng.randrange(10) for _ in range(rng.choice((1, 2)))])
     full = scene.render()
     rows = []
     for _ in range(count):
         tile = rng.choice(scene.tiles)
         cells, crop = search_crop(rng, full.size, tile.box)
-        target = "digit" if rng.random() < 0.4 else f"{rng.choice([tile.colour, rng.choice(list(COLOURS))])} digit"
+        target = "digit" if rng.random() < 0.25 else f"{rng.choice([tile.colour, rng.choice(list(COLOURS))])} digit"
         shown = any(shows(crop, t.box) for t in scene.tiles if target in ("digit", f"{t.colour} digit"))
         rows.append({
             "kind": f"presence {cells}x{cells}",

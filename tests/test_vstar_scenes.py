@@ -34,9 +34,12 @@ def test_a_crop_shows_a_tile_only_when_the_tile_is_large_enough_in_it():
 
 
 def test_training_rows_of_the_answering_model():
-    rows = training_rows(60, seed=0, max_size=(48, 48), task="answer")
-    kinds = collections.Counter(row["kind"].split()[0] for row in rows)
-    assert kinds == {"targets": 20, "direct": 20, "focus": 20}
+    rows = training_rows(700, seed=0, max_size=(48, 48), task="answer")
+    kinds = collections.Counter(row["kind"] for row in rows)
+    questions = kinds["targets"]
+    assert abs(sum(kinds[f"focus {kind}"] for kind in ("digit", "colour", "spatial")) - questions) <= 1
+    assert 0.2 * questions < sum(kinds[f"direct {kind}"] for kind in ("digit", "colour", "spatial")) < 0.45 * questions
+    assert kinds["focus spatial"] > 2 * kinds["focus digit"]  # left/right questions weighted 3x
     for row in rows:
         assert all(max(image.size) <= 48 for image in row["images"])
         if row["kind"].startswith("focus"):
