@@ -14,6 +14,7 @@ through `FuyuScorer`.
 import argparse
 import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -35,23 +36,32 @@ FULL_MODEL = []  # examples/train_vstar.py's defaults
 QUICK_MODEL = ["--hidden_size", "32", "--num_hidden_layers", "1", "--eval_rows", "8"]
 
 
-def train_model(output_dir: Path, task: str, max_steps: int, model_args: list[str] = FULL_MODEL):
-    """examples/train_vstar.py with Trainer for one of the two models; returns it and its processor."""
-    sys.path.insert(0, str(EXAMPLES))
-    import train_vstar
-    from transformers import HfArgumentParser, TrainingArguments
+def start_training(output_dir: Path, steps: dict, model_args: list[str] = FULL_MODEL, log: bool = False):
+    """Starts examples/train_vstar.py (Trainer) for both models at once, each in its own process with one
+    thread (these tiny models make poor use of a second thread, and full use of a second process), into
+    output_dir/vstar and output_dir/vstar-search. With `log`, each writes to train.log in its folder
+    instead of the terminal, without progress bars. Returns a function that waits for both and returns
+    the two (model, processor) pairs."""
+    processes = []
+    for task, folder in (("answer", output_dir / "vstar"), ("search", output_dir / "vstar-search")):
+        folder.mkdir(parents=True, exist_ok=True)
+        command = [
+            sys.executable, str(EXAMPLES / "train_vstar.py"), *model_args, "--task", task, "--output_dir", str(folder),
+            "--max_steps", str(steps[task]), "--train_rows", str(32 * steps[task]), "--per_device_train_batch_size", "32",
+            "--learning_rate", "3e-3", "--warmup_steps", "50", "--eval_strategy", "no", "--save_strategy", "no",
+            "--report_to", "none", "--logging_steps", "1000", "--disable_tqdm", "true" if log or task == "search" else "false",
+        ]
+        environment = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+        output = open(folder / "train.log", "w") if log else None
+        processes.append((task, folder, subprocess.Popen(command, env=environment, stdout=output, stderr=subprocess.STDOUT if log else None)))
 
-    parser = HfArgumentParser((train_vstar.VStarArguments, TrainingArguments))
-    args, training_args = parser.parse_args_into_dataclasses(args=[
-        *model_args, "--task", task, "--output_dir", str(output_dir), "--max_steps", str(max_steps),
-        "--train_rows", str(32 * max_steps), "--per_device_train_batch_size", "32", "--learning_rate", "3e-3",
-        "--warmup_steps", "50", "--eval_strategy", "no", "--save_strategy", "no", "--report_to", "none",
-        "--logging_steps", "250",
-    ])
-    trainer = train_vstar.build_trainer(args, training_args)
-    trainer.train()
-    trainer.save_model(str(output_dir))
-    return trainer.model.eval(), trainer.processing_class
+    def finish():
+        failed = [f"{task} (see {folder / 'train.log'})" if log else task for task, folder, process in processes if process.wait() != 0]
+        if failed:
+            raise RuntimeError(f"Training the V* {' and '.join(failed)} model failed.")
+        return load_model(output_dir / "vstar"), load_model(output_dir / "vstar-search")
+
+    return finish
 
 
 def load_model(folder: Path):
@@ -69,17 +79,15 @@ def answer_directly(model, processor, image, question: str) -> str:
 
 def run_vstar_benchmark(answerer=None, searcher=None, questions: int = 120, exhaustive: int = 12, traces: Path | None = None,
                         train_steps: dict | None = None, output_dir: Path | None = None, quick: bool = False) -> dict:
-    """`answerer` and `searcher` are (model, processor) pairs; a missing one is trained first, for
-    `train_steps[task]` steps, into output_dir/vstar or output_dir/vstar-search. `quick` (smoke runs): tiny
-    models, a few steps, coarse bounded searches. Pictures of the first searches go to `traces`."""
+    """`answerer` and `searcher` are (model, processor) pairs; without them both are trained first, for
+    `train_steps[task]` steps, into output_dir/vstar and output_dir/vstar-search. `quick` (smoke runs):
+    tiny models, a few steps, coarse bounded searches. Pictures of the first searches go to `traces`."""
     search = QUICK_SEARCH if quick else SEARCH
     steps = QUICK_STEPS if quick else {**TRAIN_STEPS, **(train_steps or {})}
     output_dir = output_dir or Path(tempfile.mkdtemp(prefix="mosaic-vstar-"))
     model_args = QUICK_MODEL if quick else FULL_MODEL
-    if answerer is None:
-        answerer = train_model(output_dir / "vstar", "answer", steps["answer"], model_args)
-    if searcher is None:
-        searcher = train_model(output_dir / "vstar-search", "search", steps["search"], model_args)
+    if answerer is None or searcher is None:
+        answerer, searcher = start_training(output_dir, steps, model_args)()
     model, processor = answerer
     scorer = FuyuScorer(*searcher)
     items = benchmark_questions(questions)

@@ -75,7 +75,8 @@ def main(argv=None) -> dict:
     if trainer.is_world_process_zero():
         with open(os.path.join(training_args.output_dir, "final_metrics.json"), "w") as file:
             json.dump(metrics, file, indent=2)
-        print(f"held-out answer accuracy {metrics['eval_answer_accuracy']:.1%} over {len(trainer.eval_dataset)} rows")
+        print(f"V* {args.task} model: held-out answer accuracy {metrics['eval_answer_accuracy']:.1%} over "
+              f"{len(trainer.eval_dataset)} rows")
     return metrics
 
 

@@ -234,15 +234,17 @@ def _answer_rows(rng: random.Random, max_size: tuple[int, int]) -> list[dict]:
 
 def _presence_rows(rng: random.Random, max_size: tuple[int, int], count: int) -> list[dict]:
     """`count` yes/no questions ("Is there a red digit in the image?") about search-shaped crops of one
-    scene with one or two tiles. Three in four ask for a colour (half of them the colour of a tile there):
-    telling the colours apart in a small crop is the harder half of the search model's job."""
+    scene with one or two tiles. Three in four ask for a colour, half of them the colour of a tile there and
+    half another one: a tiny model is slow to bind the colour word to the colour it sees, and without
+    such pairs it learns to ignore the word."""
     scene = random_scene(rng, [rng.randrange(10) for _ in range(rng.choice((1, 2)))])
     full = scene.render()
     rows = []
     for _ in range(count):
         tile = rng.choice(scene.tiles)
         cells, crop = search_crop(rng, full.size, tile.box)
-        target = "digit" if rng.random() < 0.25 else f"{rng.choice([tile.colour, rng.choice(list(COLOURS))])} digit"
+        other_colour = rng.choice([colour for colour in COLOURS if colour != tile.colour])
+        target = "digit" if rng.random() < 0.25 else f"{rng.choice([tile.colour, other_colour])} digit"
         shown = any(shows(crop, t.box) for t in scene.tiles if target in ("digit", f"{t.colour} digit"))
         rows.append({
             "kind": f"presence {cells}x{cells}",
