@@ -336,9 +336,13 @@ class FuyuScorer:
     """Scores with a Fuyu-style model. Confidence: the model's probability of "yes" (against "no") as the
     first answer token to a yes/no question about the target. Heatmap: the confidences of a `grid x grid`
     tiling of the image, scored in batched calls. `evaluations` counts the images the model has scored
-    (a heatmap costs `grid * grid` of them)."""
+    (a heatmap costs `grid * grid` of them).
 
-    def __init__(self, model, processor, question: str = "Is there a {} in the image?", grid: int = 4, batch_size: int = 32):
+    The default question puts the image after the words (`<image>` at the end): a decoder reads causally,
+    so the image's patch tokens can then attend to what is asked for ("red digit") and each patch can
+    check its own colour, instead of the last token having to bind word and picture on its own."""
+
+    def __init__(self, model, processor, question: str = "Is there a {} in the image? <image>", grid: int = 4, batch_size: int = 32):
         self.model, self.processor, self.question = model.eval(), processor, question
         self.grid, self.batch_size, self.evaluations = grid, batch_size, 0
         tokenizer = processor.tokenizer

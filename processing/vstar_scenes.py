@@ -31,7 +31,7 @@ COLOURS = {"red": (220, 20, 20), "green": (20, 150, 30), "blue": (20, 50, 220), 
 DIGIT_QUESTION = "What digit is on the tile?"
 COLOUR_QUESTION = "What colour is the digit?"
 SPATIAL_QUESTION = "Is the {} digit left or right of the {} digit?"
-PRESENCE_QUESTION = "Is there a {} in the image?"
+PRESENCE_QUESTION = "Is there a {} in the image? <image>"  # FuyuScorer's default: the question, then the image
 TARGETS_QUESTION = "Which objects must be seen to answer: {}"
 FOCUS_QUESTION = "{} Additional visual information to focus on: {}"
 
@@ -244,7 +244,7 @@ def _presence_rows(rng: random.Random, max_size: tuple[int, int], count: int) ->
         tile = rng.choice(scene.tiles)
         cells, crop = search_crop(rng, full.size, tile.box)
         other_colour = rng.choice([colour for colour in COLOURS if colour != tile.colour])
-        target = "digit" if rng.random() < 0.25 else f"{rng.choice([tile.colour, other_colour])} digit"
+        target = "digit" if rng.random() < 0.4 else f"{rng.choice([tile.colour, other_colour])} digit"
         shown = any(shows(crop, t.box) for t in scene.tiles if target in ("digit", f"{t.colour} digit"))
         rows.append({
             "kind": f"presence {cells}x{cells}",
@@ -282,7 +282,7 @@ def tokenizer_texts() -> list[str]:
     """Every word the rows use, and every normalised coordinate, for training a tokenizer."""
     words = [DIGIT_QUESTION, COLOUR_QUESTION, *COLOURS, "left", "right", "yes", "no", "digit", *DIGIT_NAMES]
     words += [SPATIAL_QUESTION.format(a, b) for a in COLOURS for b in COLOURS if a != b]
-    words += [PRESENCE_QUESTION.format(name) for name in ("digit", *(f"{colour} digit" for colour in COLOURS))]
+    words += [PRESENCE_QUESTION.format(name).replace("<image>", "") for name in ("digit", *(f"{colour} digit" for colour in COLOURS))]
     words += [TARGETS_QUESTION.format(DIGIT_QUESTION), FOCUS_QUESTION.format("", "at [0.50, 0.50] ;")]
     words += [f"[{v / 100:.2f}, {v / 100:.2f}, {v / 100:.2f}, {v / 100:.2f}]" for v in range(101)]
     return words

@@ -1,6 +1,7 @@
 """vstar_generate and FuyuScorer end to end with a tiny Fuyu-style model trained here with Trainer on the
 V*Bench-like rows (a short run: these tests check the mechanics, the benchmark measures the quality)."""
 
+import inspect
 import os
 import sys
 
@@ -17,7 +18,7 @@ from mosaic_vlm.modeling.vstar import (
     parse_targets,
     vstar_generate,
 )
-from mosaic_vlm.processing.vstar_scenes import FOCUS_QUESTION, benchmark_questions
+from mosaic_vlm.processing.vstar_scenes import FOCUS_QUESTION, PRESENCE_QUESTION, benchmark_questions
 from mosaic_vlm.processing.vstar_scenes import focus_text as scenes_focus_text
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(__file__)), "examples"))
@@ -48,6 +49,7 @@ def test_the_prompts_match_the_training_rows():
     memory = [("red digit", (0, 0, 10, 10), (0.1234, 0.5, 0.25, 0.75))]
     assert focus_text(memory) == scenes_focus_text([("red digit", (0.1234, 0.5, 0.25, 0.75))])
     assert FOCUS_PROMPT == FOCUS_QUESTION
+    assert inspect.signature(FuyuScorer).parameters["question"].default == PRESENCE_QUESTION
     assert parse_targets("red digit, blue digit") == ["red digit", "blue digit"]
     assert parse_targets(" None. ") == [] and parse_targets("digit and digit") == ["digit"]
     assert enlarge_box((100, 100, 200, 150), 1.2, 1000, 1000) == (90, 95, 210, 155)
