@@ -30,7 +30,7 @@ EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 SEARCH = {"min_size": 64, "conf_high": 0.8, "conf_low": 0.3, "max_calls": 100}
 QUICK_SEARCH = {"min_size": 256, "conf_high": 0.8, "conf_low": 0.3, "max_calls": 40}  # smoke runs: coarse, bounded
 GENERATE = {"max_new_tokens": 6, "do_sample": False}
-TRAIN_STEPS = {"answer": 3000, "search": 3000}
+TRAIN_STEPS = {"answer": 3000, "search": 6000}
 QUICK_STEPS = {"answer": 20, "search": 20}
 FULL_MODEL = []  # examples/train_vstar.py's defaults
 QUICK_MODEL = ["--hidden_size", "32", "--num_hidden_layers", "1", "--eval_rows", "8"]
@@ -195,7 +195,8 @@ def main(argv=None) -> None:
     parser.add_argument("--questions", type=int, default=120, help="benchmark questions (default 120)")
     parser.add_argument("--exhaustive", type=int, default=12, help="questions whose searches are also scanned exhaustively")
     parser.add_argument("--traces", type=Path, default=None, help="folder for PNG pictures of the compared searches")
-    parser.add_argument("--train-steps", type=int, default=None, help="Trainer steps per model when training here (default 3000)")
+    parser.add_argument("--train-steps", type=int, default=None,
+                        help="Trainer steps for each model when training here (default: 3000 answering, 6000 search)")
     args = parser.parse_args(argv)
     answerer = load_model(args.model) if args.model else None
     searcher = load_model(args.search_model) if args.search_model else None

@@ -36,7 +36,7 @@ from mosaic_vlm.processing.digit_datasets import PHOTO_CAPTIONS  # noqa: E402
 # full run / --quick run (every stage still runs; only the amounts shrink)
 SETTINGS = {
     "full": {"clip_epochs": "20", "photo_crops": "60", "fuyu_epochs": "8", "vstar_answer_steps": 3000,
-             "vstar_search_steps": 3000, "questions": 30, "exhaustive": 2},
+             "vstar_search_steps": 6000, "questions": 45, "exhaustive": 10},
     "quick": {"clip_epochs": "1", "photo_crops": "4", "fuyu_epochs": "1", "vstar_answer_steps": 20,
               "vstar_search_steps": 20, "questions": 3, "exhaustive": 1},
 }

@@ -243,8 +243,7 @@ def _presence_rows(rng: random.Random, max_size: tuple[int, int], count: int) ->
     for _ in range(count):
         tile = rng.choice(scene.tiles)
         cells, crop = search_crop(rng, full.size, tile.box)
-        other_colour = rng.choice([colour for colour in COLOURS if colour != tile.colour])
-        target = "digit" if rng.random() < 0.4 else f"{rng.choice([tile.colour, other_colour])} digit"
+        target = "digit" if rng.random() < 0.4 else f"{rng.choice([tile.colour, rng.choice(list(COLOURS))])} digit"
         shown = any(shows(crop, t.box) for t in scene.tiles if target in ("digit", f"{t.colour} digit"))
         rows.append({
             "kind": f"presence {cells}x{cells}",
