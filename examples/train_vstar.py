@@ -5,7 +5,7 @@
   visits; `FuyuScorer` turns it into the search's scorer.
 Evaluation during training: held-out answer accuracy (teacher-forced, equal to greedy decoding).
 
-    python examples/train_vstar.py --task answer --output_dir out/vstar --max_steps 4000
+    python examples/train_vstar.py --task answer --output_dir out/vstar --max_steps 3000
     python examples/train_vstar.py --task search --output_dir out/vstar-search --max_steps 6000
 
 The rows come from `mosaic_vlm.processing.vstar_scenes` (skimage photos, sklearn digits); every

@@ -81,13 +81,11 @@ class Scene:
     def size(self) -> tuple[int, int]:
         return photo(self.photo).size
 
-    def render(self, box: Box | None = None) -> PIL.Image.Image:
-        """The scene, or the `box` crop of it, at full resolution."""
-        box = box or (0, 0, *self.size)
-        image = photo(self.photo).crop(box)
+    def render(self) -> PIL.Image.Image:
+        """The scene at full resolution."""
+        image = photo(self.photo).copy()
         for tile in self.tiles:
-            if overlap(tile.box, box):
-                image.paste(tile.image(), (tile.box[0] - box[0], tile.box[1] - box[1]))
+            image.paste(tile.image(), tile.box[:2])
         return image
 
 
@@ -170,17 +168,8 @@ def memory_box(rng: random.Random, target: Box, size: tuple[int, int]) -> Box:
     return (max(0, x0 - grow_x), max(0, y0 - grow_y), min(width, x1 + grow_x), min(height, y1 + grow_y))
 
 
-def shrink(image: PIL.Image.Image, max_size: tuple[int, int], reducing_gap: float | None = None) -> PIL.Image.Image:
-    """Downscaled to fit (height, width) as MosaicFuyuImageProcessor does; lets rows stay small in memory.
-    `reducing_gap` (PIL's) trades a little accuracy for speed on big images."""
-    height, width = fitted_size(image.height, image.width, *max_size)
-    if (height, width) == (image.height, image.width):
-        return image
-    return image.resize((width, height), PIL.Image.BILINEAR, reducing_gap=reducing_gap)
-
-
-# Training rows shrink with PIL's reducing gap: 3-4x faster on a whole photo, within 0.4/255 (mean) of the
-# processor's own resize.
+# Training images are fitted with PIL's reducing gap: 3-4x faster on a whole photo, within 0.4/255 (mean)
+# of the processor's own resize.
 TRAINING_REDUCING_GAP = 3.0
 
 
@@ -219,7 +208,12 @@ def _answer_rows(rng: random.Random, max_size: tuple[int, int]) -> list[dict]:
     memory = [memory_box(rng, box, full.size) for box in item.target_boxes]
     focus = focus_text([(name, normalised(box, full.size)) for name, box in zip(item.targets, memory)])
     rows = [
-        {"kind": "targets", "images": [whole], "question": TARGETS_QUESTION.format(item.question), "answer": ", ".join(item.targets)},
+        {
+            "kind": "targets",
+            "images": [whole],
+            "question": TARGETS_QUESTION.format(item.question),
+            "answer": ", ".join(item.targets),
+        },
         {
             "kind": f"focus {item.kind}",
             "images": [whole, *(_fitted(full, box, max_size) for box in memory)],
@@ -234,9 +228,8 @@ def _answer_rows(rng: random.Random, max_size: tuple[int, int]) -> list[dict]:
 
 def _presence_rows(rng: random.Random, max_size: tuple[int, int], count: int) -> list[dict]:
     """`count` yes/no questions ("Is there a red digit in the image?") about search-shaped crops of one
-    scene with one or two tiles. Three in four ask for a colour, half of them the colour of a tile there and
-    half another one: a tiny model is slow to bind the colour word to the colour it sees, and without
-    such pairs it learns to ignore the word."""
+    scene with one or two tiles. Three in five ask for a colour: the colour of a tile there or any colour,
+    half and half."""
     scene = random_scene(rng, [rng.randrange(10) for _ in range(rng.choice((1, 2)))])
     full = scene.render()
     rows = []
@@ -281,7 +274,8 @@ def tokenizer_texts() -> list[str]:
     """Every word the rows use, and every normalised coordinate, for training a tokenizer."""
     words = [DIGIT_QUESTION, COLOUR_QUESTION, *COLOURS, "left", "right", "yes", "no", "digit", *DIGIT_NAMES]
     words += [SPATIAL_QUESTION.format(a, b) for a in COLOURS for b in COLOURS if a != b]
-    words += [PRESENCE_QUESTION.format(name).replace("<image>", "") for name in ("digit", *(f"{colour} digit" for colour in COLOURS))]
+    targets = ("digit", *(f"{colour} digit" for colour in COLOURS))
+    words += [PRESENCE_QUESTION.format(target).replace("<image>", "") for target in targets]
     words += [TARGETS_QUESTION.format(DIGIT_QUESTION), FOCUS_QUESTION.format("", "at [0.50, 0.50] ;")]
     words += [f"[{v / 100:.2f}, {v / 100:.2f}, {v / 100:.2f}, {v / 100:.2f}]" for v in range(101)]
     return words
