@@ -42,7 +42,7 @@ def start_training(output_dir: Path, steps: dict, model_args: list[str] = FULL_M
     output_dir/vstar and output_dir/vstar-search. With `log`, each writes to train.log in its folder
     instead of the terminal, without progress bars. Returns a function that waits for both and returns
     the two (model, processor) pairs."""
-    processes = []
+    processes, logs = [], []
     for task, folder in (("answer", output_dir / "vstar"), ("search", output_dir / "vstar-search")):
         folder.mkdir(parents=True, exist_ok=True)
         command = [
@@ -52,11 +52,15 @@ def start_training(output_dir: Path, steps: dict, model_args: list[str] = FULL_M
             "--report_to", "none", "--logging_steps", "1000", "--disable_tqdm", "true" if log or task == "search" else "false",
         ]
         environment = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
-        output = open(folder / "train.log", "w") if log else None
+        if log:
+            logs.append(open(folder / "train.log", "w"))
+        output = logs[-1] if log else None
         processes.append((task, folder, subprocess.Popen(command, env=environment, stdout=output, stderr=subprocess.STDOUT if log else None)))
 
     def finish():
         failed = [f"{task} (see {folder / 'train.log'})" if log else task for task, folder, process in processes if process.wait() != 0]
+        for file in logs:
+            file.close()
         if failed:
             raise RuntimeError(f"Training the V* {' and '.join(failed)} model failed.")
         return load_model(output_dir / "vstar"), load_model(output_dir / "vstar-search")
@@ -82,11 +86,13 @@ def run_vstar_benchmark(answerer=None, searcher=None, questions: int = 120, exha
     """`answerer` and `searcher` are (model, processor) pairs; without them both are trained first, for
     `train_steps[task]` steps, into output_dir/vstar and output_dir/vstar-search. `quick` (smoke runs):
     tiny models, a few steps, coarse bounded searches. Pictures of the first searches go to `traces`."""
+    if (answerer is None) != (searcher is None):
+        raise ValueError("run_vstar_benchmark takes both models (answerer and searcher) or neither (both are trained).")
     search = QUICK_SEARCH if quick else SEARCH
     steps = QUICK_STEPS if quick else {**TRAIN_STEPS, **(train_steps or {})}
     output_dir = output_dir or Path(tempfile.mkdtemp(prefix="mosaic-vstar-"))
     model_args = QUICK_MODEL if quick else FULL_MODEL
-    if answerer is None or searcher is None:
+    if answerer is None:
         answerer, searcher = start_training(output_dir, steps, model_args)()
     model, processor = answerer
     scorer = FuyuScorer(*searcher)
@@ -198,6 +204,8 @@ def main(argv=None) -> None:
     parser.add_argument("--train-steps", type=int, default=None,
                         help="Trainer steps for each model when training here (default: 3000 answering, 6000 search)")
     args = parser.parse_args(argv)
+    if (args.model is None) != (args.search_model is None):
+        parser.error("give both --model and --search-model, or neither (then both are trained)")
     answerer = load_model(args.model) if args.model else None
     searcher = load_model(args.search_model) if args.search_model else None
     steps = {"answer": args.train_steps, "search": args.train_steps} if args.train_steps else None

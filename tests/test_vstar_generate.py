@@ -120,3 +120,11 @@ def test_bad_image_is_refused(trained):
     model, processor = trained
     with pytest.raises(TypeError, match="vstar_generate takes a PIL.Image.Image"):
         vstar_generate(model, processor, "photo.png", "What digit is on the tile?", targets=[])
+
+
+def test_the_benchmark_takes_both_models_or_neither(trained):
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(__file__)), "benchmarks"))
+    import bench_vstar
+
+    with pytest.raises(ValueError, match="both models"):
+        bench_vstar.run_vstar_benchmark(trained, None, questions=1, exhaustive=0)
