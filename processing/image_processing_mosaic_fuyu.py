@@ -10,6 +10,7 @@ Accepts the same inputs as the CLIP image processor (PIL, numpy, torch, grayscal
 """
 
 import math
+import warnings
 
 import numpy as np
 import PIL.Image
@@ -43,15 +44,35 @@ def image_token_layout(rows: int, cols: int, image_token_id: int, newline_token_
     return row.repeat(rows)  # (rows * (cols + 1),)
 
 
-def patchify(pixels: torch.Tensor, patch_size: int) -> torch.Tensor:
-    """(rows * p, cols * p, channels) -> (rows * cols, p * p * channels): patches in row-major order, each
-    flattened as (patch row, patch column, channel), as transformers' Fuyu does. One copy, from HWC so
-    that every copied run (p * channels values) is contiguous."""
+def patch_bands(size: int, patch_size: int) -> list[tuple[tuple, slice, tuple]]:
+    """How one side of `size` pixels lies across patches: for the whole patches and then the remainder, each if
+    non-empty, (index into the (patch, pixel) dims of the patches seen as an image, slice of the pixels, the
+    shape those pixels take there)."""
+    whole, remainder = divmod(size, patch_size)
+    bands = []
+    if whole:
+        bands.append(((slice(0, whole), slice(None)), slice(0, whole * patch_size), (whole, patch_size)))
+    if remainder:
+        bands.append(((whole, slice(0, remainder)), slice(whole * patch_size, size), (remainder,)))
+    return bands
+
+
+def patchify(pixels: torch.Tensor, patch_size: int, dtype: torch.dtype | None = None, padding_value: float = 0.0) -> torch.Tensor:
+    """(height, width, channels) -> (rows * cols, p * p * channels) with (rows, cols) = `patch_grid`: patches in
+    row-major order, each flattened as (patch row, patch column, channel), as transformers' Fuyu does; the
+    bottom and right remainder is `padding_value`. Strided copies straight from the pixels, casting to `dtype`
+    on the way, from HWC so that every copied run (up to p * channels values) is contiguous."""
     height, width, channels = pixels.shape
-    rows, cols = height // patch_size, width // patch_size
-    # (rows, p, cols, p, C) -> (rows, cols, p, p, C)
-    patches = pixels.reshape(rows, patch_size, cols, patch_size, channels).permute(0, 2, 1, 3, 4)
-    return patches.reshape(rows * cols, patch_size * patch_size * channels)
+    rows, cols = patch_grid(height, width, patch_size)
+    patches = torch.empty(rows, cols, patch_size, patch_size, channels, dtype=dtype or pixels.dtype)
+    image_layout = patches.permute(0, 2, 1, 3, 4)  # (rows, p, cols, p, C): the patches seen as an image
+    row_bands, col_bands = patch_bands(height, patch_size), patch_bands(width, patch_size)
+    for row_index, pixel_rows, row_shape in row_bands:
+        for col_index, pixel_cols, col_shape in col_bands:
+            image_layout[(*row_index, *col_index)].copy_(pixels[pixel_rows, pixel_cols].reshape(*row_shape, *col_shape, channels))
+    patches[rows - 1, :, height - (rows - 1) * patch_size :] = padding_value
+    patches[:, cols - 1, :, width - (cols - 1) * patch_size :] = padding_value
+    return patches.view(rows * cols, patch_size * patch_size * channels)
 
 
 def to_rgb(image: PIL.Image.Image) -> PIL.Image.Image:
@@ -128,23 +149,18 @@ class MosaicFuyuImageProcessor(PilBackend):
                 mean = torch.tensor(image_mean, dtype=torch.float32).expand(channels)
                 std = torch.tensor(image_std, dtype=torch.float32).expand(channels)
                 scale, shift = scale / std, -mean / std
-            # patchify in uint8 (a quarter of the bytes to move), then one pass to float32 does rescale and
-            # normalisation; the padding pixels are written afterwards with padding_value (0-255 scale) taken
-            # through the same rescale and normalisation, as transformers pads before rescaling
-            canvas = torch.zeros(rows * patch_size, cols * patch_size, channels, dtype=torch.uint8)
-            canvas.numpy()[:resized_height, :resized_width] = pixels
-            patch_bytes = patchify(canvas, patch_size).view(rows * cols, patch_size * patch_size, channels)
-            image_patches = patch_bytes.to(torch.float32)  # (patches, p * p, C)
+            # strided copies from the uint8 pixels to float32 patches, padded with padding_value on the 0-255
+            # scale as transformers pads before rescaling; then one in-place pass rescales and normalises
+            with warnings.catch_warnings():  # PIL's pixels are read-only; they are only read here
+                warnings.simplefilter("ignore", UserWarning)
+                pixel_tensor = torch.from_numpy(pixels)
+            image_patches = patchify(pixel_tensor, patch_size, torch.float32, padding_value)
             if bool((scale == scale[0]).all() and (shift == shift[0]).all()):  # scalar ops are ~3x faster
-                image_patches.mul_(scale[0].item()).add_(shift[0].item())
-            else:
-                image_patches.mul_(scale).add_(shift)
-            # (patches, p*p, C) -> (rows, cols, p, p, C): the padding is the tail of the last patch row and column
-            grid = image_patches.view(rows, cols, patch_size, patch_size, channels)
-            padding = padding_value * scale + shift
-            grid[rows - 1, :, resized_height - (rows - 1) * patch_size :] = padding
-            grid[:, cols - 1, :, resized_width - (cols - 1) * patch_size :] = padding
-            patches.append(image_patches.view(rows * cols, -1))
+                torch.add(shift[0], image_patches, alpha=scale[0].item(), out=image_patches)
+            else:  # (patches, p * p * C) seen as (patches, p * p, C) against per-channel scale and shift
+                by_channel = image_patches.view(rows * cols, patch_size * patch_size, channels)
+                torch.addcmul(shift, by_channel, scale, out=by_channel)
+            patches.append(image_patches)
             grids.append((rows, cols))
             sizes.append((height, width))
             resized_sizes.append((resized_height, resized_width))

@@ -35,9 +35,19 @@ def test_patchify_orders_patches_row_major_with_channels_last():
     assert torch.equal(patches[3], pixels[2:4, 0:2].reshape(-1))  # row 1, column 0
 
 
-def transformers_patches(image, patch_grid_shape, patch_size=30):
+
+def test_patchify_pads_the_remainder_and_casts():
+    pixels = torch.arange(5 * 7 * 2, dtype=torch.uint8).reshape(5, 7, 2)  # patch 3 -> 2 x 3 grid, 1 and 2 pixels padded
+    patches = patchify(pixels, 3, torch.float32, padding_value=-1.0)
+    canvas = torch.full((6, 9, 2), -1.0)
+    canvas[:5, :7] = pixels
+    assert patches.dtype == torch.float32 and patches.shape == (6, 3 * 3 * 2)
+    assert torch.equal(patches, patchify(canvas, 3))
+    assert torch.equal(patchify(pixels[:2, :2], 3, padding_value=9)[0].view(3, 3, 2)[2], torch.full((3, 2), 9, dtype=torch.uint8))
+
+def transformers_patches(image, patch_grid_shape, patch_size=30, **kwargs):
     """transformers' padded canvas, cropped to the unpadded patch grid and patchified."""
-    canvas = np.asarray(FuyuImageProcessorPil()(image, return_tensors="np")["images"][0][0])
+    canvas = np.asarray(FuyuImageProcessorPil(**kwargs)(image, return_tensors="np")["images"][0][0])
     rows, cols = patch_grid_shape
     cropped = np.moveaxis(canvas[:, : rows * patch_size, : cols * patch_size], 0, -1).astype(np.float32)
     return patchify(torch.from_numpy(np.ascontiguousarray(cropped)), patch_size)
@@ -58,6 +68,14 @@ def test_matches_transformers_fuyu_image_processor(photos, name, size):
     height, width = outputs["resized_sizes"][0]
     assert outputs["patch_grids"][0] == patch_grid(height, width, 30)
     assert outputs["image_sizes"][0] == (image.height, image.width)
+
+
+def test_per_channel_normalisation_and_padding_value_match_transformers(photos):
+    settings = dict(image_mean=[0.4, 0.5, 0.6], image_std=[0.2, 0.3, 0.25], padding_value=7.0)
+    image = PIL.Image.fromarray(photos["coffee"]).resize((301, 157), PIL.Image.BICUBIC)
+    outputs = MosaicFuyuImageProcessor(**settings)(image)
+    expected = transformers_patches(image, outputs["patch_grids"][0], **settings)
+    assert (outputs["image_patches"][0] - expected).abs().max() <= 1e-6
 
 
 def test_inputs_of_every_kind_and_batches(photos):
