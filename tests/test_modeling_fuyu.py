@@ -134,6 +134,24 @@ class TestMosaicFuyu(ModelTesterMixin):
         real = full_mask.bool()
         torch.testing.assert_close(torch.cat(decoded, dim=1)[real], full[real], atol=1e-5, rtol=1e-5)
 
+    @pytest.mark.parametrize("attn_implementation", ["eager", "sdpa"])
+    def test_logits_to_keep_equals_the_full_forward_and_caches_every_position(self, attn_implementation):
+        """The last layer runs only the kept positions' queries; logits and the cache must not change."""
+        model = self.build(MosaicFuyuForCausalLM, attn_implementation=attn_implementation)
+        padded = varied_batch(3)
+        alone = self.select_sample(padded, 0)
+        del alone["attention_mask"]  # no mask at all: the causal mask is implicit under sdpa
+        with torch.no_grad():
+            for inputs in (padded, alone):
+                full = model(**inputs, use_cache=True)
+                for keep in (1, 3):
+                    kept = model(**inputs, use_cache=True, logits_to_keep=keep)
+                    assert kept.logits.shape[1] == keep
+                    torch.testing.assert_close(kept.logits, full.logits[:, -keep:], atol=1e-5, rtol=1e-5)
+                    for full_layer, kept_layer in zip(full.past_key_values.layers, kept.past_key_values.layers):
+                        torch.testing.assert_close(kept_layer.keys, full_layer.keys)
+                        torch.testing.assert_close(kept_layer.values, full_layer.values)
+
     def test_greedy_generation_matches_the_uncached_argmax_loop(self):
         model = self.build(MosaicFuyuForCausalLM)
         inputs = varied_batch(2)
