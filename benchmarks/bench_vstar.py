@@ -27,8 +27,10 @@ from mosaic_vlm.modeling.vstar import FuyuScorer, draw_search, exhaustive_search
 from mosaic_vlm.processing.vstar_scenes import benchmark_questions, box_iou
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
-SEARCH = {"min_size": 64, "conf_high": 0.8, "conf_low": 0.3, "max_calls": 100}
-QUICK_SEARCH = {"min_size": 256, "conf_high": 0.8, "conf_low": 0.3, "max_calls": 40}  # smoke runs: coarse, bounded
+SEARCH = {"min_size": 64, "conf_high": 0.65, "conf_low": 0.3, "max_calls": 100}
+# heatmap cells of at most 128 px: a 31-px tile is then a dozen pixels of the search model's 48-px input
+SCORER = {"max_cell": 128}
+QUICK_SEARCH = {"min_size": 256, "conf_high": 0.65, "conf_low": 0.3, "max_calls": 40}  # smoke runs: coarse, bounded
 GENERATE = {"max_new_tokens": 6, "do_sample": False}
 TRAIN_STEPS = {"answer": 3000, "search": 6000}
 QUICK_STEPS = {"answer": 20, "search": 20}
@@ -95,7 +97,7 @@ def run_vstar_benchmark(answerer=None, searcher=None, questions: int = 120, exha
     if answerer is None:
         answerer, searcher = start_training(output_dir, steps, model_args)()
     model, processor = answerer
-    scorer = FuyuScorer(*searcher)
+    scorer = FuyuScorer(*searcher, **SCORER)
     items = benchmark_questions(questions)
     rows, started = [], time.perf_counter()
     with torch.no_grad():
@@ -118,7 +120,7 @@ def run_vstar_benchmark(answerer=None, searcher=None, questions: int = 120, exha
     vstar_seconds = time.perf_counter() - started
 
     # the exhaustive scan on the first questions' targets, at V*'s leaf size and confidence threshold; a
-    # call scores one crop or makes one heatmap, and FuyuScorer's heatmap scores 16 crops, so both are counted
+    # call scores one crop or makes one heatmap, and a FuyuScorer heatmap scores one crop per cell, so both are counted
     scan_rows = []
     for index, item in enumerate(tqdm(items[:exhaustive], desc="exhaustive scans")):
         image = item.scene.render()

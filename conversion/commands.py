@@ -145,6 +145,9 @@ def add_vstar_command(subparsers) -> None:
                         help="a MosaicFuyuForCausalLM folder that scores crops for the search (default: the answering model)")
     parser.add_argument("--output", "-o", type=Path, default=Path("vstar-search.png"),
                         help="PNG of the search; with several targets, one file per target (default vstar-search.png)")
+    parser.add_argument("--max-cell", type=int, default=None,
+                        help="widest heatmap cell in pixels: larger images get more cells, each small enough for "
+                        "the search model to see a small target in (default: a 4x4 grid at every size)")
     parser.add_argument("--min-size", type=int, default=None, help="smallest patch side in pixels (default: V*'s)")
     parser.add_argument("--conf-high", type=float, default=0.5, help="confidence that ends a search (default 0.5)")
     parser.add_argument("--conf-low", type=float, default=0.3, help="least confidence of a fallback box (default 0.3)")
@@ -160,7 +163,8 @@ def run_vstar(args: argparse.Namespace) -> None:
         raise ValueError(f"--output must name a .png file, got {args.output}.")
     image = open_image(args.image)
     model, processor = load_fuyu_folder(args.model, "vstar")
-    scorer = FuyuScorer(*load_fuyu_folder(args.search_model, "vstar")) if args.search_model else None
+    searcher = load_fuyu_folder(args.search_model, "vstar") if args.search_model else (model, processor)
+    scorer = FuyuScorer(*searcher, max_cell=args.max_cell)
     search = {"min_size": args.min_size, "conf_high": args.conf_high, "conf_low": args.conf_low, "max_calls": args.max_calls}
     output = vstar_generate(model, processor, image, args.question, targets=args.targets, scorer=scorer, search_kwargs=search,
                             max_new_tokens=args.max_new_tokens, do_sample=False)

@@ -39,7 +39,7 @@ class SearchResult:
     box: the target's box in original pixels (tightened with the heatmap), None when not found.
     score: the confidence of the patch the box came from (the best seen when not found).
     boxes: every confident instance (several when the whole image already shows the target).
-    path: visited patches with their scores, in visiting order.
+    path: visited patches (and the heatmap regions scored on the way) with their scores, in visiting order.
     num_calls: scorer evaluations: one per image scored plus one per heatmap.
     """
 
@@ -169,14 +169,14 @@ def _area(box: Box) -> int:
 
 def tighten(counter: _CountingScorer, box: Box, min_side: float, budget_left=lambda needed: True) -> Box:
     """The strongest region of a confident patch's heatmap (the patch itself when the map is flat). While a
-    region narrows its patch to a quarter of the area or less and is still more than `min_side` wide, it is
-    tightened again the same way."""
+    region still narrows its patch (to two thirds of the area or less) and is more than `min_side` wide, it
+    is tightened again the same way: each step places the target's edges on a finer grid of cells."""
     while budget_left(1):
         components = heatmap_components(counter.heatmap(box), box)
         if not components:
             return box
         region = components[0][1]
-        if 4 * _area(region) > _area(box) or min(region[2] - region[0], region[3] - region[1]) <= min_side:
+        if 3 * _area(region) > 2 * _area(box) or min(region[2] - region[0], region[3] - region[1]) <= min_side:
             return region
         box = region
     return box
@@ -203,8 +203,11 @@ def visual_search(
     (at the root, every confident instance found in the heatmap is collected). Patches whose short side
     is at most `min_size` are leaves; others are split 2x2 (or into 4 strips when elongated) and each
     child gets priority sum over the patch and its ancestors a of share(heatmap_a, child) / 4^level(a),
-    in one global queue, so the search backtracks. The 4 children are scored in one batched call. When
+    in one global queue, so the search backtracks. The 4 children are scored in one batched call, with
+    the strongest region of the patch's heatmap (as SEAL's detector looks inside a patch): when that region
+    reaches `conf_high` the search ends there, so a target cut by the split is still found whole. When
     the queue is empty or `max_calls` is spent, the best patch seen is returned if it reaches `conf_low`.
+    A found patch is tightened onto the target with its heatmap (`tighten`).
     """
     if not isinstance(image, PIL.Image.Image):
         raise TypeError(f"visual_search takes a PIL.Image.Image, got {type(image).__name__}.")
@@ -226,7 +229,7 @@ def visual_search(
         return max_calls is None or counter.calls + needed <= max_calls
 
     def found(box: Box, score: float, boxes: list[Box] | None = None) -> SearchResult:
-        final = box if box == root else tighten(counter, box, min_size / 2, budget_left)
+        final = box if box == root else tighten(counter, box, min_size / 4, budget_left)
         return SearchResult(True, final, score, boxes or [final], path, counter.calls)
 
     if root_score >= conf_high:
@@ -249,11 +252,23 @@ def visual_search(
             path.append((box, score))
             if score >= conf_high:
                 return found(box, score)
-        if min(box[2] - box[0], box[3] - box[1]) <= min_size or not budget_left(1 + 4):
+        if min(box[2] - box[0], box[3] - box[1]) <= min_size or not budget_left(1 + 5):
             continue
-        lineage = (*ancestors, (box, level, counter.heatmap(box)))
+        heatmap = counter.heatmap(box)
+        lineage = (*ancestors, (box, level, heatmap))
         children = split_box(box)
-        for child, child_score in zip(children, counter.score(children)):
+        # the heatmap's strongest region is scored with the children, as SEAL's detector looks inside a
+        # patch: a target that the 2x2 split cuts in pieces is still seen whole there
+        components = heatmap_components(heatmap, box)
+        region = components[0][1] if components and components[0][1] not in (box, *children) else None
+        scores = counter.score([*children, *([region] if region else [])])
+        if region is not None:
+            path.append((region, scores[4]))
+            if scores[4] >= conf_high:
+                return found(region, scores[4])
+            if scores[4] > best_score:
+                best_box, best_score = region, scores[4]
+        for child, child_score in zip(children, scores):
             priority = sum(heatmap_share(heatmap, a_box, child) / 4**a_level for a_box, a_level, heatmap in lineage)
             heapq.heappush(queue, (-priority, next(order), child, level + 1, child_score, lineage))
             if child_score > best_score:
@@ -284,7 +299,7 @@ def exhaustive_search(
     path = list(zip(boxes, scores))
     if scores[best] < conf_low:
         return SearchResult(False, None, scores[best], [], path, counter.calls)
-    box = tighten(counter, boxes[best], window / 2)
+    box = tighten(counter, boxes[best], window / 4)
     return SearchResult(True, box, scores[best], [box], path, counter.calls)
 
 
@@ -334,17 +349,29 @@ class ClipScorer:
 
 class FuyuScorer:
     """Scores with a Fuyu-style model. Confidence: the model's probability of "yes" (against "no") as the
-    first answer token to a yes/no question about the target. Heatmap: the confidences of a `grid x grid`
-    tiling of the image, scored in batched calls. `evaluations` counts the images the model has scored
-    (a heatmap costs `grid * grid` of them).
+    first answer token to a yes/no question about the target. Heatmap: the confidences of a tiling of the
+    image, scored in batched calls: `grid x grid` cells, or more along a side longer than `grid * max_cell`
+    pixels, so that no cell is wider than `max_cell` (a tiny model's input is a few dozen pixels: in a
+    larger cell a small target would shrink out of sight). `evaluations` counts the images the model has
+    scored (a heatmap costs one per cell).
 
     The default question puts the image after the words (`<image>` at the end): a decoder reads causally,
     so the image's patch tokens can then attend to what is asked for ("red digit") and each patch can
     check its own colour, instead of the last token having to bind word and picture on its own."""
 
-    def __init__(self, model, processor, question: str = "Is there a {} in the image? <image>", grid: int = 4, batch_size: int = 32):
+    def __init__(
+        self,
+        model,
+        processor,
+        question: str = "Is there a {} in the image? <image>",
+        grid: int = 4,
+        max_cell: int | None = None,
+        batch_size: int = 32,
+    ):
+        if grid < 1 or (max_cell is not None and max_cell < 1):
+            raise ValueError(f"FuyuScorer needs grid >= 1 and max_cell >= 1 (or None), got grid={grid}, max_cell={max_cell}.")
         self.model, self.processor, self.question = model.eval(), processor, question
-        self.grid, self.batch_size, self.evaluations = grid, batch_size, 0
+        self.grid, self.max_cell, self.batch_size, self.evaluations = grid, max_cell, batch_size, 0
         tokenizer = processor.tokenizer
         self.answer_ids = [tokenizer(word, add_special_tokens=False)["input_ids"][0] for word in ("yes", "no")]
         if self.answer_ids[0] == self.answer_ids[1]:
@@ -361,12 +388,17 @@ class FuyuScorer:
         self.evaluations += len(images)
         return scores
 
+    def cells(self, side: int) -> int:
+        """How many heatmap cells span an image side of `side` pixels."""
+        return max(self.grid, math.ceil(side / self.max_cell)) if self.max_cell else self.grid
+
     def heatmap(self, image: PIL.Image.Image, target: str) -> torch.Tensor:
         width, height = image.size
-        xs = [round(i * width / self.grid) for i in range(self.grid + 1)]
-        ys = [round(i * height / self.grid) for i in range(self.grid + 1)]
-        tiles = [image.crop((xs[c], ys[r], xs[c + 1], ys[r + 1])) for r in range(self.grid) for c in range(self.grid)]
-        return torch.tensor(self.score(tiles, target)).reshape(self.grid, self.grid)  # row-major tiles
+        rows, cols = self.cells(height), self.cells(width)
+        xs = [round(i * width / cols) for i in range(cols + 1)]
+        ys = [round(i * height / rows) for i in range(rows + 1)]
+        tiles = [image.crop((xs[c], ys[r], xs[c + 1], ys[r + 1])) for r in range(rows) for c in range(cols)]
+        return torch.tensor(self.score(tiles, target)).reshape(rows, cols)  # row-major tiles
 
 
 @dataclass

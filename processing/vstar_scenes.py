@@ -159,11 +159,12 @@ def focus_text(entries: list[tuple[str, tuple[float, ...]]]) -> str:
 
 
 def memory_box(rng: random.Random, target: Box, size: tuple[int, int]) -> Box:
-    """A box like the one a search ends with (the target give or take a heatmap cell), enlarged 1.2x."""
+    """A box like the one a search ends with (the target give or take a quarter of its side on each edge),
+    enlarged 1.2x."""
     width, height = size
     side = target[2] - target[0]
-    x0, y0 = target[0] - rng.randint(0, side // 2), target[1] - rng.randint(0, side // 2)
-    x1, y1 = target[2] + rng.randint(0, side // 2), target[3] + rng.randint(0, side // 2)
+    x0, y0 = target[0] - rng.randint(0, side // 4), target[1] - rng.randint(0, side // 4)
+    x1, y1 = target[2] + rng.randint(0, side // 4), target[3] + rng.randint(0, side // 4)
     grow_x, grow_y = (x1 - x0) // 10, (y1 - y0) // 10  # 1.2x around the centre
     return (max(0, x0 - grow_x), max(0, y0 - grow_y), min(width, x1 + grow_x), min(height, y1 + grow_y))
 
@@ -199,10 +200,10 @@ def shows(crop: Box, tile: Box) -> bool:
 
 def _answer_rows(rng: random.Random, max_size: tuple[int, int]) -> list[dict]:
     """One question asked for its target list and with V*'s working memory, and a third of the time
-    directly. Left/right questions come three times as often: comparing two coordinates is what a tiny
-    model learns slowest, and the direct answer (a guess from a whole image where the tiles are a pixel
-    or two wide) needs few rows."""
-    item = random_question(rng, rng.choices(("digit", "colour", "spatial"), weights=(1, 1, 3))[0])
+    directly. Left/right questions come three times as often as colour ones, and digit questions twice:
+    comparing two coordinates and reading a handwritten digit are what a tiny model learns slowest, and
+    the direct answer (a guess from a whole image where the tiles are a pixel or two wide) needs few rows."""
+    item = random_question(rng, rng.choices(("digit", "colour", "spatial"), weights=(2, 1, 3))[0])
     full = item.scene.render()
     whole = _fitted(full, (0, 0, *full.size), max_size)
     memory = [memory_box(rng, box, full.size) for box in item.target_boxes]

@@ -95,7 +95,7 @@ def test_ask_prints_the_answer_with_boxes_in_image_pixels(fuyu_folder, photo_fil
 
 
 def test_vstar_prints_the_answer_and_saves_the_search_picture(fuyu_folder, photo_file, tmp_path, capsys):
-    folder, _, _ = fuyu_folder
+    folder, model, processor = fuyu_folder
     output = tmp_path / "pictures" / "search.png"
     assert main(["vstar", str(folder), str(photo_file), "describe it", "--targets", "cat", "--min-size", "100",
                  "--max-calls", "12", "--output", str(output), "--max-new-tokens", "3"]) == 0
@@ -110,6 +110,15 @@ def test_vstar_prints_the_answer_and_saves_the_search_picture(fuyu_folder, photo
     assert main(["vstar", str(folder), str(photo_file), "describe it", "--targets", "cat", "--min-size", "100",
                  "--max-calls", "12", "--output", str(output), "--max-new-tokens", "3", "--search-model", str(folder)]) == 0
     assert capsys.readouterr().out.splitlines()[:2] == lines[:2]
+    # --max-cell reaches the scorer: the printed search is the API's search with that scorer
+    from mosaic_vlm.modeling.vstar import FuyuScorer, visual_search
+
+    assert main(["vstar", str(folder), str(photo_file), "describe it", "--targets", "cat", "--min-size", "100",
+                 "--max-calls", "12", "--output", str(output), "--max-new-tokens", "3", "--max-cell", "50"]) == 0
+    image = PIL.Image.open(photo_file).convert("RGB")
+    result = visual_search(image, "cat", FuyuScorer(model, processor, max_cell=50), min_size=100, max_calls=12)
+    where = f"box {result.box}" if result.found else "not found"
+    assert capsys.readouterr().out.splitlines()[1] == f"target 'cat': {where}, score {result.score:.2f}, {result.num_calls} scorer calls"
     assert main(["vstar", str(folder), str(photo_file), "what?", "--search-model", str(tmp_path / "missing")]) == 2
     assert "missing" in capsys.readouterr().err
 

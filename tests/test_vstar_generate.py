@@ -2,6 +2,7 @@
 V*Bench-like rows (a short run: these tests check the mechanics, the benchmark measures the quality)."""
 
 import inspect
+import math
 import os
 import sys
 
@@ -70,6 +71,15 @@ def test_fuyu_scorer_batches_and_returns_probabilities(trained):
     x_step, y_step = image.width / 4, image.height / 4
     corner = image.crop((0, 0, round(x_step), round(y_step)))
     assert heatmap[0, 0].item() == pytest.approx(scorer.score([corner], "digit")[0], abs=1e-5)
+    fine = FuyuScorer(model, processor, max_cell=200)  # no cell wider than 200 px: more cells on large images
+    rows, cols = math.ceil(image.height / 200), math.ceil(image.width / 200)
+    heatmap = fine.heatmap(image, "digit")
+    assert heatmap.shape == (rows, cols) and rows > 4 and fine.evaluations == rows * cols
+    corner = image.crop((0, 0, round(image.width / cols), round(image.height / rows)))
+    assert heatmap[0, 0].item() == pytest.approx(fine.score([corner], "digit")[0], abs=1e-5)
+    assert fine.heatmap(corner, "digit").shape == (4, 4)  # small images keep the grid
+    with pytest.raises(ValueError, match="max_cell >= 1"):
+        FuyuScorer(model, processor, max_cell=0)
 
 
 def test_vstar_generate_names_targets_searches_and_answers_from_the_crops(trained):

@@ -78,8 +78,18 @@ def test_batched_scorer_calls():
     image = photo_with_squares((1024, 1024), [(700, 100, 30, RED)])
     scorer = PlantedColorScorer(gain=150)
     visual_search(image, "red square", scorer)
-    assert scorer.batch_sizes[0] == 1 and 4 in scorer.batch_sizes
+    # the root alone, then per expansion its 4 children and its heatmap's strongest region in one call
+    assert scorer.batch_sizes[0] == 1 and 5 in scorer.batch_sizes
     assert sum(scorer.batch_sizes) < 40
+
+
+def test_a_target_cut_by_the_split_is_found_whole_in_the_heatmap_region():
+    image = photo_with_squares((1024, 1024), [(492, 492, 40, RED)])  # all four quadrants cut it
+    result = visual_search(image, "red square", PlantedColorScorer())
+    assert result.found and iou(result.box, (492, 492, 532, 532)) > 0.5
+    region, score = result.path[1]  # scored with the root's children, before any of them is visited
+    assert region not in split_box((0, 0, 1024, 1024)) and score >= 0.5
+    assert result.num_calls <= 10
 
 
 def test_backtracks_when_the_first_branch_is_wrong():
@@ -89,7 +99,9 @@ def test_backtracks_when_the_first_branch_is_wrong():
     result = visual_search(image, "red square", scorer)
     assert result.found and iou(result.box, (1300, 1300, 1340, 1340)) > 0.5
     visited = [box for box, _ in result.path[1:]]
-    assert visited[0] == (0, 0, 768, 768)  # the decoy's quadrant goes first
+    assert visited[0] == (96, 96, 224, 224)  # the root heatmap's strongest region: the decoy, scored 0
+    quadrants = split_box((0, 0, 1536, 1536))
+    assert next(box for box in visited if box in quadrants) == (0, 0, 768, 768)  # the decoy's quadrant goes first
     assert any(box[0] >= 768 and box[1] >= 768 for box in visited)  # then the search comes back
 
 
@@ -98,10 +110,20 @@ def test_elongated_patches_split_into_strips():
     assert split_box((0, 0, 400, 1000)) == [(0, 0, 400, 250), (0, 250, 400, 500), (0, 500, 400, 750), (0, 750, 400, 1000)]
     assert split_box((10, 10, 110, 60)) == [(10, 10, 35, 60), (35, 10, 60, 60), (60, 10, 85, 60), (85, 10, 110, 60)]
     assert split_box((0, 0, 300, 200)) == [(0, 0, 150, 100), (150, 0, 300, 100), (0, 100, 150, 200), (150, 100, 300, 200)]
+
+    class FlatHeatmapScorer(PlantedColorScorer):
+        """No heatmap region to look inside: the search must go down the strips."""
+
+        def heatmap(self, image, target):
+            return torch.ones(4, 4)
+
     image = photo_with_squares((2048, 512), [(1700, 200, 30, RED)])
+    result = visual_search(image, "red square", FlatHeatmapScorer(gain=100), min_size=256)
+    assert result.path[1][0] == (0, 0, 512, 512)  # first visited child is a full-height strip
+    x0, y0, x1, y1 = result.box  # its leaf: nothing to tighten with
+    assert result.found and x0 <= 1700 and y0 <= 200 and x1 >= 1730 and y1 >= 230
     result = visual_search(image, "red square", PlantedColorScorer(gain=100), min_size=256)
     assert result.found and iou(result.box, (1700, 200, 1730, 230)) > 0.5
-    assert result.path[1][0][3] - result.path[1][0][1] == 512  # first visited child is a full-height strip
 
 
 def test_not_found_is_a_clear_result():
@@ -123,8 +145,8 @@ def test_max_calls_budget_is_respected():
 
 def test_low_confidence_best_patch_is_returned_above_conf_low():
     image = photo_with_squares((1024, 1024), [(600, 600, 40, RED)])
-    # the gain makes the best leaf score ~0.35: below conf_high, above conf_low
-    result = visual_search(image, "red square", PlantedColorScorer(gain=14), conf_high=0.9)
+    # a crop of red alone scores 0.6: below conf_high, above conf_low
+    result = visual_search(image, "red square", PlantedColorScorer(gain=0.6), conf_high=0.9)
     assert result.found and 0.3 <= result.score < 0.9
     assert iou(result.box, (600, 600, 640, 640)) > 0.5
 
