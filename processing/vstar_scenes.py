@@ -200,10 +200,10 @@ def shows(crop: Box, tile: Box) -> bool:
 
 def _answer_rows(rng: random.Random, max_size: tuple[int, int]) -> list[dict]:
     """One question asked for its target list and with V*'s working memory, and a third of the time
-    directly. Left/right questions come three times as often as colour ones, and digit questions twice:
-    comparing two coordinates and reading a handwritten digit are what a tiny model learns slowest, and
-    the direct answer (a guess from a whole image where the tiles are a pixel or two wide) needs few rows."""
-    item = random_question(rng, rng.choices(("digit", "colour", "spatial"), weights=(2, 1, 3))[0])
+    directly. Left/right questions come three times as often: comparing two coordinates is what a tiny
+    model learns slowest, and the direct answer (a guess from a whole image where the tiles are a pixel
+    or two wide) needs few rows."""
+    item = random_question(rng, rng.choices(("digit", "colour", "spatial"), weights=(1, 1, 3))[0])
     full = item.scene.render()
     whole = _fitted(full, (0, 0, *full.size), max_size)
     memory = [memory_box(rng, box, full.size) for box in item.target_boxes]
