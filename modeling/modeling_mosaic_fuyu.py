@@ -214,8 +214,9 @@ class MosaicFuyuDecoder(MosaicFuyuPreTrainedModel):
         positions_to_keep: int = 0,
         **kwargs,
     ) -> BaseModelOutputWithPast:
-        """`positions_to_keep` > 0 (generation's prefill wants 1) returns the last that many positions only: the
-        last layer still caches every key and value, but runs its queries, dense and MLP on those positions."""
+        """`positions_to_keep` > 0 (generation's prefill wants 1) returns the last that many positions only. Where
+        it can, the last layer then runs its queries, dense and MLP on those positions alone (it still caches
+        every key and value)."""
         if output_attentions and self.config._attn_implementation != "eager":
             raise ValueError(
                 f"output_attentions=True needs the eager attention, but the model runs "
@@ -256,6 +257,8 @@ class MosaicFuyuDecoder(MosaicFuyuPreTrainedModel):
         hidden_states = self.final_layernorm(hidden_states)
         if output_hidden_states:
             all_hidden_states = all_hidden_states[:-1] + (hidden_states,)
+        if positions_to_keep:
+            hidden_states = hidden_states[:, -positions_to_keep:]  # a no-op when the last layer ran those only
         return BaseModelOutputWithPast(
             last_hidden_state=hidden_states,
             past_key_values=past_key_values,

@@ -252,7 +252,7 @@ def visual_search(
             path.append((box, score))
             if score >= conf_high:
                 return found(box, score)
-        if min(box[2] - box[0], box[3] - box[1]) <= min_size or not budget_left(1 + 5):
+        if min(box[2] - box[0], box[3] - box[1]) <= min_size or not budget_left(1 + 5):  # a heatmap, then 5 crops
             continue
         heatmap = counter.heatmap(box)
         lineage = (*ancestors, (box, level, heatmap))
@@ -269,7 +269,7 @@ def visual_search(
             if scores[4] > best_score:
                 best_box, best_score = region, scores[4]
         for child, child_score in zip(children, scores):
-            priority = sum(heatmap_share(heatmap, a_box, child) / 4**a_level for a_box, a_level, heatmap in lineage)
+            priority = sum(heatmap_share(a_heatmap, a_box, child) / 4**a_level for a_box, a_level, a_heatmap in lineage)
             heapq.heappush(queue, (-priority, next(order), child, level + 1, child_score, lineage))
             if child_score > best_score:
                 best_box, best_score = child, child_score
@@ -365,8 +365,8 @@ class FuyuScorer:
         processor,
         question: str = "Is there a {} in the image? <image>",
         grid: int = 4,
-        max_cell: int | None = None,
         batch_size: int = 32,
+        max_cell: int | None = None,
     ):
         if grid < 1 or (max_cell is not None and max_cell < 1):
             raise ValueError(f"FuyuScorer needs grid >= 1 and max_cell >= 1 (or None), got grid={grid}, max_cell={max_cell}.")

@@ -229,15 +229,17 @@ def _answer_rows(rng: random.Random, max_size: tuple[int, int]) -> list[dict]:
 
 def _presence_rows(rng: random.Random, max_size: tuple[int, int], count: int) -> list[dict]:
     """`count` yes/no questions ("Is there a red digit in the image?") about search-shaped crops of one
-    scene with one or two tiles. Three in five ask for a colour: the colour of a tile there or any colour,
-    half and half."""
+    scene with one or two tiles. Three in five ask for a colour: half the time the colour of the tile the
+    crop is drawn around, half the time another colour (the other tile's, when there is one), so that a
+    search for the blue digit does not stop at the red one."""
     scene = random_scene(rng, [rng.randrange(10) for _ in range(rng.choice((1, 2)))])
     full = scene.render()
     rows = []
     for _ in range(count):
         tile = rng.choice(scene.tiles)
         cells, crop = search_crop(rng, full.size, tile.box)
-        target = "digit" if rng.random() < 0.4 else f"{rng.choice([tile.colour, rng.choice(list(COLOURS))])} digit"
+        others = [t.colour for t in scene.tiles if t is not tile] or [c for c in COLOURS if c != tile.colour]
+        target = "digit" if rng.random() < 0.4 else f"{tile.colour if rng.random() < 0.5 else rng.choice(others)} digit"
         shown = any(shows(crop, t.box) for t in scene.tiles if target in ("digit", f"{t.colour} digit"))
         rows.append({
             "kind": f"presence {cells}x{cells}",

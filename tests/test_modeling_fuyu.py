@@ -148,6 +148,9 @@ class TestMosaicFuyu(ModelTesterMixin):
                     kept = model(**inputs, use_cache=True, logits_to_keep=keep)
                     assert kept.logits.shape[1] == keep
                     torch.testing.assert_close(kept.logits, full.logits[:, -keep:], atol=1e-5, rtol=1e-5)
+                    every_layer = model(**inputs, logits_to_keep=keep, output_hidden_states=True)  # nothing pruned
+                    torch.testing.assert_close(every_layer.logits, kept.logits, atol=1e-5, rtol=1e-5)
+                    assert every_layer.hidden_states[-1].shape[1] == full.logits.shape[1]
                     for full_layer, kept_layer in zip(full.past_key_values.layers, kept.past_key_values.layers):
                         torch.testing.assert_close(kept_layer.keys, full_layer.keys)
                         torch.testing.assert_close(kept_layer.values, full_layer.values)
