@@ -131,11 +131,11 @@ class MosaicFuyuMLP(nn.Module):
         self.dense_h_to_4h = nn.Linear(config.hidden_size, config.intermediate_size)
         self.dense_4h_to_h = nn.Linear(config.intermediate_size, config.hidden_size)
         self.act = ACT2FN[config.hidden_act]
-        self.config = config
+        self.is_relu2 = config.hidden_act == "relu2"
 
     def forward(self, hidden_states):
         hidden_states = self.dense_h_to_4h(hidden_states)
-        if self.config.hidden_act == "relu2" and not torch.is_grad_enabled():
+        if self.is_relu2 and not torch.is_grad_enabled():
             # in place without autograd: the two 4x-wide temporaries would cost ~9% of the MLP's time
             return self.dense_4h_to_h(torch.relu_(hidden_states).square_())
         return self.dense_4h_to_h(self.act(hidden_states))
@@ -424,10 +424,7 @@ class MosaicFuyuForCausalLM(MosaicFuyuPreTrainedModel, GenerationMixin):
             positions_to_keep=logits_to_keep,
             **kwargs,
         )
-        hidden_states = outputs.last_hidden_state
-        if logits_to_keep:
-            hidden_states = hidden_states[:, -logits_to_keep:]  # generation needs only the last positions
-        logits = self.lm_head(hidden_states)
+        logits = self.lm_head(outputs.last_hidden_state)  # only the last `logits_to_keep` positions when set
         loss = None
         if labels is not None:
             loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size, **loss_kwargs)

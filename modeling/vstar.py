@@ -263,11 +263,12 @@ def visual_search(
         region = components[0][1] if components and components[0][1] not in (box, *children) else None
         scores = counter.score([*children, *([region] if region else [])])
         if region is not None:
-            path.append((region, scores[4]))
-            if scores[4] >= conf_high:
-                return found(region, scores[4])
-            if scores[4] > best_score:
-                best_box, best_score = region, scores[4]
+            region_score = scores[len(children)]
+            path.append((region, region_score))
+            if region_score >= conf_high:
+                return found(region, region_score)
+            if region_score > best_score:
+                best_box, best_score = region, region_score
         for child, child_score in zip(children, scores):
             priority = sum(heatmap_share(a_heatmap, a_box, child) / 4**a_level for a_box, a_level, a_heatmap in lineage)
             heapq.heappush(queue, (-priority, next(order), child, level + 1, child_score, lineage))
