@@ -97,16 +97,29 @@ def _weighted_extent(cells: list[tuple[int, float]]) -> tuple[float, float]:
     return max(first, mean - half), min(last, mean + half)
 
 
+def _cells_box(heatmap: torch.Tensor, cells: list[tuple[int, int]], outer: Box) -> Box:
+    """The box (in pixels of `outer`) of a set of heatmap cells (row, col), with edges pulled in by weaker
+    border cells (`_weighted_extent`)."""
+    rows, cols = heatmap.shape
+    x0, y0, x1, y1 = outer
+    cell_w, cell_h = (x1 - x0) / cols, (y1 - y0) / rows
+    col_start, col_stop = _weighted_extent([(c, float(heatmap[r, c])) for r, c in cells])
+    row_start, row_stop = _weighted_extent([(r, float(heatmap[r, c])) for r, c in cells])
+    return (
+        x0 + math.floor(col_start * cell_w),
+        y0 + math.floor(row_start * cell_h),
+        x0 + math.ceil(col_stop * cell_w),
+        y0 + math.ceil(row_stop * cell_h),
+    )
+
+
 def heatmap_components(heatmap: torch.Tensor, outer: Box, relative_threshold: float = 0.5) -> list[tuple[float, Box]]:
     """Boxes (in pixels of `outer`) of the 4-connected regions above `relative_threshold * max`, each with
-    its peak value, strongest first. A box spans its region's cells, with edges pulled in by weaker
-    border cells (`_weighted_extent`)."""
+    its peak value, strongest first (`_cells_box`)."""
     if float(heatmap.max()) <= 0:
         return []
     above = (heatmap >= relative_threshold * heatmap.max()).tolist()
     rows, cols = len(above), len(above[0])
-    x0, y0, x1, y1 = outer
-    cell_w, cell_h = (x1 - x0) / cols, (y1 - y0) / rows
     seen = [[False] * cols for _ in range(rows)]
     components = []
     for start_row, start_col in itertools.product(range(rows), range(cols)):
@@ -122,18 +135,18 @@ def heatmap_components(heatmap: torch.Tensor, outer: Box, relative_threshold: fl
                     seen[r][c] = True
                     stack.append((r, c))
         peak = max(float(heatmap[r, c]) for r, c in cells)
-        (col_start, col_stop), (row_start, row_stop) = (
-            _weighted_extent([(c, float(heatmap[r, c])) for r, c in cells]),
-            _weighted_extent([(r, float(heatmap[r, c])) for r, c in cells]),
-        )
-        box = (
-            x0 + math.floor(col_start * cell_w),
-            y0 + math.floor(row_start * cell_h),
-            x0 + math.ceil(col_stop * cell_w),
-            y0 + math.ceil(row_stop * cell_h),
-        )
-        components.append((peak, box))
+        components.append((peak, _cells_box(heatmap, cells, outer)))
     return sorted(components, key=lambda component: -component[0])
+
+
+def heatmap_extent(heatmap: torch.Tensor, outer: Box, relative_threshold: float = 0.5) -> Box | None:
+    """The box (in pixels of `outer`) of every cell above `relative_threshold * max`, connected or not
+    (`_cells_box`); None for an all-zero map. Inside a patch that holds one target, cells over the target
+    can be split by weak ones (a crop of a digit's hollow middle), and all of them mark its extent."""
+    if float(heatmap.max()) <= 0:
+        return None
+    cells = [tuple(cell) for cell in (heatmap >= relative_threshold * heatmap.max()).nonzero().tolist()]
+    return _cells_box(heatmap, cells, outer)
 
 
 class _CountingScorer:
@@ -167,19 +180,27 @@ def _area(box: Box) -> int:
     return (box[2] - box[0]) * (box[3] - box[1])
 
 
+# A found patch is tightened within this much context (1.5x around its centre): the patch grid or a
+# heatmap region may cut the target, and the context brings the rest of it back in.
+TIGHTEN_CONTEXT = 1.5
+
+
 def tighten(counter: _CountingScorer, box: Box, min_side: float, budget_left=lambda needed: True) -> Box:
-    """The strongest region of a confident patch's heatmap (the patch itself when the map is flat). While a
-    region still narrows its patch (to two thirds of the area or less) and is more than `min_side` wide, it
-    is tightened again the same way: each step places the target's edges on a finer grid of cells."""
+    """The target's box inside a confident patch, from the heatmap of the patch with its context
+    (`TIGHTEN_CONTEXT`): the extent of the map (`heatmap_extent`) replaces the box, and while that still
+    narrows it (to two thirds of the area or less) and is more than `min_side` wide, it is tightened again
+    the same way, each step placing the target's edges on a finer grid of cells. The patch itself is
+    returned when the result is larger than it (a flat map, or no budget left)."""
+    current = enlarge_box(box, TIGHTEN_CONTEXT, *counter.image.size)
     while budget_left(1):
-        components = heatmap_components(counter.heatmap(box), box)
-        if not components:
-            return box
-        region = components[0][1]
-        if 3 * _area(region) > 2 * _area(box) or min(region[2] - region[0], region[3] - region[1]) <= min_side:
-            return region
-        box = region
-    return box
+        region = heatmap_extent(counter.heatmap(current), current)
+        if region is None:
+            break
+        narrows = 3 * _area(region) <= 2 * _area(current)
+        current = region
+        if not narrows or min(region[2] - region[0], region[3] - region[1]) <= min_side:
+            break
+    return box if _area(current) > _area(box) else current
 
 
 def default_min_size(width: int, height: int) -> int:

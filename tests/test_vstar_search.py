@@ -10,6 +10,7 @@ from mosaic_vlm.modeling.vstar import (
     draw_search,
     exhaustive_search,
     heatmap_components,
+    heatmap_extent,
     heatmap_share,
     split_box,
     visual_search,
@@ -33,8 +34,8 @@ class PlantedColorScorer:
     """Confidence grows with the share of exact `color` pixels in a crop; the heatmap is that mask pooled
     to 32x32, plus `decoy_weight` times the mask of a decoy colour (to mislead the search)."""
 
-    def __init__(self, color=RED, gain: float = 60.0, decoy=None, decoy_weight: float = 0.0):
-        self.color, self.gain, self.decoy, self.decoy_weight = color, gain, decoy, decoy_weight
+    def __init__(self, color=RED, gain: float = 60.0, decoy=None, decoy_weight: float = 0.0, grid: int = 32):
+        self.color, self.gain, self.decoy, self.decoy_weight, self.grid = color, gain, decoy, decoy_weight, grid
         self.batch_sizes = []
 
     def score(self, images, target):
@@ -45,7 +46,7 @@ class PlantedColorScorer:
         mask = color_mask(image, self.color)
         if self.decoy is not None:
             mask = mask + self.decoy_weight * color_mask(image, self.decoy)
-        return torch.nn.functional.adaptive_avg_pool2d(mask[None, None], (32, 32))[0, 0]
+        return torch.nn.functional.adaptive_avg_pool2d(mask[None, None], (self.grid, self.grid))[0, 0]
 
 
 def photo_with_squares(size, squares) -> PIL.Image.Image:
@@ -90,6 +91,16 @@ def test_a_target_cut_by_the_split_is_found_whole_in_the_heatmap_region():
     region, score = result.path[1]  # scored with the root's children, before any of them is visited
     assert region not in split_box((0, 0, 1024, 1024)) and score >= 0.5
     assert result.num_calls <= 10
+
+
+def test_a_found_patch_that_cuts_the_target_is_tightened_onto_all_of_it():
+    # a coarse 4x4 heatmap: the root's strongest region is the one 256-px cell that holds 27 of the
+    # target's 40 columns, and it is confident; tightening looks at it with context and finds the rest
+    image = photo_with_squares((1024, 1024), [(499, 300, 40, RED)])
+    result = visual_search(image, "red square", PlantedColorScorer(grid=4))
+    found_patch = max(result.path, key=lambda step: step[1])[0]
+    assert found_patch == (512, 256, 768, 512)
+    assert result.found and result.box[0] <= 499 and iou(result.box, (499, 300, 539, 340)) > 0.7
 
 
 def test_backtracks_when_the_first_branch_is_wrong():
@@ -168,6 +179,17 @@ def test_heatmap_components_boxes_follow_the_cells_and_their_weights():
     heatmap[1:3, 2] = 0.6  # the right column only partly covered: the right edge comes in, the rest stays
     (peak, (x0, y0, x1, y1)), _ = heatmap_components(heatmap, (0, 0, 400, 400))
     assert (peak, x0, y0, y1) == (1.0, 100, 100, 300) and 250 < x1 < 300
+
+
+def test_heatmap_extent_spans_every_strong_cell_connected_or_not():
+    heatmap = torch.zeros(4, 4)
+    heatmap[1:3, 0] = 1.0  # a hollow target: two strong columns with a weak one between them
+    heatmap[1:3, 1] = 0.1
+    heatmap[1:3, 2] = 0.9
+    assert heatmap_components(heatmap, (0, 0, 400, 400))[0] == (1.0, (0, 100, 100, 300))
+    x0, y0, x1, y1 = heatmap_extent(heatmap, (0, 0, 400, 400))
+    assert (x0, y0, y1) == (0, 100, 300) and 250 < x1 <= 300
+    assert heatmap_extent(torch.zeros(3, 3), (0, 0, 400, 400)) is None
 
 
 def test_heatmap_share_is_exact_by_area():
