@@ -13,6 +13,7 @@ through `FuyuScorer`.
 
 import argparse
 import os
+import shlex
 import statistics
 import subprocess
 import sys
@@ -32,8 +33,8 @@ SEARCH = {"min_size": 64, "conf_high": 0.65, "conf_low": 0.3, "max_calls": 100}
 SCORER = {"max_cell": 128}
 QUICK_SEARCH = {"min_size": 256, "conf_high": 0.65, "conf_low": 0.3, "max_calls": 40}  # smoke runs: coarse, bounded
 GENERATE = {"max_new_tokens": 6, "do_sample": False}
-TRAIN_STEPS = {"answer": 3000, "search": 6000}
-QUICK_STEPS = {"answer": 20, "search": 20}
+TRAIN_STEPS = {"digits": 1000, "answer": 3000, "search": 6000}
+QUICK_STEPS = {"digits": 10, "answer": 20, "search": 20}
 FULL_MODEL = []  # examples/train_vstar.py's defaults
 QUICK_MODEL = ["--hidden_size", "32", "--num_hidden_layers", "1", "--eval_rows", "8"]
 
@@ -41,28 +42,32 @@ QUICK_MODEL = ["--hidden_size", "32", "--num_hidden_layers", "1", "--eval_rows",
 def start_training(output_dir: Path, steps: dict, model_args: list[str] = FULL_MODEL, log: bool = False):
     """Starts examples/train_vstar.py (Trainer) for both models at once, each in its own process with one
     thread (these tiny models make poor use of a second thread, and full use of a second process), into
-    output_dir/vstar and output_dir/vstar-search. With `log`, each writes to train.log in its folder
-    instead of the terminal, without progress bars. Returns a function that waits for both and returns
-    the two (model, processor) pairs."""
-    processes, logs = [], []
-    for task, folder in (("answer", output_dir / "vstar"), ("search", output_dir / "vstar-search")):
-        folder.mkdir(parents=True, exist_ok=True)
-        command = [
-            sys.executable, str(EXAMPLES / "train_vstar.py"), *model_args, "--task", task, "--output_dir", str(folder),
-            "--max_steps", str(steps[task]), "--train_rows", str(32 * steps[task]), "--per_device_train_batch_size", "32",
-            "--learning_rate", "3e-3", "--warmup_steps", "50", "--eval_strategy", "no", "--save_strategy", "no",
-            "--report_to", "none", "--logging_steps", "1000", "--disable_tqdm", "true" if log or task == "search" else "false",
-        ]
-        environment = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
-        if log:
-            logs.append(open(folder / "train.log", "w"))
-        output = logs[-1] if log else None
-        processes.append((task, folder, subprocess.Popen(command, env=environment, stdout=output, stderr=subprocess.STDOUT if log else None)))
+    output_dir/vstar and output_dir/vstar-search. The answering model trains in two stages, one after the
+    other: `digits` (into output_dir/vstar-digits), then `answer` from it. With `log`, each stage writes
+    to train.log in its folder instead of the terminal, without progress bars. Returns a function that
+    waits for both models and returns the two (model, processor) pairs."""
+    stages = {
+        "answer": [("digits", output_dir / "vstar-digits", []), ("answer", output_dir / "vstar", ["--init_from", str(output_dir / "vstar-digits")])],
+        "search": [("search", output_dir / "vstar-search", [])],
+    }
+    environment = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+    commands = []
+    for model, model_stages in stages.items():
+        script = []
+        for task, folder, extra in model_stages:
+            folder.mkdir(parents=True, exist_ok=True)
+            command = [
+                sys.executable, str(EXAMPLES / "train_vstar.py"), *model_args, *extra, "--task", task, "--output_dir", str(folder),
+                "--max_steps", str(steps[task]), "--train_rows", str(32 * steps[task]), "--per_device_train_batch_size", "32",
+                "--learning_rate", "3e-3", "--warmup_steps", "50", "--eval_strategy", "no", "--save_strategy", "no",
+                "--report_to", "none", "--logging_steps", "1000", "--disable_tqdm", "true" if log or task == "search" else "false",
+            ]
+            redirect = f" > {shlex.quote(str(folder / 'train.log'))} 2>&1" if log else ""
+            script.append(shlex.join(command) + redirect)
+        commands.append((model, model_stages[-1][1], subprocess.Popen(["/bin/sh", "-c", " && ".join(script)], env=environment)))
 
     def finish():
-        failed = [f"{task} (see {folder / 'train.log'})" if log else task for task, folder, process in processes if process.wait() != 0]
-        for file in logs:
-            file.close()
+        failed = [f"{model} (see train.log in {folder.parent})" if log else model for model, folder, process in commands if process.wait() != 0]
         if failed:
             raise RuntimeError(f"Training the V* {' and '.join(failed)} model failed.")
         return load_model(output_dir / "vstar"), load_model(output_dir / "vstar-search")
@@ -204,13 +209,14 @@ def main(argv=None) -> None:
     parser.add_argument("--exhaustive", type=int, default=12, help="questions whose searches are also scanned exhaustively")
     parser.add_argument("--traces", type=Path, default=None, help="folder for PNG pictures of the compared searches")
     parser.add_argument("--train-steps", type=int, default=None,
-                        help="Trainer steps for each model when training here (default: 3000 answering, 6000 search)")
+                        help="Trainer steps for each model when training here (default: 1000 reading digits, then "
+                             "3000 answering; 6000 search)")
     args = parser.parse_args(argv)
     if (args.model is None) != (args.search_model is None):
         parser.error("give both --model and --search-model, or neither (then both are trained)")
     answerer = load_model(args.model) if args.model else None
     searcher = load_model(args.search_model) if args.search_model else None
-    steps = {"answer": args.train_steps, "search": args.train_steps} if args.train_steps else None
+    steps = {"answer": args.train_steps, "search": args.train_steps} if args.train_steps else None  # digits: 1000
     print_result(run_vstar_benchmark(answerer, searcher, args.questions, args.exhaustive, args.traces, steps))
 
 

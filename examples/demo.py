@@ -35,10 +35,10 @@ from mosaic_vlm.processing.digit_datasets import PHOTO_CAPTIONS  # noqa: E402
 
 # full run / --quick run (every stage still runs; only the amounts shrink)
 SETTINGS = {
-    "full": {"clip_epochs": "20", "photo_crops": "60", "fuyu_epochs": "8", "vstar_answer_steps": 3000,
-             "vstar_search_steps": 6000, "questions": 45, "exhaustive": 10},
-    "quick": {"clip_epochs": "1", "photo_crops": "4", "fuyu_epochs": "1", "vstar_answer_steps": 20,
-              "vstar_search_steps": 20, "questions": 3, "exhaustive": 1},
+    "full": {"clip_epochs": "20", "photo_crops": "60", "fuyu_epochs": "8", "vstar_digit_steps": 1000,
+             "vstar_answer_steps": 3000, "vstar_search_steps": 6000, "questions": 45, "exhaustive": 10},
+    "quick": {"clip_epochs": "1", "photo_crops": "4", "fuyu_epochs": "1", "vstar_digit_steps": 10,
+              "vstar_answer_steps": 20, "vstar_search_steps": 20, "questions": 3, "exhaustive": 1},
 }
 COMMON = ["--report_to", "none", "--save_strategy", "no", "--logging_steps", "200", "--seed", "0"]
 
@@ -98,7 +98,8 @@ def stage_fuyu(settings, output: Path) -> tuple[list[str], object]:
 def start_vstar_training(settings, output: Path):
     """V*'s two models train in the background (two processes) while stages 1 and 2 run."""
     quick = settings is SETTINGS["quick"]
-    steps = {"answer": settings["vstar_answer_steps"], "search": settings["vstar_search_steps"]}
+    steps = {"digits": settings["vstar_digit_steps"], "answer": settings["vstar_answer_steps"],
+             "search": settings["vstar_search_steps"]}
     print(f"V*'s two models start training in the background: logs in {output / 'vstar'}/train.log and "
           f"{output / 'vstar-search'}/train.log")
     return bench_vstar.start_training(output, steps, bench_vstar.QUICK_MODEL if quick else bench_vstar.FULL_MODEL, log=True)

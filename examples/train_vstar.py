@@ -1,11 +1,13 @@
 """Train V*'s two tiny Fuyu-style models of the V*Bench-like set with Trainer, as SEAL has two:
 - `--task answer`: names the targets a question needs, and answers digit, colour and left/right questions
-  directly or from V*'s visual working memory;
+  directly or from V*'s visual working memory; it starts (`--init_from`) from a `--task digits` stage
+  that only reads digits from the working memory (trained on everything at once, it never learns to);
 - `--task search`: answers "Is there a red digit in the image?" about crops of every size a search
   visits; `FuyuScorer` turns it into the search's scorer.
 Evaluation during training: held-out answer accuracy (teacher-forced, equal to greedy decoding).
 
-    python examples/train_vstar.py --task answer --output_dir out/vstar --max_steps 3000
+    python examples/train_vstar.py --task digits --output_dir out/vstar-digits --max_steps 1000
+    python examples/train_vstar.py --task answer --init_from out/vstar-digits --output_dir out/vstar --max_steps 3000
     python examples/train_vstar.py --task search --output_dir out/vstar-search --max_steps 6000
 
 The rows come from `mosaic_vlm.processing.vstar_scenes` (skimage photos, sklearn digits); every
@@ -20,6 +22,7 @@ import sys
 import torch
 from transformers import HfArgumentParser, Trainer, TrainingArguments
 
+from mosaic_vlm.modeling import MosaicFuyuForCausalLM
 from mosaic_vlm.processing import MosaicFuyuImageProcessor, MosaicFuyuProcessor, train_bpe_tokenizer
 from mosaic_vlm.processing.collators import MosaicFuyuCollator
 from mosaic_vlm.processing.vstar_scenes import TASKS, tokenizer_texts, training_rows
@@ -30,7 +33,13 @@ from train_fuyu import FUYU_TOKENS, answer_accuracy, build_model, greedy_predict
 
 @dataclasses.dataclass
 class VStarArguments:
-    task: str = dataclasses.field(default="answer", metadata={"help": "which model: 'answer' or 'search'", "choices": TASKS})
+    task: str = dataclasses.field(
+        default="answer",
+        metadata={"help": "which rows: 'answer', 'digits' (the answering model's first stage) or 'search'", "choices": TASKS},
+    )
+    init_from: str | None = dataclasses.field(
+        default=None, metadata={"help": "start from this saved model (e.g. the 'digits' stage) instead of random weights"}
+    )
     hidden_size: int = dataclasses.field(default=64, metadata={"help": "width of the decoder"})
     num_hidden_layers: int = dataclasses.field(default=3, metadata={"help": "decoder layers"})
     num_attention_heads: int = dataclasses.field(default=4, metadata={"help": "attention heads"})
@@ -53,8 +62,14 @@ def build_trainer(args: VStarArguments, training_args: TrainingArguments) -> Tra
     torch.manual_seed(training_args.seed)
     processor = build_processor(args.image_size, args.patch_size)
     size = (args.image_size, args.image_size)
+    if args.init_from:
+        model = MosaicFuyuForCausalLM.from_pretrained(args.init_from)
+        if model.config.vocab_size != len(processor.tokenizer):
+            raise ValueError(f"--init_from {args.init_from} has {model.config.vocab_size} tokens; these rows' tokenizer has {len(processor.tokenizer)}.")
+    else:
+        model = build_model(args, processor.tokenizer)
     return Trainer(
-        model=build_model(args, processor.tokenizer),
+        model=model,
         args=training_args,
         train_dataset=training_rows(args.train_rows, training_args.seed, size, args.task),
         eval_dataset=training_rows(args.eval_rows, training_args.seed + 1_000_000, size, args.task),

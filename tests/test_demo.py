@@ -15,6 +15,8 @@ def test_quick_demo_runs_every_stage_and_writes_the_report(tmp_path, capsys):
     assert "| astronaut |" in report and "held-out digits" in report and "direct **" in report
     # reloading through the Auto classes leaves the outputs unchanged
     assert report.count("| 0.0e+00 |") == 2
+    # V*'s answering model trains in two stages: reading digits, then everything from there
+    assert (tmp_path / "vstar-digits" / "model.safetensors").exists() and (tmp_path / "vstar" / "model.safetensors").exists()
     pictures = sorted((tmp_path / "traces").glob("*.png"))
     assert pictures and f"![search](traces/{pictures[0].name})" in report
     assert f"report: {tmp_path / 'report.md'}" in out
