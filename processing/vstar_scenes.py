@@ -159,16 +159,12 @@ def focus_text(entries: list[tuple[str, tuple[float, ...]]]) -> str:
 
 
 def memory_box(rng: random.Random, target: Box, size: tuple[int, int]) -> Box:
-    """A box like the one a search ends with, enlarged 1.2x: each edge from a sixth of the target's side
-    inside it to half its side outside it (a search's box may cut the target or hold some of its
-    surroundings, and the answering model should read both)."""
+    """A box like the one a search ends with (the target give or take a quarter of its side on each edge),
+    enlarged 1.2x."""
     width, height = size
     side = target[2] - target[0]
-
-    def offset() -> int:
-        return rng.randint(-side // 6, side // 2)
-
-    x0, y0, x1, y1 = target[0] - offset(), target[1] - offset(), target[2] + offset(), target[3] + offset()
+    x0, y0 = target[0] - rng.randint(0, side // 4), target[1] - rng.randint(0, side // 4)
+    x1, y1 = target[2] + rng.randint(0, side // 4), target[3] + rng.randint(0, side // 4)
     grow_x, grow_y = (x1 - x0) // 10, (y1 - y0) // 10  # 1.2x around the centre
     return (max(0, x0 - grow_x), max(0, y0 - grow_y), min(width, x1 + grow_x), min(height, y1 + grow_y))
 

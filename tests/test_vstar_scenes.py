@@ -1,12 +1,11 @@
 """The V*Bench-like set and the training rows of V*'s two models (mosaic_vlm.processing.vstar_scenes)."""
 
 import collections
-import random
 
 import pytest
 
 from mosaic_vlm.processing.digit_datasets import DIGIT_NAMES
-from mosaic_vlm.processing.vstar_scenes import benchmark_questions, memory_box, shows, training_rows
+from mosaic_vlm.processing.vstar_scenes import benchmark_questions, shows, training_rows
 
 
 def test_questions_are_about_small_tiles_in_large_photos():
@@ -54,15 +53,6 @@ def test_training_rows_of_the_digit_stage():
     assert {row["kind"] for row in rows} == {"focus digit"}
     for row in rows:
         assert row["answer"] in DIGIT_NAMES and len(row["images"]) == 2 == row["question"].count("<image>")
-
-
-def test_memory_boxes_cut_or_loosen_the_target_as_a_search_does():
-    rng, target = random.Random(0), (500, 500, 530, 530)
-    boxes = [memory_box(rng, target, (1024, 1024)) for _ in range(400)]
-    assert all(box[0] < 515 < box[2] and box[1] < 515 < box[3] for box in boxes)  # around the target's middle
-    # each edge from a sixth of the side inside to half of it outside, then 1.2x: between 0.8x and 2.4x
-    assert all(0.8 * 30 - 2 <= box[2] - box[0] <= 2.4 * 30 + 2 for box in boxes)
-    assert any(box[0] > 500 for box in boxes) and any(box[0] < 490 for box in boxes)
 
 
 def test_training_rows_of_the_search_model():
