@@ -64,12 +64,13 @@ def start_training(output_dir: Path, steps: dict, model_args: list[str] = FULL_M
             ]
             redirect = f" > {shlex.quote(str(folder / 'train.log'))} 2>&1" if log else ""
             script.append(shlex.join(command) + redirect)
-        commands.append((model, model_stages[-1][1], subprocess.Popen(["/bin/sh", "-c", " && ".join(script)], env=environment)))
+        commands.append((model, subprocess.Popen(["/bin/sh", "-c", " && ".join(script)], env=environment)))
 
     def finish():
-        failed = [f"{model} (see train.log in {folder.parent})" if log else model for model, folder, process in commands if process.wait() != 0]
+        failed = [model for model, process in commands if process.wait() != 0]
         if failed:
-            raise RuntimeError(f"Training the V* {' and '.join(failed)} model failed.")
+            logs = f" (see the train.log files in {output_dir})" if log else ""
+            raise RuntimeError(f"Training the V* {' and '.join(failed)} model failed{logs}.")
         return load_model(output_dir / "vstar"), load_model(output_dir / "vstar-search")
 
     return finish
@@ -216,7 +217,7 @@ def main(argv=None) -> None:
         parser.error("give both --model and --search-model, or neither (then both are trained)")
     answerer = load_model(args.model) if args.model else None
     searcher = load_model(args.search_model) if args.search_model else None
-    steps = {"answer": args.train_steps, "search": args.train_steps} if args.train_steps else None  # digits: 1000
+    steps = {"answer": args.train_steps, "search": args.train_steps} if args.train_steps else None  # digit stage: 1000
     print_result(run_vstar_benchmark(answerer, searcher, args.questions, args.exhaustive, args.traces, steps))
 
 

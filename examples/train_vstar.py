@@ -65,7 +65,10 @@ def build_trainer(args: VStarArguments, training_args: TrainingArguments) -> Tra
     if args.init_from:
         model = MosaicFuyuForCausalLM.from_pretrained(args.init_from)
         if model.config.vocab_size != len(processor.tokenizer):
-            raise ValueError(f"--init_from {args.init_from} has {model.config.vocab_size} tokens; these rows' tokenizer has {len(processor.tokenizer)}.")
+            raise ValueError(
+                f"--init_from {args.init_from} has {model.config.vocab_size} tokens; these rows' tokenizer has "
+                f"{len(processor.tokenizer)} (start from a model trained by this script)."
+            )
     else:
         model = build_model(args, processor.tokenizer)
     return Trainer(
