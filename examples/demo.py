@@ -100,8 +100,8 @@ def start_vstar_training(settings, output: Path):
     quick = settings is SETTINGS["quick"]
     steps = {"digits": settings["vstar_digit_steps"], "answer": settings["vstar_answer_steps"],
              "search": settings["vstar_search_steps"]}
-    print(f"V*'s two models start training in the background: logs in {output / 'vstar'}/train.log and "
-          f"{output / 'vstar-search'}/train.log")
+    print(f"V*'s two models start training in the background: logs in train.log of {output / 'vstar-digits'} "
+          f"and then {output / 'vstar'}, and of {output / 'vstar-search'}")
     return bench_vstar.start_training(output, steps, bench_vstar.QUICK_MODEL if quick else bench_vstar.FULL_MODEL, log=True)
 
 
