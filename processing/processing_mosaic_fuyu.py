@@ -63,6 +63,29 @@ def to_original_coordinates(values: list[float], scale: float) -> list[int]:
     return [2 * int(value / scale) for value in values]
 
 
+def batch_patches(patches: list[tuple[int, torch.Tensor]], batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(row, patches of one image) pairs, in order, -> `image_patches` (batch, most patches in a row, patch_dim)
+    with each row's images one after the other and zeros after them, and the mask of the real patches. One
+    image for one row is returned as a view, without a copy."""
+    if batch_size == 1 and len(patches) == 1:
+        only = patches[0][1]
+        return only.unsqueeze(0), torch.ones(1, len(only), dtype=torch.bool)
+    counts = [0] * batch_size
+    for row, image_patches in patches:
+        counts[row] += len(image_patches)
+    batch = torch.empty(batch_size, max(counts), patches[0][1].shape[-1])
+    mask = torch.zeros(batch_size, max(counts), dtype=torch.bool)
+    filled = [0] * batch_size
+    for row, image_patches in patches:
+        start, stop = filled[row], filled[row] + len(image_patches)
+        batch[row, start:stop] = image_patches
+        filled[row] = stop
+    for row, stop in enumerate(filled):
+        batch[row, stop:] = 0.0
+        mask[row, :stop] = True
+    return batch, mask
+
+
 class MosaicFuyuProcessor(ProcessorMixin):
     def __init__(
         self,
@@ -200,16 +223,7 @@ class MosaicFuyuProcessor(ProcessorMixin):
             label_ids[row, length - len(ids) :] = labels
         data = {"input_ids": input_ids, "attention_mask": attention_mask}
         if patches:
-            counts = [sum(len(p) for i, p in patches if i == row) for row in range(len(prompts))]
-            patch_dim = patches[0][1].shape[-1]
-            data["image_patches"] = torch.zeros(len(prompts), max(counts), patch_dim)
-            data["image_patches_mask"] = torch.zeros(len(prompts), max(counts), dtype=torch.bool)
-            filled = [0] * len(prompts)
-            for row, sample_patches in patches:
-                start, stop = filled[row], filled[row] + len(sample_patches)
-                data["image_patches"][row, start:stop] = sample_patches
-                data["image_patches_mask"][row, start:stop] = True
-                filled[row] = stop
+            data["image_patches"], data["image_patches_mask"] = batch_patches(patches, len(prompts))
         if answer_texts is not None:
             data["labels"] = label_ids
         return BatchFeature(data, tensor_type=return_tensors)

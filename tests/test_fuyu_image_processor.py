@@ -35,7 +35,6 @@ def test_patchify_orders_patches_row_major_with_channels_last():
     assert torch.equal(patches[3], pixels[2:4, 0:2].reshape(-1))  # row 1, column 0
 
 
-
 def test_patchify_pads_the_remainder_and_casts():
     pixels = torch.arange(5 * 7 * 2, dtype=torch.uint8).reshape(5, 7, 2)  # patch 3 -> 2 x 3 grid, 1 and 2 pixels padded
     patches = patchify(pixels, 3, torch.float32, padding_value=-1.0)
@@ -44,6 +43,7 @@ def test_patchify_pads_the_remainder_and_casts():
     assert patches.dtype == torch.float32 and patches.shape == (6, 3 * 3 * 2)
     assert torch.equal(patches, patchify(canvas, 3))
     assert torch.equal(patchify(pixels[:2, :2], 3, padding_value=9)[0].view(3, 3, 2)[2], torch.full((3, 2), 9, dtype=torch.uint8))
+
 
 def transformers_patches(image, patch_grid_shape, patch_size=30, **kwargs):
     """transformers' padded canvas, cropped to the unpadded patch grid and patchified."""
@@ -87,6 +87,19 @@ def test_inputs_of_every_kind_and_batches(photos):
     batch = processor([photos["coffee"], photos["camera"]])
     assert len(batch["image_patches"]) == 2 and batch["patch_grids"][1] == (8, 8)
     assert batch["image_patches"][1].shape == (64, 16 * 16 * 3)  # grayscale converted to RGB
+
+
+def test_without_rgb_conversion_every_mode_keeps_its_pixels_and_bands(photos, tmp_path):
+    processor = MosaicFuyuImageProcessor(patch_size=16, do_convert_rgb=False, image_mean=0.25, image_std=0.5)
+    rgb = PIL.Image.fromarray(photos["coffee"]).resize((64, 48))
+    rgb.save(tmp_path / "coffee.png")
+    lazily_loaded = PIL.Image.open(tmp_path / "coffee.png")  # pixels are read only when processed
+    for image in (rgb.convert("L"), rgb.convert("RGBA"), rgb.convert("I;16"), rgb.convert("F"), lazily_loaded):
+        pixels = np.asarray(image).astype(np.float32).reshape(48, 64, -1)
+        expected = patchify(torch.from_numpy((pixels / 255 - 0.25) / 0.5), 16)
+        patches = processor(image)["image_patches"][0]
+        assert patches.shape == (12, 16 * 16 * len(image.getbands())), image.mode
+        assert (patches - expected).abs().max() <= 1e-5, image.mode
 
 
 def test_bad_images_raise_one_clear_error():
