@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
+import numpy as np
 import PIL.Image
 import PIL.ImageDraw
 import torch
@@ -41,6 +42,7 @@ class SearchResult:
     boxes: every confident instance (several when the whole image already shows the target).
     path: visited patches (and the heatmap regions scored on the way) with their scores, in visiting order.
     num_calls: scorer evaluations: one per image scored plus one per heatmap.
+    (`separate_targets` may add a second search's path and calls, and the calls that assign the boxes.)
     """
 
     found: bool
@@ -203,6 +205,36 @@ def tighten(counter: _CountingScorer, box: Box, min_side: float, budget_left=lam
     return box if _area(current) > _area(box) else current
 
 
+def paint_over(image: PIL.Image.Image, boxes: Sequence[Box]) -> PIL.Image.Image:
+    """A copy of `image` with each box filled with the median colour of the ring around it (the box enlarged
+    1.5x, less the box), so that what was there is gone and the patch blends into its surroundings. The
+    image itself when there is nothing to paint."""
+    if not boxes:
+        return image
+    width, height = image.size
+    painted = image.copy()
+    for box in boxes:
+        x0, y0, x1, y1 = box
+        if not (0 <= x0 < x1 <= width and 0 <= y0 < y1 <= height):
+            raise ValueError(f"Box {box} to paint over is not inside the {width}x{height} image.")
+        ring = enlarge_box(box, 1.5, width, height)
+        pixels = torch.from_numpy(np.array(image.crop(ring)))  # (ring height, ring width, 3)
+        outside = torch.ones(pixels.shape[:2], dtype=torch.bool)
+        outside[y0 - ring[1] : y1 - ring[1], x0 - ring[0] : x1 - ring[0]] = False
+        colour = pixels[outside].median(dim=0).values if bool(outside.any()) else pixels.reshape(-1, 3).median(dim=0).values
+        painted.paste(tuple(colour.tolist()), box)
+    return painted
+
+
+def same_object(a: Box, b: Box) -> bool:
+    """Whether two boxes mark the same object: they overlap by at least half of the smaller one, and neither
+    is more than 4x the other's area (a box inside a much larger one, a collar on a dog, is another object)."""
+    inter_w = min(a[2], b[2]) - max(a[0], b[0])
+    inter_h = min(a[3], b[3]) - max(a[1], b[1])
+    smaller, larger = sorted((_area(a), _area(b)))
+    return inter_w > 0 and inter_h > 0 and 2 * inter_w * inter_h >= smaller and larger <= 4 * smaller
+
+
 def default_min_size(width: int, height: int) -> int:
     """SEAL's smallest patch side: a quarter of the short side, but at least 224 pixels."""
     return max(math.ceil(min(width, height) / 4), 224)
@@ -217,6 +249,7 @@ def visual_search(
     conf_high: float = 0.5,
     conf_low: float = 0.3,
     max_calls: int | None = None,
+    exclude: Sequence[Box] = (),
 ) -> SearchResult:
     """V*'s best-first hierarchical search for `target` in `image`.
 
@@ -228,7 +261,8 @@ def visual_search(
     the strongest region of the patch's heatmap (as SEAL's detector looks inside a patch): when that region
     reaches `conf_high` the search ends there, so a target cut by the split is still found whole. When
     the queue is empty or `max_calls` is spent, the best patch seen is returned if it reaches `conf_low`.
-    A found patch is tightened onto the target with its heatmap (`tighten`).
+    A found patch is tightened onto the target with its heatmap (`tighten`). `exclude` boxes (objects known
+    to be something else) are painted over before the search (`paint_over`), so nothing scores them.
     """
     if not isinstance(image, PIL.Image.Image):
         raise TypeError(f"visual_search takes a PIL.Image.Image, got {type(image).__name__}.")
@@ -238,7 +272,7 @@ def visual_search(
         raise ValueError(f"Need 0 <= conf_low <= conf_high <= 1, got conf_low={conf_low}, conf_high={conf_high}.")
     if max_calls is not None and max_calls < 1:
         raise ValueError(f"max_calls must be at least 1 (the root's score), got {max_calls}.")
-    image = image.convert("RGB")
+    image = paint_over(image.convert("RGB"), exclude)
     min_size = default_min_size(*image.size) if min_size is None else min_size
     counter = _CountingScorer(scorer, image, target)
     root = (0, 0, *image.size)
@@ -461,6 +495,52 @@ def focus_text(memory: Sequence[tuple[str, Box, tuple[float, ...]]]) -> str:
     return "; ".join(f"{name} at [{', '.join(f'{v:.2f}' for v in normalised)}] <image>" for name, _, normalised in memory)
 
 
+# Boxes are assigned to targets jointly (every assignment tried) for at most this many found targets.
+MAX_JOINTLY_ASSIGNED = 6
+
+
+def separate_targets(image: PIL.Image.Image, searches: dict[str, SearchResult], scorer: Scorer, **search_kwargs) -> dict[str, SearchResult]:
+    """Different targets are different objects. A tiny scorer often knows a digit when it sees one but not
+    its colour, so the searches for "red digit" and "blue digit" can both stop on the same tile.
+
+    1. Found targets are taken strongest first. One whose box marks the same object as a box already taken
+       (`same_object`) is searched for again with the taken boxes painted over (`visual_search(exclude=...)`);
+       it keeps its first box when that finds nothing (the targets may be one object after all). The new
+       result's path and calls include the first search's.
+    2. Then (for 2 to `MAX_JOINTLY_ASSIGNED` found targets) each target scores the crops of every found box
+       in one batched call, and the boxes go to the targets in the assignment with the highest total
+       confidence: two searches that each stopped on the other's object are swapped back. A target given
+       another target's box keeps its own path, with that box and its score for it.
+    The scoring calls count in each target's `num_calls`."""
+    width, height = image.size
+    separated = dict(searches)
+    taken: list[Box] = []
+    for target in sorted((t for t, r in searches.items() if r.found), key=lambda t: -searches[t].score):
+        first = searches[target]
+        if any(same_object(first.box, box) for box in taken):
+            exclude = [*search_kwargs.get("exclude", ()), *taken]
+            again = visual_search(image, target, scorer, **{**search_kwargs, "exclude": exclude})
+            if again.found:
+                separated[target] = SearchResult(
+                    True, again.box, again.score, again.boxes, first.path + again.path, first.num_calls + again.num_calls
+                )
+        taken.append(separated[target].box)
+    found = [target for target, result in separated.items() if result.found]
+    if not 2 <= len(found) <= MAX_JOINTLY_ASSIGNED:
+        return separated
+    boxes = [separated[target].box for target in found]
+    crops = [enlarge_box(box, 1.2, width, height) for box in boxes]
+    confidence = [_CountingScorer(scorer, image, target).score(crops) for target in found]  # (targets, boxes)
+    best = max(itertools.permutations(range(len(found))), key=lambda order: sum(confidence[t][b] for t, b in enumerate(order)))
+    for target_index, (target, box_index) in enumerate(zip(found, best)):
+        result = separated[target]
+        separated[target] = SearchResult(
+            True, boxes[box_index], confidence[target_index][box_index], [boxes[box_index]], result.path,
+            result.num_calls + len(crops),
+        )
+    return separated
+
+
 def _generate_text(model, processor, images: list, text: str, **generate_kwargs) -> str:
     inputs = processor(images=[images], text=[text]).to(model.device)
     return processor.post_process_image_text_to_text(model.generate(**inputs, **generate_kwargs))[0]
@@ -474,7 +554,7 @@ def vstar_generate(
     1. Without `targets`, the model is asked which objects it must see (`TARGETS_PROMPT`); its reply is
        parsed as a comma-separated list ("none": nothing to search).
     2. Each target is searched for with `visual_search(**search_kwargs)`; the scorer defaults to a
-       FuyuScorer on `model`.
+       FuyuScorer on `model`. Different targets then get different objects (`separate_targets`).
     3. The visual working memory holds each found box enlarged 1.2x around its centre, cropped at full
        resolution, with its coordinates normalised to the image.
     4. The whole image, the crops and the question (`FOCUS_PROMPT`) go to the model, which generates.
@@ -488,6 +568,7 @@ def vstar_generate(
         targets = parse_targets(_generate_text(model, processor, [image], TARGETS_PROMPT.format(question), **generate_kwargs))
     scorer = scorer if scorer is not None else FuyuScorer(model, processor)
     searches = {target: visual_search(image, target, scorer, **(search_kwargs or {})) for target in targets}
+    searches = separate_targets(image, searches, scorer, **(search_kwargs or {}))
     memory = []
     for target, result in searches.items():
         if result.found:

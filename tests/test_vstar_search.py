@@ -12,6 +12,9 @@ from mosaic_vlm.modeling.vstar import (
     heatmap_components,
     heatmap_extent,
     heatmap_share,
+    paint_over,
+    same_object,
+    separate_targets,
     split_box,
     visual_search,
 )
@@ -169,6 +172,71 @@ def test_several_instances_found_at_the_root():
     truths = [(100, 120, 260, 280), (700, 600, 860, 760)]
     for truth in truths:
         assert max(iou(box, truth) for box in result.boxes) > 0.5
+
+
+def test_excluded_boxes_are_painted_over_and_the_search_finds_another_instance():
+    image = photo_with_squares((1024, 1024), [(100, 120, 40, RED), (800, 700, 30, RED)])
+    painted = paint_over(image, [(100, 120, 140, 160)])
+    assert not color_mask(painted.crop((100, 120, 140, 160)), RED).any() and color_mask(image, RED).sum() == 40**2 + 30**2
+    ring = np.asarray(image.crop((90, 110, 150, 170))).reshape(-1, 3).copy()
+    inside = np.zeros((60, 60), bool)
+    inside[10:50, 10:50] = True
+    expected = torch.from_numpy(ring[~inside.reshape(-1)]).median(dim=0).values.tolist()
+    assert painted.getpixel((120, 140)) == tuple(expected)  # the median colour of the ring around the box
+    assert np.array_equal(np.asarray(painted)[:, 200:], np.asarray(image)[:, 200:])  # nothing else changes
+    result = visual_search(image, "red square", PlantedColorScorer(), exclude=[(100, 120, 140, 160)])
+    assert result.found and iou(result.box, (800, 700, 830, 730)) > 0.5
+    with pytest.raises(ValueError, match="not inside"):
+        paint_over(image, [(1000, 0, 1100, 10)])
+
+
+def test_same_object_means_much_overlap_and_similar_size():
+    assert same_object((0, 0, 40, 40), (10, 5, 50, 45))  # two boxes on one 40-px tile
+    assert same_object((0, 0, 40, 40), (0, 0, 60, 60))  # a looser box around it
+    assert not same_object((0, 0, 40, 40), (30, 30, 70, 70))  # a corner in common
+    assert not same_object((100, 100, 120, 120), (0, 0, 400, 400))  # a collar on a dog
+    assert not same_object((0, 0, 10, 10), (10, 0, 20, 10))  # touching
+
+
+class ColourBlindScorer(PlantedColorScorer):
+    """A crop's confidence grows with its share of red or blue pixels whatever colour is asked for (as a
+    tiny scorer that knows a digit when it sees one but not its colour): 0.9 of it when the crop's
+    majority colour is the one asked for, 0.7 otherwise, so that both pass `conf_high` but the right one
+    is preferred. The heatmap is the mask of both colours."""
+
+    def score(self, images, target):
+        self.batch_sizes.append(len(images))
+        scores = []
+        for image in images:
+            red, blue = color_mask(image, RED).mean(), color_mask(image, BLUE).mean()
+            asked_for_is_majority = (red >= blue) == target.startswith("red")
+            scores.append(min(1.0, float(red + blue) * self.gain) * (0.9 if asked_for_is_majority else 0.7))
+        return scores
+
+    def heatmap(self, image, target):
+        mask = color_mask(image, RED) + color_mask(image, BLUE)
+        return torch.nn.functional.adaptive_avg_pool2d(mask[None, None], (self.grid, self.grid))[0, 0]
+
+
+def test_different_targets_get_different_objects():
+    red_box, blue_box = (200, 300, 260, 360), (1200, 1100, 1240, 1140)
+    image = photo_with_squares((1536, 1536), [(200, 300, 60, RED), (1200, 1100, 40, BLUE)])
+    scorer = ColourBlindScorer()
+    searches = {target: visual_search(image, target, scorer) for target in ("blue square", "red square")}
+    assert all(iou(result.box, red_box) > 0.5 for result in searches.values())  # both stop on the larger red one
+    separated = separate_targets(image, searches, scorer)
+    assert iou(separated["red square"].box, red_box) > 0.5 and iou(separated["blue square"].box, blue_box) > 0.5
+    blue = separated["blue square"]
+    assert blue.path[: len(searches["blue square"].path)] == searches["blue square"].path  # the first search, then the second
+    assert blue.num_calls > searches["blue square"].num_calls + 2
+    # two searches that each stopped on the other's square are swapped back by their joint confidence
+    swapped = {"red square": separated["blue square"], "blue square": separated["red square"]}
+    unswapped = separate_targets(image, swapped, scorer)
+    assert unswapped["red square"].box == separated["red square"].box and unswapped["blue square"].box == blue.box
+    assert unswapped["red square"].num_calls == swapped["red square"].num_calls + 2
+    assert unswapped["red square"].score == pytest.approx(0.9)
+    lonely = {"red square": separated["red square"], "green square": SearchResult(False, None, 0.1)}
+    assert separate_targets(image, lonely, scorer) == lonely  # one found target: nothing to separate
 
 
 def test_heatmap_components_boxes_follow_the_cells_and_their_weights():
