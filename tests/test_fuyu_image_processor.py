@@ -110,6 +110,8 @@ def test_bad_images_raise_one_clear_error():
         processor([])
     with pytest.raises(TypeError, match="Unsupported image type"):
         processor("not an image".encode())
+    with pytest.raises(ValueError, match="image_mean has 2 values for an image with 3 channels"):
+        MosaicFuyuImageProcessor(image_mean=[0.5, 0.5])(np.zeros((40, 40, 3), np.uint8))
 
 
 def test_save_and_load_with_auto_image_processor(tmp_path, photos):
