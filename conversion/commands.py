@@ -131,8 +131,9 @@ def add_vstar_command(subparsers) -> None:
         "vstar",
         help="answer with V* guided visual search and save a picture of the search",
         description="Search the image for the question's targets (named by the model unless --targets is "
-        "given), answer from the whole image plus crops of what was found, and save one PNG per target "
-        "with the visited patches in order and the final box.",
+        "given; different targets end on different objects: one whose box another target holds is searched "
+        "again with that box painted over), answer from the whole image plus crops of what was found, and save "
+        "one PNG per target with the visited patches in order and the final box.",
         epilog="example:\n  mosaic-vlm vstar demo-output/vstar street.png 'What colour is the digit?' "
         "--search-model demo-output/vstar-search --targets digit --output search.png",
         formatter_class=argparse.RawDescriptionHelpFormatter,
