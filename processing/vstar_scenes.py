@@ -158,15 +158,13 @@ def focus_text(entries: list[tuple[str, tuple[float, ...]]]) -> str:
     return "; ".join(f"{name} at [{', '.join(f'{v:.2f}' for v in box)}] <image>" for name, box in entries)
 
 
-def memory_box(rng: random.Random, target: Box, size: tuple[int, int], cut: float = 0.0) -> Box:
-    """A box like the one a search ends with, enlarged 1.2x: each edge up to a quarter of the target's side
-    outside it, or with `cut` up to that fraction of the side inside it, as a search's tightened box often
-    cuts the target's edge."""
+def memory_box(rng: random.Random, target: Box, size: tuple[int, int]) -> Box:
+    """A box like the one a search ends with (the target give or take a quarter of its side on each edge),
+    enlarged 1.2x."""
     width, height = size
     side = target[2] - target[0]
-    inside = round(cut * side)
-    x0, y0 = target[0] - rng.randint(-inside, side // 4), target[1] - rng.randint(-inside, side // 4)
-    x1, y1 = target[2] + rng.randint(-inside, side // 4), target[3] + rng.randint(-inside, side // 4)
+    x0, y0 = target[0] - rng.randint(0, side // 4), target[1] - rng.randint(0, side // 4)
+    x1, y1 = target[2] + rng.randint(0, side // 4), target[3] + rng.randint(0, side // 4)
     grow_x, grow_y = (x1 - x0) // 10, (y1 - y0) // 10  # 1.2x around the centre
     return (max(0, x0 - grow_x), max(0, y0 - grow_y), min(width, x1 + grow_x), min(height, y1 + grow_y))
 
@@ -201,12 +199,10 @@ def shows(crop: Box, tile: Box) -> bool:
 
 
 def _focus_row(
-    rng: random.Random, item: Question, full: PIL.Image.Image, whole: PIL.Image.Image, max_size: tuple[int, int],
-    cut: float = 0.0,
+    rng: random.Random, item: Question, full: PIL.Image.Image, whole: PIL.Image.Image, max_size: tuple[int, int]
 ) -> dict:
-    """`item` asked with V*'s working memory: the whole image, then a crop per target with its box
-    (`memory_box` with `cut`)."""
-    memory = [memory_box(rng, box, full.size, cut) for box in item.target_boxes]
+    """`item` asked with V*'s working memory: the whole image, then a crop per target with its box."""
+    memory = [memory_box(rng, box, full.size) for box in item.target_boxes]
     focus = focus_text([(name, normalised(box, full.size)) for name, box in zip(item.targets, memory)])
     return {
         "kind": f"focus {item.kind}",
@@ -216,24 +212,17 @@ def _focus_row(
     }
 
 
-# How far inside the target a memory box's edge may fall in the answer stage, as a fraction of its side. On
-# the 150-question bench (the same searches), answering models trained with whole targets only got 61.3% with
-# V*; with edges up to a sixth inside, 67.3% (left/right 60% -> 74%).
-ANSWER_STAGE_CUT = 1 / 6
-
-
 def _answer_rows(rng: random.Random, max_size: tuple[int, int]) -> list[dict]:
     """One question asked with V*'s working memory, and a quarter of the time each for its target list
     and directly. The working-memory rows are where the rows go: reading a digit from a crop among other
     images and comparing two coordinates take a tiny model tens of thousands of rows each, so digit and
     left/right questions come three times as often as colour ones, while naming the targets (three
     phrasings) and the direct answer (a guess from a whole image where the tiles are a pixel or two wide)
-    need few rows. Memory boxes may cut up to `ANSWER_STAGE_CUT` of the target's side, as searches' boxes
-    do (the digit stage, which must first learn to read, sees whole targets)."""
+    need few rows."""
     item = random_question(rng, rng.choices(("digit", "colour", "spatial"), weights=(3, 1, 3))[0])
     full = item.scene.render()
     whole = _fitted(full, (0, 0, *full.size), max_size)
-    rows = [_focus_row(rng, item, full, whole, max_size, cut=ANSWER_STAGE_CUT)]
+    rows = [_focus_row(rng, item, full, whole, max_size)]
     if rng.random() < 1 / 4:
         rows.append({"kind": "targets", "images": [whole], "question": TARGETS_QUESTION.format(item.question),
                      "answer": ", ".join(item.targets)})

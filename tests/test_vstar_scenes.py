@@ -1,12 +1,11 @@
 """The V*Bench-like set and the training rows of V*'s two models (mosaic_vlm.processing.vstar_scenes)."""
 
 import collections
-import random
 
 import pytest
 
 from mosaic_vlm.processing.digit_datasets import DIGIT_NAMES
-from mosaic_vlm.processing.vstar_scenes import benchmark_questions, memory_box, shows, training_rows
+from mosaic_vlm.processing.vstar_scenes import benchmark_questions, shows, training_rows
 
 
 def test_questions_are_about_small_tiles_in_large_photos():
@@ -32,17 +31,6 @@ def test_a_crop_shows_a_tile_only_when_the_tile_is_large_enough_in_it():
     assert shows((480, 480, 608, 608), tile)  # a 128-px crop around it
     assert not shows((520, 480, 648, 608), tile)  # holds less than half of it
     assert shows((505, 505, 521, 521), tile)  # a 16-px cell covered by it
-
-
-def test_memory_boxes_hold_the_target_or_cut_it_only_as_far_as_asked():
-    target, size = (500, 400, 531, 431), (1024, 1365)
-    rng = random.Random(0)
-    whole = [memory_box(rng, target, size) for _ in range(200)]
-    assert all(b[0] <= 500 and b[1] <= 400 and b[2] >= 531 and b[3] >= 431 for b in whole)
-    assert max(b[2] - b[0] for b in whole) <= round(1.2 * (31 + 2 * 7)) + 1  # a quarter side out per edge, 1.2x
-    cut = [memory_box(rng, target, size, cut=1 / 6) for _ in range(200)]
-    inside = [max(b[0] - 500, b[1] - 400, 531 - b[2], 431 - b[3]) for b in cut]
-    assert 0 < max(inside) <= 5 and sum(d > 0 for d in inside) > 50  # edges up to round(31 / 6) = 5 px inside
 
 
 def test_training_rows_of_the_answering_model():
