@@ -15,7 +15,7 @@ import heapq
 import itertools
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Protocol
 
 import numpy as np
@@ -510,7 +510,8 @@ def separate_targets(image: PIL.Image.Image, searches: dict[str, SearchResult], 
     2. Then (for 2 to `MAX_JOINTLY_ASSIGNED` found targets) each target scores the crops of every found box
        in one batched call, and the boxes go to the targets in the assignment with the highest total
        confidence: two searches that each stopped on the other's object are swapped back. A target given
-       another target's box keeps its own path, with that box and its score for it.
+       another target's box keeps its own path, with that box and its score for it; one that keeps its own
+       box keeps its result.
     The scoring calls count in each target's `num_calls`."""
     width, height = image.size
     separated = dict(searches)
@@ -534,10 +535,13 @@ def separate_targets(image: PIL.Image.Image, searches: dict[str, SearchResult], 
     best = max(itertools.permutations(range(len(found))), key=lambda order: sum(confidence[t][b] for t, b in enumerate(order)))
     for target_index, (target, box_index) in enumerate(zip(found, best)):
         result = separated[target]
-        separated[target] = SearchResult(
-            True, boxes[box_index], confidence[target_index][box_index], [boxes[box_index]], result.path,
-            result.num_calls + len(crops),
-        )
+        if box_index == target_index:  # keeps its own box (and every instance its search saw)
+            separated[target] = replace(result, num_calls=result.num_calls + len(crops))
+        else:
+            separated[target] = SearchResult(
+                True, boxes[box_index], confidence[target_index][box_index], [boxes[box_index]], result.path,
+                result.num_calls + len(crops),
+            )
     return separated
 
 

@@ -77,7 +77,7 @@ def patchify(pixels: torch.Tensor, patch_size: int, dtype: torch.dtype | None = 
 
 def per_channel(value, channels: int, name: str) -> list[float]:
     """A number, or one number per channel (a single one is broadcast), as `channels` floats."""
-    values = [float(value)] if isinstance(value, (int, float)) else [float(v) for v in value]
+    values = [float(v) for v in np.atleast_1d(value)]
     if len(values) == 1:
         return values * channels
     if len(values) != channels:

@@ -226,6 +226,9 @@ def test_different_targets_get_different_objects():
     assert all(iou(result.box, red_box) > 0.5 for result in searches.values())  # both stop on the larger red one
     separated = separate_targets(image, searches, scorer)
     assert iou(separated["red square"].box, red_box) > 0.5 and iou(separated["blue square"].box, blue_box) > 0.5
+    red = separated["red square"]  # kept its own box: its search's result, plus the assignment's calls
+    assert (red.score, red.boxes, red.path) == (searches["red square"].score, searches["red square"].boxes, searches["red square"].path)
+    assert red.num_calls == searches["red square"].num_calls + 2
     blue = separated["blue square"]
     assert blue.path[: len(searches["blue square"].path)] == searches["blue square"].path  # the first search, then the second
     assert blue.num_calls > searches["blue square"].num_calls + 2
