@@ -1,7 +1,5 @@
 """mosaic_vlm.conversion: converters from and to transformers and OpenAI / open_clip layouts."""
 
-import mosaic_vlm.modeling  # noqa: F401  (registers every class with the Auto API)
-
 from .clip import (
     clip_from_openai,
     clip_from_transformers,

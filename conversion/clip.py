@@ -1,56 +1,48 @@
 """Converters between MosaicClipModel, transformers' CLIPModel and the OpenAI / open_clip state-dict layout.
 
-Every converter is the same four parts:
-1. a declarative key table: source key template -> target key template(s), plus a pair of pure tensor
-   functions (forward, inverse); the inverse table of a layout is derived from the same rows;
-2. small pure tensor functions (`keep`, `transpose`, `split_qkv`, `join_qkv`);
-3. a strict load that raises one ValueError listing every unused source key, every missing target key
-   and every shape mismatch;
-4. a check on a fixed deterministic input (`check_inputs`): the converted model's `logits_per_image`
-   must match the source's within `LOGIT_ATOL` in float32, or the converter raises instead of returning.
-   From the OpenAI layout there is no source model to run, so `openai_clip_logits` (a reference forward
-   written with torch.nn.functional on the raw state dict) stands in for it, and converting back must
-   reproduce every source tensor exactly.
-
-Key templates use two placeholders: `{n}` a layer index and `{wb}` "weight" or "bias".
-Converters log their steps (tensors mapped, logit difference) on the `mosaic_vlm.conversion` logger.
+Each converter follows `state_dict_mapping`: transformers' CLIPModel shares our parameter names (no key
+table: a strict load and a logit check), the OpenAI layout has a key table (`OPENAI_KEY_TABLE`) with the
+pure tensor functions below. From the OpenAI layout there is no source model to run, so
+`openai_clip_logits` (a reference forward written with torch.nn.functional on the raw state dict) stands
+in for it, and converting back must reproduce every source tensor exactly.
 """
 
-import copy
 import logging
 import math
 import os
 import re
-from collections import defaultdict
-from collections.abc import Callable, Iterable, Mapping
-from contextlib import contextmanager
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import safetensors.torch
 import torch
 import torch.nn.functional as F
+from mosaic_vlm.modeling import MosaicClipConfig, MosaicClipModel
 from safetensors import SafetensorError
 from torch import nn
-from transformers import AutoConfig, CLIPConfig, CLIPModel
-from transformers.initialization import no_init_weights
+from transformers import CLIPConfig, CLIPModel
 
-from mosaic_vlm.modeling import MosaicClipConfig, MosaicClipModel
+from .state_dict_mapping import (
+    KeyRule,
+    TensorMap,
+    build,
+    float32_eval,
+    invert,
+    load_transformers_folder,
+    map_state_dict,
+    require_close,
+    rule,
+    summarise_keys,
+)
 
 logger = logging.getLogger(__name__)
-
-LOGIT_ATOL = 1e-4
-"""Largest accepted absolute difference of `logits_per_image` between source and converted model (fp32)."""
 
 CHECK_SEED = 0  # seed of the fixed check input (`check_inputs`)
 CHECK_TEXTS, CHECK_IMAGES = 3, 2
 
 # ---------------------------------------------------------------------------------------------------------
-# Pure tensor functions. Each takes the source tensors of one key-table row and returns its target tensors.
-
-
-def keep(tensor: torch.Tensor) -> tuple[torch.Tensor]:
-    return (tensor,)
+# Pure tensor functions of the OpenAI layout. Each takes the source tensors of one key-table row and returns
+# its target tensors.
 
 
 def transpose(projection: torch.Tensor) -> tuple[torch.Tensor]:
@@ -71,94 +63,12 @@ def join_qkv(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> tup
     return (torch.cat([query, key, value]),)
 
 
-@dataclass(frozen=True)
-class TensorMap:
-    """A pure tensor function and its inverse."""
-
-    forward: Callable[..., tuple[torch.Tensor, ...]]
-    inverse: Callable[..., tuple[torch.Tensor, ...]]
-
-    def inverted(self) -> "TensorMap":
-        return TensorMap(self.inverse, self.forward)
-
-
-KEEP = TensorMap(keep, keep)
 TRANSPOSE = TensorMap(transpose, transpose)
 SPLIT_QKV = TensorMap(split_qkv, join_qkv)
 
 
-@dataclass(frozen=True)
-class KeyRule:
-    """One row of a key table: the source keys, the target keys, and the tensor map between them."""
-
-    sources: tuple[str, ...]
-    targets: tuple[str, ...]
-    tensors: TensorMap = KEEP
-
-    def inverted(self) -> "KeyRule":
-        return KeyRule(self.targets, self.sources, self.tensors.inverted())
-
-
-def rule(source: str | tuple[str, ...], target: str | tuple[str, ...], tensors: TensorMap = KEEP) -> KeyRule:
-    def as_tuple(keys):
-        return (keys,) if isinstance(keys, str) else keys
-
-    return KeyRule(as_tuple(source), as_tuple(target), tensors)
-
-
-def invert(table: Iterable[KeyRule]) -> tuple[KeyRule, ...]:
-    return tuple(row.inverted() for row in table)
-
-
-_PLACEHOLDERS = {"n": r"\d+", "wb": "weight|bias"}
-
-
-def _template_regex(template: str) -> re.Pattern:
-    """'a.{n}.b.{wb}' -> r'a\\.(?P<n>\\d+)\\.b\\.(?P<wb>weight|bias)'."""
-    literal_parts = re.split(r"\{(\w+)\}", template)  # literals at even indices, placeholder names at odd
-    pattern = "".join(
-        re.escape(part) if index % 2 == 0 else f"(?P<{part}>{_PLACEHOLDERS[part]})"
-        for index, part in enumerate(literal_parts)
-    )
-    return re.compile(pattern)
-
-
 # ---------------------------------------------------------------------------------------------------------
 # Key tables.
-
-TRANSFORMERS_KEY_TABLE: tuple[KeyRule, ...] = tuple(
-    rule(key, key)  # MosaicClipModel keeps CLIPModel's parameter names, so every row is the identity
-    for key in (
-        "text_model.embeddings.token_embedding.weight",
-        "text_model.embeddings.position_embedding.weight",
-        "text_model.encoder.layers.{n}.layer_norm1.{wb}",
-        "text_model.encoder.layers.{n}.self_attn.q_proj.{wb}",
-        "text_model.encoder.layers.{n}.self_attn.k_proj.{wb}",
-        "text_model.encoder.layers.{n}.self_attn.v_proj.{wb}",
-        "text_model.encoder.layers.{n}.self_attn.out_proj.{wb}",
-        "text_model.encoder.layers.{n}.layer_norm2.{wb}",
-        "text_model.encoder.layers.{n}.mlp.fc1.{wb}",
-        "text_model.encoder.layers.{n}.mlp.fc2.{wb}",
-        "text_model.final_layer_norm.{wb}",
-        "vision_model.embeddings.class_embedding",
-        "vision_model.embeddings.patch_embedding.weight",
-        "vision_model.embeddings.position_embedding.weight",
-        "vision_model.pre_layrnorm.{wb}",
-        "vision_model.encoder.layers.{n}.layer_norm1.{wb}",
-        "vision_model.encoder.layers.{n}.self_attn.q_proj.{wb}",
-        "vision_model.encoder.layers.{n}.self_attn.k_proj.{wb}",
-        "vision_model.encoder.layers.{n}.self_attn.v_proj.{wb}",
-        "vision_model.encoder.layers.{n}.self_attn.out_proj.{wb}",
-        "vision_model.encoder.layers.{n}.layer_norm2.{wb}",
-        "vision_model.encoder.layers.{n}.mlp.fc1.{wb}",
-        "vision_model.encoder.layers.{n}.mlp.fc2.{wb}",
-        "vision_model.post_layernorm.{wb}",
-        "visual_projection.weight",
-        "text_projection.weight",
-        "logit_scale",
-    )
-)
-"""transformers' CLIPModel <-> MosaicClipModel (the identity on names, but strict: unknown keys are refused)."""
 
 def _qkv(layer: str, parameter: str) -> tuple[str, str, str]:
     return tuple(f"{layer}.self_attn.{name}_proj.{parameter}" for name in "qkv")
@@ -215,100 +125,6 @@ OPENAI_WEIGHTS_NAME = "open_clip_model.safetensors"  # the file name open_clip r
 
 
 # ---------------------------------------------------------------------------------------------------------
-# Mapping and strict loading.
-
-
-def map_state_dict(
-    state_dict: Mapping[str, torch.Tensor], table: Iterable[KeyRule], ignored: Iterable[str] = ()
-) -> tuple[dict[str, torch.Tensor], list[str]]:
-    """Apply a key table. Returns the target tensors and the source keys no row used (keys in `ignored`
-    are skipped). A row with several sources (e.g. q, k, v -> in_proj) is used only when all are present."""
-    ignored = set(ignored)
-    remaining = {key for key in state_dict if key not in ignored}
-    mapped: dict[str, torch.Tensor] = {}
-    for row in table:
-        first_source = _template_regex(row.sources[0])
-        for key in sorted(remaining):
-            match = first_source.fullmatch(key)
-            if match is None or key not in remaining:
-                continue
-            fields = match.groupdict()
-            source_keys = [template.format(**fields) for template in row.sources]
-            if not all(source_key in remaining for source_key in source_keys):
-                continue
-            outputs = row.tensors.forward(*(state_dict[source_key] for source_key in source_keys))
-            for template, tensor in zip(row.targets, outputs, strict=True):
-                mapped[template.format(**fields)] = tensor
-            remaining.difference_update(source_keys)
-    return mapped, sorted(remaining)
-
-
-def summarise_keys(keys: Iterable[str], limit: int = 40) -> str:
-    """Keys as one compact line, layer indices folded: 'a.[0-11].b, c' (at most `limit` entries)."""
-    indices: dict[str, list[int]] = defaultdict(list)
-    for key in sorted(keys):
-        match = re.search(r"\.(\d+)\.", key)
-        if match is None:
-            indices[key] = []
-        else:
-            indices[key[: match.start(1)] + "\0" + key[match.end(1) :]].append(int(match.group(1)))
-    entries = [key.replace("\0", f"[{_fold(numbers)}]") if numbers else key for key, numbers in indices.items()]
-    more = f", ... and {len(entries) - limit} more" if len(entries) > limit else ""
-    return ", ".join(entries[:limit]) + more
-
-
-def _fold(numbers: list[int]) -> str:
-    """[0, 1, 2, 5] -> '0-2,5'."""
-    numbers = sorted(set(numbers))
-    runs = []
-    start = previous = numbers[0]
-    for current in numbers[1:]:
-        if current != previous + 1:
-            runs.append((start, previous))
-            start = current
-        previous = current
-    runs.append((start, previous))
-    return ",".join(str(first) if first == last else f"{first}-{last}" for first, last in runs)
-
-
-def load_strictly(model: nn.Module, mapped: Mapping[str, torch.Tensor], unused: list[str], source: str) -> None:
-    """Copy `mapped` into `model`, or raise one ValueError listing every unused source key, every tensor
-    the model has no place for, every missing target key and every shape mismatch."""
-    expected = model.state_dict()
-    unexpected = sorted(set(mapped) - set(expected))
-    missing = sorted(set(expected) - set(mapped))
-    wrong_shapes = [
-        f"{key} {tuple(mapped[key].shape)} vs {tuple(expected[key].shape)}"
-        for key in sorted(set(mapped) & set(expected))
-        if mapped[key].shape != expected[key].shape
-    ]
-    problems = []
-    if unused:
-        problems.append(f"unused source keys: {summarise_keys(unused)}")
-    if unexpected:
-        problems.append(f"source tensors the model has no place for: {summarise_keys(unexpected)}")
-    if missing:
-        problems.append(f"missing target keys: {summarise_keys(missing)}")
-    if wrong_shapes:
-        problems.append(f"shape mismatches (checkpoint vs model): {', '.join(wrong_shapes)}")
-    if problems:
-        raise ValueError(
-            f"Cannot load the {source} weights strictly into {type(model).__name__}: {'; '.join(problems)}."
-        )
-    model.load_state_dict(mapped, strict=True)
-
-
-def _build(model_class, config, state_dict, table, source: str, ignored: Iterable[str] = ()):
-    """A float32 `model_class(config)` in eval mode holding `state_dict` mapped through `table`."""
-    mapped, unused = map_state_dict(state_dict, table, ignored)
-    logger.info("mapping %d source tensors to %d %s tensors", len(state_dict), len(mapped), model_class.__name__)
-    with no_init_weights():  # every weight is overwritten by the strict load below
-        model = model_class(config)
-    load_strictly(model, mapped, unused, source)
-    return model.float().eval()
-
-
-# ---------------------------------------------------------------------------------------------------------
 # The check on a fixed input.
 
 
@@ -328,43 +144,6 @@ def check_inputs(config: MosaicClipConfig) -> tuple[torch.Tensor, torch.Tensor]:
     size = vision.image_size
     pixel_values = torch.randn(CHECK_IMAGES, vision.num_channels, size, size, generator=generator)
     return input_ids, pixel_values
-
-
-def require_close(reference: torch.Tensor, converted: torch.Tensor, reference_name: str) -> float:
-    """Raise unless the converted `logits_per_image` match the reference within LOGIT_ATOL."""
-    if reference.shape != converted.shape:
-        raise ValueError(
-            f"Logit check failed: {reference_name} gives logits of shape {tuple(reference.shape)}, "
-            f"the converted model {tuple(converted.shape)}."
-        )
-    difference = (reference.float().cpu() - converted.float().cpu()).abs().max().item()
-    logger.info(
-        "checking logits against %s: max |diff| of logits_per_image = %.2e (limit %.0e)",
-        reference_name,
-        difference,
-        LOGIT_ATOL,
-    )
-    if not difference <= LOGIT_ATOL:  # `not <=` also refuses NaN
-        raise ValueError(
-            f"Logit check failed: the converted model differs from {reference_name} by {difference:.3e} "
-            f"(max |diff| of logits_per_image on the fixed input; limit {LOGIT_ATOL:.0e}). Nothing was returned."
-        )
-    return difference
-
-
-@contextmanager
-def _float32_eval(model: nn.Module):
-    """`model` in eval mode and float32, without gradients, for the check: a copy when it is in another
-    dtype; the model's own mode is restored afterwards."""
-    is_float32 = all(p.dtype == torch.float32 for p in model.parameters())
-    checked = model if is_float32 else copy.deepcopy(model).float()
-    was_training = model.training
-    checked.eval()
-    try:
-        with torch.no_grad():
-            yield checked
-    finally:
-        model.train(was_training)
 
 
 def _logits(model: nn.Module, input_ids: torch.Tensor, pixel_values: torch.Tensor) -> torch.Tensor:
@@ -463,47 +242,19 @@ def config_to_transformers(config: MosaicClipConfig) -> CLIPConfig:
     )
 
 
-def load_transformers_folder(path: str | os.PathLike, config_class, model_class):
-    """A transformers `model_class` from a local save_pretrained folder whose config is a `config_class`,
-    loaded strictly from safetensors only; one ValueError (FileNotFoundError for a missing path) otherwise."""
-    path, name = Path(path), model_class.__name__
-    if not path.exists():
-        raise FileNotFoundError(f"{path} does not exist.")
-    if not path.is_dir():
-        raise ValueError(f"{path} is not a folder; pass the save_pretrained folder of a transformers {name}.")
-    try:
-        config = AutoConfig.from_pretrained(path, local_files_only=True)
-    except (OSError, ValueError, KeyError) as error:
-        raise ValueError(f"{path} holds no readable transformers config.json: {error}") from error
-    if not isinstance(config, config_class):
-        raise ValueError(
-            f"{path} holds a {config.model_type!r} model; expected a transformers {name} ({config_class.model_type!r})."
-        )
-    try:
-        model, info = model_class.from_pretrained(
-            path, config=config, local_files_only=True, use_safetensors=True, output_loading_info=True
-        )
-    except (OSError, ValueError, RuntimeError, SafetensorError) as error:
-        raise ValueError(f"Cannot load the {name} weights in {path} (safetensors only): {error}") from error
-    problems = {kind: sorted(map(str, keys)) for kind, keys in info.items() if keys}
-    if problems:
-        raise ValueError(f"{path} does not load strictly into {name}: {problems}.")
-    return model
-
-
 def clip_from_transformers(model_or_path: CLIPModel | str | os.PathLike) -> MosaicClipModel:
     """transformers' CLIPModel (an instance, or a local save_pretrained folder) -> MosaicClipModel.
 
-    The config is mapped field by field (see `config_from_transformers`), the weights through
-    TRANSFORMERS_KEY_TABLE, and the logits of both models on `check_inputs` must agree within LOGIT_ATOL
+    The config is mapped field by field (see `config_from_transformers`), the weights load strictly by their
+    shared names, and the logits of both models on `check_inputs` must agree within LOGIT_ATOL
     in float32, or this raises. Returns the model in eval mode, in the source's dtype and on its device."""
     source = load_transformers_folder(model_or_path, CLIPConfig, CLIPModel) if isinstance(model_or_path, (str, os.PathLike)) else model_or_path
     if not isinstance(source, CLIPModel):
         raise TypeError(f"Expected a transformers CLIPModel or a path to one, got {type(source).__name__}.")
     config = config_from_transformers(source.config)
-    model = _build(MosaicClipModel, config, source.state_dict(), TRANSFORMERS_KEY_TABLE, "transformers CLIPModel")
+    model = build(MosaicClipModel, config, source.state_dict(), "transformers CLIPModel")
     input_ids, pixel_values = check_inputs(config)
-    with _float32_eval(source) as reference:
+    with float32_eval(source) as reference:
         require_close(_logits(reference, input_ids, pixel_values), _logits(model, input_ids, pixel_values), "CLIPModel")
     return model.to(device=source.device, dtype=source.dtype)
 
@@ -514,9 +265,9 @@ def clip_to_transformers(model: MosaicClipModel) -> CLIPModel:
     Refuses SigLIP-loss models (CLIPModel has no logit_bias). Patch dropout, a training-time option, has
     no CLIPModel counterpart and is dropped. Returns the model in eval mode, in the source's dtype and device."""
     config = config_to_transformers(model.config)
-    exported = _build(CLIPModel, config, model.state_dict(), invert(TRANSFORMERS_KEY_TABLE), "MosaicClipModel")
+    exported = build(CLIPModel, config, model.state_dict(), "MosaicClipModel")
     input_ids, pixel_values = check_inputs(model.config)
-    with _float32_eval(model) as reference:
+    with float32_eval(model) as reference:
         require_close(
             _logits(reference, input_ids, pixel_values), _logits(exported, input_ids, pixel_values), "MosaicClipModel"
         )
@@ -793,7 +544,7 @@ def clip_from_openai(
     config = infer_openai_config(state_dict) if config is None else config
     require_openai_compatible(config)
     _require_consistent_metadata(state_dict, config)
-    model = _build(MosaicClipModel, config, state_dict, OPENAI_KEY_TABLE, "OpenAI / open_clip", OPENAI_IGNORED_KEYS)
+    model = build(MosaicClipModel, config, state_dict, "OpenAI / open_clip", OPENAI_KEY_TABLE, OPENAI_IGNORED_KEYS)
 
     weights = {key: tensor for key, tensor in state_dict.items() if key not in OPENAI_IGNORED_KEYS}
     round_trip = _openai_state_dict(model)
@@ -825,6 +576,6 @@ def clip_to_openai(model: MosaicClipModel) -> dict[str, torch.Tensor]:
         "mapping %d MosaicClipModel tensors to %d OpenAI-layout tensors",
         len(model.state_dict()), len(exported),
     )
-    with _float32_eval(model) as checked:
+    with float32_eval(model) as checked:
         _check_openai_forward(checked, exported)
     return exported

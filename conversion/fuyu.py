@@ -1,40 +1,25 @@
 """Converters between MosaicFuyuForCausalLM and transformers' FuyuForCausalLM (the adept/fuyu-8b layout).
 
-Same four parts as the CLIP converters (and the same machinery from `clip.py`): a key table (the
-parameter names are identical, so every row keeps its key, but only known patterns are accepted), a
-strict load, a logit check on a fixed input with image patches, and a greedy-generation check that must
-come out token for token. A failed check raises; nothing is returned.
+The parts of `state_dict_mapping`: the parameter names are identical (no key table), so a strict load,
+then a logit check on a fixed input with image patches and a greedy-generation check that must come out
+token for token. A failed check raises; nothing is returned.
 """
 
+import logging
 import os
 
 import torch
-from transformers import FuyuConfig, FuyuForCausalLM
-
 from mosaic_vlm.modeling import MosaicFuyuConfig, MosaicFuyuForCausalLM
 from mosaic_vlm.processing import MosaicFuyuImageProcessor, MosaicFuyuProcessor
+from mosaic_vlm.processing.fuyu_special_tokens import BEGIN_OF_ANSWER_TOKEN, IMAGE_NEWLINE_TOKEN, IMAGE_TOKEN
+from transformers import FuyuConfig, FuyuForCausalLM
 
-from .clip import _build, _float32_eval, invert, load_transformers_folder, logger, require_close, rule
+from .state_dict_mapping import build, float32_eval, load_transformers_folder, require_close
 
-FUYU_NEWLINE_TOKEN = "|NEWLINE|"
-FUYU_8B_NEWLINE_TOKEN_ID = 71019  # "|NEWLINE|" in adept/fuyu-8b's tokenizer
+logger = logging.getLogger(__name__)
+
+FUYU_8B_NEWLINE_TOKEN_ID = 71019  # IMAGE_NEWLINE_TOKEN in adept/fuyu-8b's tokenizer
 CHECK_SEED, CHECK_NEW_TOKENS = 0, 6
-
-_LAYER = "model.language_model.layers.{n}"
-TRANSFORMERS_KEY_TABLE = (
-    rule("model.language_model.embed_tokens.weight", "model.language_model.embed_tokens.weight"),
-    rule(f"{_LAYER}.self_attn.query_key_value.{{wb}}", f"{_LAYER}.self_attn.query_key_value.{{wb}}"),
-    rule(f"{_LAYER}.self_attn.dense.{{wb}}", f"{_LAYER}.self_attn.dense.{{wb}}"),
-    rule(f"{_LAYER}.self_attn.q_layernorm.{{wb}}", f"{_LAYER}.self_attn.q_layernorm.{{wb}}"),
-    rule(f"{_LAYER}.self_attn.k_layernorm.{{wb}}", f"{_LAYER}.self_attn.k_layernorm.{{wb}}"),
-    rule(f"{_LAYER}.mlp.dense_h_to_4h.{{wb}}", f"{_LAYER}.mlp.dense_h_to_4h.{{wb}}"),
-    rule(f"{_LAYER}.mlp.dense_4h_to_h.{{wb}}", f"{_LAYER}.mlp.dense_4h_to_h.{{wb}}"),
-    rule(f"{_LAYER}.input_layernorm.{{wb}}", f"{_LAYER}.input_layernorm.{{wb}}"),
-    rule(f"{_LAYER}.post_attention_layernorm.{{wb}}", f"{_LAYER}.post_attention_layernorm.{{wb}}"),
-    rule("model.language_model.final_layernorm.{wb}", "model.language_model.final_layernorm.{wb}"),
-    rule("model.vision_embed_tokens.{wb}", "model.vision_embed_tokens.{wb}"),
-    rule("lm_head.weight", "lm_head.weight"),
-)
 
 # decoder fields with the same name in our flat config and in FuyuConfig.text_config
 _TEXT_FIELDS = (
@@ -110,14 +95,14 @@ def fuyu_from_transformers(
 ) -> MosaicFuyuForCausalLM:
     """transformers' FuyuForCausalLM (an instance or a local folder) -> MosaicFuyuForCausalLM, checked on
     logits (fp32, <= 1e-4) and greedy tokens. FuyuConfig does not record the image-newline token: pass
-    its id (adept/fuyu-8b's "|NEWLINE|" by default)."""
+    its id (adept/fuyu-8b's by default)."""
     source = load_transformers_folder(model_or_path, FuyuConfig, FuyuForCausalLM) if isinstance(model_or_path, (str, os.PathLike)) else model_or_path
     if not isinstance(source, FuyuForCausalLM):
         raise TypeError(f"Expected a transformers FuyuForCausalLM or a path to one, got {type(source).__name__}.")
     config = config_from_transformers(source.config, image_newline_token_id)
-    model = _build(MosaicFuyuForCausalLM, config, source.state_dict(), TRANSFORMERS_KEY_TABLE, "transformers Fuyu")
+    model = build(MosaicFuyuForCausalLM, config, source.state_dict(), "transformers Fuyu")
     input_ids, patches = check_inputs(config)
-    with _float32_eval(source) as reference:
+    with float32_eval(source) as reference:
         _check(reference, model, {"input_ids": input_ids, "pixel_values": patches},
                {"input_ids": input_ids, "image_patches": patches}, "FuyuForCausalLM")
     return model.to(device=source.device, dtype=source.dtype)
@@ -126,18 +111,18 @@ def fuyu_from_transformers(
 def fuyu_to_transformers(model: MosaicFuyuForCausalLM) -> FuyuForCausalLM:
     """MosaicFuyuForCausalLM -> transformers' FuyuForCausalLM, checked like `fuyu_from_transformers`."""
     config = config_to_transformers(model.config)
-    exported = _build(FuyuForCausalLM, config, model.state_dict(), invert(TRANSFORMERS_KEY_TABLE), "MosaicFuyu")
+    exported = build(FuyuForCausalLM, config, model.state_dict(), "MosaicFuyu")
     input_ids, patches = check_inputs(model.config)
-    with _float32_eval(model) as reference:
+    with float32_eval(model) as reference:
         _check(reference, exported, {"input_ids": input_ids, "image_patches": patches},
                {"input_ids": input_ids, "pixel_values": patches}, "MosaicFuyuForCausalLM")
     return exported.to(device=model.device, dtype=model.dtype)
 
 
 def fuyu_processor_from_transformers(tokenizer, image_processor_config: dict) -> MosaicFuyuProcessor:
-    """A MosaicFuyuProcessor from a Fuyu tokenizer (with its |SPEAKER|, |NEWLINE| and <0x04> tokens) and a
+    """A MosaicFuyuProcessor from a Fuyu tokenizer (with its image, image-newline and begin-of-answer tokens) and a
     transformers Fuyu image-processor config (a dict, e.g. `FuyuImageProcessorPil().to_dict()`)."""
-    for token in ("|SPEAKER|", FUYU_NEWLINE_TOKEN, "<0x04>"):
+    for token in (IMAGE_TOKEN, IMAGE_NEWLINE_TOKEN, BEGIN_OF_ANSWER_TOKEN):
         if tokenizer.convert_tokens_to_ids(token) in (None, tokenizer.unk_token_id):
             raise ValueError(f"The tokenizer lacks Fuyu's special token {token!r}.")
     patch = image_processor_config.get("patch_size", {"height": 30, "width": 30})

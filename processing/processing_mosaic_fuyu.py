@@ -21,12 +21,21 @@ import torch
 from transformers.feature_extraction_utils import BatchFeature
 from transformers.processing_utils import ProcessorMixin
 
+from .fuyu_special_tokens import (
+    BEGIN_OF_ANSWER_TOKEN,
+    BOX_CLOSE_TOKEN,
+    BOX_OPEN_TOKEN,
+    IMAGE_NEWLINE_TOKEN,
+    IMAGE_PLACEHOLDER,
+    IMAGE_TOKEN,
+    POINT_CLOSE_TOKEN,
+    POINT_OPEN_TOKEN,
+)
 from .image_processing_mosaic_fuyu import fitted_size, image_token_layout
 
-IMAGE_PLACEHOLDER = "<image>"
 IGNORE_INDEX = -100
 COORDINATE_TAG = re.compile(r"<(box|point)>(.*?)</\1>")
-COORDINATE_TOKENS = {"box": ("<0x00>", "<0x01>"), "point": ("<0x02>", "<0x03>")}
+COORDINATE_TOKENS = {"box": (BOX_OPEN_TOKEN, BOX_CLOSE_TOKEN), "point": (POINT_OPEN_TOKEN, POINT_CLOSE_TOKEN)}
 COORDINATE_COUNT = {"box": 4, "point": 2}
 
 
@@ -91,9 +100,9 @@ class MosaicFuyuProcessor(ProcessorMixin):
         self,
         image_processor=None,
         tokenizer=None,
-        image_token: str = "|SPEAKER|",
-        image_newline_token: str = "|NEWLINE|",
-        begin_of_answer_token: str = "<0x04>",
+        image_token: str = IMAGE_TOKEN,
+        image_newline_token: str = IMAGE_NEWLINE_TOKEN,
+        begin_of_answer_token: str = BEGIN_OF_ANSWER_TOKEN,
         **kwargs,
     ):
         self.image_token = image_token

@@ -3,11 +3,11 @@
 import numpy as np
 import pytest
 import torch
-
+from mosaic_vlm.data.digits import DIGIT_NAMES
 from mosaic_vlm.modeling import MosaicClipConfig
 from mosaic_vlm.processing import MosaicClipImageProcessor, MosaicClipProcessor, train_bpe_tokenizer
 
-DIGIT_NAMES = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
+pytest_plugins = ["hub_server"]  # the loopback Hub fixture `hub`
 CAPTIONS = [f"a photo of the digit {name}" for name in DIGIT_NAMES] + [
     "a photo of a cat",
     "a photo of a dog",

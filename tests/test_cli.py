@@ -7,8 +7,7 @@ import PIL.Image
 import pytest
 import torch
 from conftest import tiny_clip_config
-
-from mosaic_vlm.conversion.cli import main
+from mosaic_vlm.cli.main import main
 from mosaic_vlm.modeling import MosaicClipModel
 
 
@@ -22,7 +21,7 @@ def clip_folder(tmp_path_factory, clip_processor):
 
 
 def test_help_lists_every_command():
-    result = subprocess.run([sys.executable, "-m", "mosaic_vlm.conversion", "--help"], capture_output=True, text=True)
+    result = subprocess.run([sys.executable, "-m", "mosaic_vlm.cli", "--help"], capture_output=True, text=True)
     assert result.returncode == 0
     for command in ("convert", "zero-shot", "ask", "vstar", "train", "push", "pull", "bench", "demo"):
         assert command in result.stdout
@@ -67,9 +66,8 @@ def photo_file(tmp_path_factory, photos):
 
 @pytest.fixture(scope="module")
 def fuyu_folder(tmp_path_factory):
-    from test_fuyu_processor import FUYU_TOKENS, TEXTS, tiny_model
-
     from mosaic_vlm.processing import MosaicFuyuImageProcessor, MosaicFuyuProcessor, train_bpe_tokenizer
+    from test_fuyu_processor import FUYU_TOKENS, TEXTS, tiny_model
 
     tokenizer = train_bpe_tokenizer(TEXTS * 5, vocab_size=120, model_max_length=256, extra_special_tokens=FUYU_TOKENS)
     processor = MosaicFuyuProcessor(MosaicFuyuImageProcessor(patch_size=16, size={"height": 64, "width": 64}), tokenizer)
@@ -111,12 +109,12 @@ def test_vstar_prints_the_answer_and_saves_the_search_picture(fuyu_folder, photo
                  "--max-calls", "12", "--output", str(output), "--max-new-tokens", "3", "--search-model", str(folder)]) == 0
     assert capsys.readouterr().out.splitlines()[:2] == lines[:2]
     # --max-cell reaches the scorer: the printed search is the API's search with that scorer
-    from mosaic_vlm.modeling.vstar import FuyuScorer, visual_search
+    from mosaic_vlm.vstar import FuyuScorer, SearchConfig, visual_search
 
     assert main(["vstar", str(folder), str(photo_file), "describe it", "--targets", "cat", "--min-size", "100",
                  "--max-calls", "12", "--output", str(output), "--max-new-tokens", "3", "--max-cell", "50"]) == 0
     image = PIL.Image.open(photo_file).convert("RGB")
-    result = visual_search(image, "cat", FuyuScorer(model, processor, max_cell=50), min_size=100, max_calls=12)
+    result = visual_search(image, "cat", FuyuScorer(model, processor, max_cell=50), SearchConfig(min_size=100, max_calls=12))
     where = f"box {result.box}" if result.found else "not found"
     assert capsys.readouterr().out.splitlines()[1] == f"target 'cat': {where}, score {result.score:.2f}, {result.num_calls} scorer calls"
     assert main(["vstar", str(folder), str(photo_file), "what?", "--search-model", str(tmp_path / "missing")]) == 2

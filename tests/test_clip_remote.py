@@ -10,6 +10,8 @@ import PIL.Image
 import pytest
 import torch
 from conftest import tiny_clip_config
+from mosaic_vlm.modeling import MosaicClipConfig, MosaicClipModel
+from mosaic_vlm.processing import MosaicClipImageProcessor, MosaicClipProcessor
 from safetensors.torch import load_file, save_file
 from transformers import (
     AutoConfig,
@@ -20,9 +22,6 @@ from transformers import (
     AutoTokenizer,
     pipeline,
 )
-
-from mosaic_vlm.modeling import MosaicClipConfig, MosaicClipModel
-from mosaic_vlm.processing import MosaicClipImageProcessor, MosaicClipProcessor
 
 # Run first in a child process: makes every `mosaic_vlm` import fail, as in a Python without the package.
 BLOCK_MOSAIC_VLM = textwrap.dedent(

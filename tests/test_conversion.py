@@ -7,10 +7,8 @@ import pytest
 import safetensors.torch
 import torch
 from conftest import tiny_clip_config
-from transformers import CLIPConfig, CLIPModel
-
+from mosaic_vlm.cli import main as cli
 from mosaic_vlm.conversion import (
-    cli,
     clip,
     clip_from_openai,
     clip_from_transformers,
@@ -19,7 +17,9 @@ from mosaic_vlm.conversion import (
     infer_openai_config,
     openai_clip_logits,
 )
+from mosaic_vlm.conversion.state_dict_mapping import LOGIT_ATOL
 from mosaic_vlm.modeling import MosaicClipModel
+from transformers import CLIPConfig, CLIPModel
 
 VOCAB = 128  # tiny_clip_config's vocabulary
 # OpenAI pools at the highest token id, so models in that layout need EOS = vocab_size - 1.
@@ -90,7 +90,7 @@ def test_transformers_to_mosaic_parity(tmp_path):
     for model_or_path in (source, tmp_path / "clip"):
         model = clip_from_transformers(model_or_path)
         assert isinstance(model, MosaicClipModel) and not model.training
-        assert (logits(model, probe_inputs(model.config)) - expected).abs().max() <= clip.LOGIT_ATOL
+        assert (logits(model, probe_inputs(model.config)) - expected).abs().max() <= LOGIT_ATOL
         assert_same_tensors(model.state_dict(), source.state_dict())
         assert model.config.text_config.eos_token_id == 3 and model.config.projection_dim == 16
     assert source.training  # checked in eval mode, then given back in its own mode
@@ -104,7 +104,7 @@ def test_transformers_legacy_eos_id_pools_at_the_highest_id():
     model = clip_from_transformers(source)
     assert model.config.text_config.eos_token_id == VOCAB - 1
     inputs = probe_inputs(model.config)  # EOS = 127 is the highest id in every row
-    assert (logits(model, inputs) - logits(source, inputs)).abs().max() <= clip.LOGIT_ATOL
+    assert (logits(model, inputs) - logits(source, inputs)).abs().max() <= LOGIT_ATOL
 
 
 def test_transformers_half_precision_keeps_the_dtype():
@@ -139,7 +139,7 @@ def test_mosaic_to_transformers_parity():
     exported = clip_to_transformers(model)
     assert isinstance(exported, CLIPModel)
     inputs = probe_inputs(model.config)
-    assert (logits(exported, inputs) - logits(model, inputs)).abs().max() <= clip.LOGIT_ATOL
+    assert (logits(exported, inputs) - logits(model, inputs)).abs().max() <= LOGIT_ATOL
     assert_same_tensors(clip_from_transformers(exported).state_dict(), model.state_dict())
     assert exported.config.text_config.eos_token_id == 3
 
@@ -152,16 +152,15 @@ def test_mosaic_to_transformers_refuses_what_clip_cannot_express():
 
 
 def test_check_refuses_a_corrupted_conversion(monkeypatch):
-    def corrupt(tensor):
-        return (tensor * 1.5,)
+    real_build = clip.build
 
-    table = tuple(
-        dataclasses.replace(row, tensors=clip.TensorMap(corrupt, corrupt))
-        if row.sources == ("text_model.embeddings.token_embedding.weight",)
-        else row
-        for row in clip.TRANSFORMERS_KEY_TABLE
-    )
-    monkeypatch.setattr(clip, "TRANSFORMERS_KEY_TABLE", table)
+    def corrupting_build(*args, **kwargs):
+        model = real_build(*args, **kwargs)
+        with torch.no_grad():
+            model.text_model.embeddings.token_embedding.weight.mul_(1.5)
+        return model
+
+    monkeypatch.setattr(clip, "build", corrupting_build)
     with pytest.raises(ValueError, match="Logit check failed: .* by [0-9.e+-]+ .*Nothing was returned"):
         clip_from_transformers(random_transformers_clip(tiny_clip_config()))
 
@@ -199,7 +198,7 @@ def test_openai_round_trip_is_bit_exact_and_matches_the_reference():
     assert_same_tensors(clip_to_openai(restored), exported)
     inputs = probe_inputs(config)
     reference = openai_clip_logits(exported, *inputs, text_heads=4, vision_heads=4)
-    assert (logits(restored, inputs) - reference).abs().max() <= clip.LOGIT_ATOL
+    assert (logits(restored, inputs) - reference).abs().max() <= LOGIT_ATOL
 
 
 def test_openai_reference_agrees_with_transformers():
@@ -209,7 +208,7 @@ def test_openai_reference_agrees_with_transformers():
     exported = clip_to_openai(clip_from_transformers(source))
     inputs = probe_inputs(config)
     reference = openai_clip_logits(exported, *inputs, text_heads=4, vision_heads=4)
-    assert (reference - logits(source, inputs)).abs().max() <= clip.LOGIT_ATOL
+    assert (reference - logits(source, inputs)).abs().max() <= LOGIT_ATOL
 
 
 @pytest.mark.parametrize("loss_type", ["clip", "siglip"])
@@ -233,7 +232,7 @@ def test_openai_siglip_keeps_logit_bias():
     assert restored.logit_bias.item() == -3.5
     inputs = probe_inputs(config)
     reference = openai_clip_logits(exported, *inputs, text_heads=4, vision_heads=4)
-    assert (logits(restored, inputs) - reference).abs().max() <= clip.LOGIT_ATOL
+    assert (logits(restored, inputs) - reference).abs().max() <= LOGIT_ATOL
     without_bias = openai_clip_logits(
         {k: v for k, v in exported.items() if k != "logit_bias"}, *inputs, text_heads=4, vision_heads=4
     )
@@ -348,7 +347,7 @@ def test_vit_b32_shapes_through_every_layout():
     input_ids = torch.randint(0, 49407, (2, 20), generator=generator)
     input_ids[:, -1] = 49407
     inputs = (input_ids, torch.randn(1, 3, 224, 224, generator=generator))
-    assert (logits(restored, inputs) - logits(source, inputs)).abs().max() <= clip.LOGIT_ATOL
+    assert (logits(restored, inputs) - logits(source, inputs)).abs().max() <= LOGIT_ATOL
 
 
 # --------------------------------------------------------------------------------------------------------- CLI
@@ -359,7 +358,7 @@ def error_lines(stderr: str) -> list[str]:
 
 
 def leftovers(folder) -> list[str]:
-    return sorted(path.name for path in folder.iterdir() if ".partial" in path.name or ".old" in path.name)
+    return sorted(path.name for path in folder.iterdir() if "mosaic-vlm-staging" in path.name or "mosaic-vlm-retired" in path.name)
 
 
 @pytest.fixture
@@ -449,7 +448,7 @@ def test_cli_failure_while_writing_leaves_no_folder(openai_file, tmp_path, monke
         (Path(folder) / "config.json").write_text("{")
         disk_full()
 
-    monkeypatch.setattr(cli.safetensors.torch, "save_file", half_written_file)
+    monkeypatch.setattr(safetensors.torch, "save_file", half_written_file)
     monkeypatch.setattr(MosaicClipModel, "save_pretrained", half_written_folder)
     output = tmp_path / "new" / "converted"
     for argv in (
@@ -483,7 +482,7 @@ def test_cli_usage():
         cli.main(["convert", "--from", "caffe", "--to", "mosaic", "x", "-o", "y"])
     assert exit_info.value.code == 2
     result = subprocess.run(
-        [sys.executable, "-m", "mosaic_vlm.conversion", "convert", "--help"], capture_output=True, text=True
+        [sys.executable, "-m", "mosaic_vlm.cli", "convert", "--help"], capture_output=True, text=True
     )
     assert result.returncode == 0
     for text in ("--from {transformers,openai,mosaic}", "--to {mosaic,transformers,openai}", "--output", "examples:"):

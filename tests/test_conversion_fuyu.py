@@ -3,10 +3,7 @@
 import pytest
 import torch
 import transformers
-from test_modeling_fuyu import IMAGE, NEWLINE, tiny_fuyu_config, varied_batch
-
 from mosaic_vlm.conversion.fuyu import (
-    TRANSFORMERS_KEY_TABLE,
     config_to_transformers,
     fuyu_from_transformers,
     fuyu_processor_from_transformers,
@@ -14,6 +11,7 @@ from mosaic_vlm.conversion.fuyu import (
 )
 from mosaic_vlm.modeling import MosaicFuyuForCausalLM
 from mosaic_vlm.processing import train_bpe_tokenizer
+from test_modeling_fuyu import IMAGE, NEWLINE, tiny_fuyu_config, varied_batch
 
 
 @pytest.fixture(scope="module")
@@ -42,19 +40,19 @@ def test_round_trip_through_transformers_is_bit_exact_with_equal_logits_and_toke
 
 
 def test_strict_load_lists_the_keys(mosaic_model):
-    from mosaic_vlm.conversion.clip import _build
+    from mosaic_vlm.conversion.state_dict_mapping import build
 
     state = dict(fuyu_to_transformers(mosaic_model).state_dict())
     state["model.extra.weight"] = torch.zeros(1)
     del state["lm_head.weight"]
-    with pytest.raises(ValueError, match="unused source keys: model.extra.weight.*missing target keys: lm_head.weight"):
-        _build(MosaicFuyuForCausalLM, mosaic_model.config, state, TRANSFORMERS_KEY_TABLE, "transformers Fuyu")
+    with pytest.raises(ValueError, match="no place for: model.extra.weight.*missing target keys: lm_head.weight"):
+        build(MosaicFuyuForCausalLM, mosaic_model.config, state, "transformers Fuyu")
 
 
 def test_the_checks_refuse_a_broken_conversion(mosaic_model, monkeypatch):
-    import mosaic_vlm.conversion.clip as clip_conversion
+    import mosaic_vlm.conversion.fuyu as fuyu_conversion
 
-    real_build = clip_conversion._build
+    real_build = fuyu_conversion.build
 
     def corrupting_build(*args, **kwargs):
         model = real_build(*args, **kwargs)
@@ -62,7 +60,7 @@ def test_the_checks_refuse_a_broken_conversion(mosaic_model, monkeypatch):
             model.get_output_embeddings().weight.mul_(1.5)
         return model
 
-    monkeypatch.setattr("mosaic_vlm.conversion.fuyu._build", corrupting_build)
+    monkeypatch.setattr(fuyu_conversion, "build", corrupting_build)
     with pytest.raises(ValueError, match="Logit check failed"):
         fuyu_to_transformers(mosaic_model)
 
@@ -96,8 +94,7 @@ def test_processor_from_a_fuyu_tokenizer_and_image_processor_config():
 
 def test_cli_converts_fuyu_both_ways_and_exports_clip(mosaic_model, tmp_path, capsys):
     from conftest import tiny_clip_config
-
-    from mosaic_vlm.conversion.cli import main
+    from mosaic_vlm.cli.main import main
     from mosaic_vlm.modeling import MosaicClipModel
 
     mosaic_model.save_pretrained(tmp_path / "mosaic")

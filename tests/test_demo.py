@@ -1,6 +1,6 @@
 """The demo (the README's first command) in its shortened mode: every stage runs and reports."""
 
-from mosaic_vlm.conversion.cli import main
+from mosaic_vlm.cli.main import main
 
 
 def test_quick_demo_runs_every_stage_and_writes_the_report(tmp_path, capsys):

@@ -5,10 +5,9 @@ import sys
 import pytest
 import torch
 from conftest import tiny_clip_config
+from mosaic_vlm.modeling import MosaicClipModel
 from safetensors.torch import load_file
 from test_modeling_clip import random_pixels, random_texts
-
-from mosaic_vlm.modeling import MosaicClipModel
 
 GLOBAL_BATCH = 6
 

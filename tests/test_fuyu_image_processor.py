@@ -4,8 +4,6 @@ import numpy as np
 import PIL.Image
 import pytest
 import torch
-from transformers.models.fuyu.image_processing_pil_fuyu import FuyuImageProcessorPil
-
 from mosaic_vlm.processing.image_processing_mosaic_fuyu import (
     MosaicFuyuImageProcessor,
     fitted_size,
@@ -13,6 +11,7 @@ from mosaic_vlm.processing.image_processing_mosaic_fuyu import (
     patch_grid,
     patchify,
 )
+from transformers.models.fuyu.image_processing_pil_fuyu import FuyuImageProcessorPil
 
 
 def test_grid_layout_and_fit_are_pure_functions_of_sizes():
@@ -115,9 +114,8 @@ def test_bad_images_raise_one_clear_error():
 
 
 def test_save_and_load_with_auto_image_processor(tmp_path, photos):
-    from transformers import AutoImageProcessor
-
     from mosaic_vlm.modeling import MosaicFuyuConfig
+    from transformers import AutoImageProcessor
 
     processor = MosaicFuyuImageProcessor(patch_size=16, size={"height": 256, "width": 256}, padding_value=3.0)
     processor.save_pretrained(tmp_path)

@@ -8,14 +8,14 @@ import sys
 import PIL.Image
 import pytest
 import torch
+from mosaic_vlm.modeling import MosaicFuyuConfig, MosaicFuyuForCausalLM
+from mosaic_vlm.processing import MosaicFuyuImageProcessor, MosaicFuyuProcessor, train_bpe_tokenizer
+from mosaic_vlm.processing.fuyu_special_tokens import FUYU_SPECIAL_TOKENS
 from test_clip_remote import BLOCK_MOSAIC_VLM
 from transformers import AutoProcessor, pipeline
 from transformers.models.fuyu.processing_fuyu import scale_bbox_to_transformed_image, scale_point_to_transformed_image
 
-from mosaic_vlm.modeling import MosaicFuyuConfig, MosaicFuyuForCausalLM
-from mosaic_vlm.processing import MosaicFuyuImageProcessor, MosaicFuyuProcessor, train_bpe_tokenizer
-
-FUYU_TOKENS = ["|SPEAKER|", "|NEWLINE|", "<0x04>", "<0x00>", "<0x01>", "<0x02>", "<0x03>"]
+FUYU_TOKENS = list(FUYU_SPECIAL_TOKENS)
 TEXTS = ["what digit is this?", "seven", "three", "yes", "no", "is there a cat in the image?", "describe it",
          "find the cup at 0, 1, 2, 3, 4, 5, 6, 7, 8, 9"]
 

@@ -12,15 +12,13 @@ import pytest
 import torch
 from conftest import tiny_clip_config
 from huggingface_hub import HfApi, ModelCard, hf_hub_download
+from mosaic_vlm.cli.main import main
+from mosaic_vlm.modeling import MosaicClipModel, MosaicFuyuConfig, MosaicFuyuForCausalLM
+from mosaic_vlm.processing import MosaicFuyuImageProcessor, MosaicFuyuProcessor, train_bpe_tokenizer
 from safetensors.torch import load_file
 from test_clip_remote import BLOCK_MOSAIC_VLM
 from test_fuyu_processor import FUYU_TOKENS, TEXTS
 from transformers import AutoModel
-
-from hub_server import hub  # noqa: F401
-from mosaic_vlm.conversion.cli import main
-from mosaic_vlm.modeling import MosaicClipModel, MosaicFuyuConfig, MosaicFuyuForCausalLM
-from mosaic_vlm.processing import MosaicFuyuImageProcessor, MosaicFuyuProcessor, train_bpe_tokenizer
 
 PROMPT = {"mosaic_clip": ["a photo of a cat", "a photo of the digit seven"], "mosaic_fuyu": "what digit is this?"}
 
@@ -163,8 +161,8 @@ def test_missing_repo_revision_and_file_give_clear_errors(hub, clip_processor, t
         AutoModel.from_pretrained("tester/config-only")
 
     for argv, message in (
-        (["pull", "tester/nothing-here"], "repository 'tester/nothing-here' not found on the Hub"),
-        (["pull", "tester/clip-errors", "--revision", "no-such-branch"], "revision 'no-such-branch' not found"),
+        (["pull", "tester/nothing-here"], "pulling 'tester/nothing-here': the repository is not on the Hub"),
+        (["pull", "tester/clip-errors", "--revision", "no-such-branch"], "at 'no-such-branch': the revision is not in"),
     ):
         capsys.readouterr()
         assert main([*argv, "--output", str(tmp_path / "pulled")]) == 2
@@ -194,4 +192,4 @@ def test_the_server_going_down_mid_pull_is_one_clear_error_and_leaves_no_partial
     assert downloads and len(error) == 1, error
     assert "tester/clip-down" in error[0] and hub.endpoint in error[0]
     assert not (tmp_path / "pulled").exists() and os.listdir(tmp_path).count("pulled") == 0
-    assert not any(name.endswith(".partial") for name in os.listdir(tmp_path))
+    assert not any(name.endswith(".mosaic-vlm-staging") for name in os.listdir(tmp_path))

@@ -18,8 +18,6 @@ from huggingface_hub.errors import (
     RevisionNotFoundError,
 )
 
-from hub_server import hub  # noqa: F401
-
 REPO = "tester/tiny"
 WEIGHTS = os.urandom(2 << 20)  # 2 MB of binary: goes through LFS
 WEIGHTS_SHA256 = hashlib.sha256(WEIGHTS).hexdigest()

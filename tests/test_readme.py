@@ -8,12 +8,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from mosaic_vlm.training import clip as train_clip
+from mosaic_vlm.training import fuyu as train_fuyu
+from mosaic_vlm.training import vstar as train_vstar
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "examples"))
-import train_clip  # noqa: E402
-import train_fuyu  # noqa: E402
-import train_vstar  # noqa: E402
 
 SNIPPETS = re.findall(r"```python\n(.*?)```", (ROOT / "README.md").read_text(), flags=re.DOTALL)
 

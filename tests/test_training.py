@@ -6,15 +6,11 @@ import sys
 
 import pytest
 import torch
+from mosaic_vlm.data.collators import MosaicClipCollator, MosaicFuyuCollator
+from mosaic_vlm.data.digits import digit_caption_dataset, digit_question_dataset
+from mosaic_vlm.training import clip as train_clip
+from mosaic_vlm.training import fuyu as train_fuyu
 from transformers import AutoModel, AutoModelForCausalLM, TrainerCallback, TrainingArguments
-
-from mosaic_vlm.processing.collators import MosaicClipCollator, MosaicFuyuCollator
-from mosaic_vlm.processing.digit_datasets import digit_caption_dataset, digit_question_dataset
-
-EXAMPLES = os.path.join(os.path.dirname(os.path.dirname(__file__)), "examples")
-sys.path.insert(0, EXAMPLES)
-import train_clip  # noqa: E402
-import train_fuyu  # noqa: E402
 
 QUICK_FUYU = [
     "--per_device_train_batch_size", "32", "--learning_rate", "3e-3",
@@ -136,18 +132,34 @@ def test_too_long_captions_are_truncated_with_a_warning(clip_processor, caplog):
     assert batch["input_ids"].shape[1] == 24 and batch["return_loss"] is True
 
 
-@pytest.mark.parametrize(
-    "launcher, backend_args",
-    [
-        (["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"], ["--ddp_backend", "gloo"]),
-        (["-m", "accelerate.commands.launch", "--config_file", os.path.join(EXAMPLES, "accelerate_two_cpu.yaml")], ["--ddp_backend", "gloo"]),
-    ],
-    ids=["torchrun", "accelerate"],
-)
-def test_two_ranks_run_the_clip_recipe(tmp_path, launcher, backend_args):
+# Two CPU processes under accelerate launch: its multi-process launcher (MULTI_GPU) with use_cpu, as
+# examples/accelerate_two_cpu.yaml (accelerate starts only one process for MULTI_CPU + --cpu here).
+ACCELERATE_TWO_CPU = """\
+compute_environment: LOCAL_MACHINE
+distributed_type: MULTI_GPU
+num_processes: 2
+num_machines: 1
+machine_rank: 0
+mixed_precision: 'no'
+use_cpu: true
+rdzv_backend: static
+same_network: true
+main_process_ip: 127.0.0.1
+main_process_port: 29533
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("launcher", ["torchrun", "accelerate"])
+def test_two_ranks_run_the_clip_recipe(tmp_path, launcher):
+    if launcher == "torchrun":
+        command = ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    else:
+        (tmp_path / "accelerate.yaml").write_text(ACCELERATE_TWO_CPU)
+        command = ["-m", "accelerate.commands.launch", "--config_file", str(tmp_path / "accelerate.yaml")]
     result = subprocess.run(
-        [sys.executable, *launcher, os.path.join(EXAMPLES, "train_clip.py"), "--output_dir", str(tmp_path),
-         "--max_steps", "4", "--save_strategy", "no", "--eval_strategy", "no", *backend_args, *QUICK_CLIP],
+        [sys.executable, *command, "-m", "mosaic_vlm.training.clip", "--output_dir", str(tmp_path / "out"),
+         "--max_steps", "4", "--save_strategy", "no", "--eval_strategy", "no", "--ddp_backend", "gloo", *QUICK_CLIP],
         env={**os.environ, "OMP_NUM_THREADS": "1"},
         capture_output=True,
         text=True,
@@ -155,16 +167,15 @@ def test_two_ranks_run_the_clip_recipe(tmp_path, launcher, backend_args):
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "held-out digits" in result.stdout and "(2 processes)" in result.stdout
-    assert os.path.isfile(tmp_path / "model.safetensors")
+    assert os.path.isfile(tmp_path / "out" / "model.safetensors")
 
 
 def test_fuyu_gradient_accumulation_equals_the_large_batch(tmp_path):
     """One optimizer step over 4 samples: batch 4 equals 2 micro-batches of 2 (Trainer passes
     num_items_in_batch, so unequal answer lengths are weighted per token, not per micro-batch)."""
+    from mosaic_vlm.modeling import MosaicFuyuForCausalLM
     from test_modeling_fuyu import tiny_fuyu_config, varied_batch
     from transformers import Trainer, default_data_collator
-
-    from mosaic_vlm.modeling import MosaicFuyuForCausalLM
 
     inputs = varied_batch(4)
     labels = torch.full_like(inputs["input_ids"], -100)
@@ -192,10 +203,11 @@ def test_fuyu_gradient_accumulation_equals_the_large_batch(tmp_path):
         torch.testing.assert_close(accumulated[name], tensor, atol=1e-6, rtol=1e-5, msg=lambda m: f"{name}: {m}")
 
 
+@pytest.mark.slow
 def test_two_ranks_run_the_fuyu_recipe(tmp_path):
     result = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-         os.path.join(EXAMPLES, "train_fuyu.py"), "--output_dir", str(tmp_path), "--max_steps", "4",
+         "-m", "mosaic_vlm.training.fuyu", "--output_dir", str(tmp_path), "--max_steps", "4",
          "--save_strategy", "no", "--eval_strategy", "no", "--ddp_backend", "gloo", *QUICK_FUYU],
         env={**os.environ, "OMP_NUM_THREADS": "1"},
         capture_output=True,

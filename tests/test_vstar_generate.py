@@ -1,29 +1,22 @@
 """vstar_generate and FuyuScorer end to end with a tiny Fuyu-style model trained here with Trainer on the
 V*Bench-like rows (a short run: these tests check the mechanics, the benchmark measures the quality)."""
 
-import inspect
 import math
-import os
-import sys
 
 import pytest
 import torch
-from transformers import HfArgumentParser, TrainingArguments
-
-from mosaic_vlm.modeling.vstar import (
-    FOCUS_PROMPT,
+from mosaic_vlm.data.vstar_scenes import benchmark_questions, training_rows
+from mosaic_vlm.training import vstar as train_vstar
+from mosaic_vlm.vstar import (
     TARGETS_PROMPT,
     FuyuScorer,
+    SearchConfig,
     enlarge_box,
-    focus_text,
+    focus_question,
     parse_targets,
     vstar_generate,
 )
-from mosaic_vlm.processing.vstar_scenes import FOCUS_QUESTION, PRESENCE_QUESTION, benchmark_questions
-from mosaic_vlm.processing.vstar_scenes import focus_text as scenes_focus_text
-
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(__file__)), "examples"))
-import train_vstar  # noqa: E402
+from transformers import HfArgumentParser, TrainingArguments
 
 GENERATE = {"max_new_tokens": 6, "do_sample": False}
 
@@ -46,11 +39,14 @@ def generate_text(model, processor, images, text):
     return processor.post_process_image_text_to_text(model.generate(**inputs, **GENERATE))[0]
 
 
-def test_the_prompts_match_the_training_rows():
-    memory = [("red digit", (0, 0, 10, 10), (0.1234, 0.5, 0.25, 0.75))]
-    assert focus_text(memory) == scenes_focus_text([("red digit", (0.1234, 0.5, 0.25, 0.75))])
-    assert FOCUS_PROMPT == FOCUS_QUESTION
-    assert inspect.signature(FuyuScorer).parameters["question"].default == PRESENCE_QUESTION
+def test_the_prompts():
+    memory = [("red digit", (0.1234, 0.5, 0.25, 0.75)), ("blue digit", (0.0, 0.1, 0.2, 0.3))]
+    assert focus_question("Is it left?", memory) == (
+        "<image>Is it left? Additional visual information to focus on: red digit at [0.12, 0.50, 0.25, 0.75] <image>; "
+        "blue digit at [0.00, 0.10, 0.20, 0.30] <image>"
+    )
+    focus_rows = [row for row in training_rows(12, 0, (48, 48)) if row["kind"].startswith("focus")]
+    assert focus_rows and all(row["question"].count("<image>") == len(row["images"]) for row in focus_rows)
     assert parse_targets("red digit, blue digit") == ["red digit", "blue digit"]
     assert parse_targets(" None. ") == [] and parse_targets("digit and digit") == ["digit"]
     assert enlarge_box((100, 100, 200, 150), 1.2, 1000, 1000) == (90, 95, 210, 155)
@@ -86,7 +82,7 @@ def test_vstar_generate_names_targets_searches_and_answers_from_the_crops(traine
     model, processor = trained
     question = benchmark_questions(3)[2]  # a left/right question: two targets
     image = question.scene.render()
-    output = vstar_generate(model, processor, image, question.question, search_kwargs={"min_size": 128, "max_calls": 40}, **GENERATE)
+    output = vstar_generate(model, processor, image, question.question, search_config=SearchConfig(min_size=128, max_calls=40), **GENERATE)
     reply = generate_text(model, processor, [image], TARGETS_PROMPT.format(question.question))
     assert output.targets == parse_targets(reply)
     assert set(output.searches) == set(output.targets)
@@ -98,7 +94,7 @@ def test_vstar_generate_names_targets_searches_and_answers_from_the_crops(traine
         assert box == enlarge_box(result.box, 1.2, *image.size)
         assert normalised == (box[0] / image.width, box[1] / image.height, box[2] / image.width, box[3] / image.height)
     if output.memory:  # the answer comes from the whole image, the crops and the question
-        prompt = "<image>" + FOCUS_PROMPT.format(question.question, focus_text(output.memory))
+        prompt = focus_question(question.question, [(target, box) for target, _, box in output.memory])
         crops = [image.crop(box) for _, box, _ in output.memory]
         assert output.answer == generate_text(model, processor, [image, *crops], prompt)
     else:
@@ -121,7 +117,7 @@ def test_given_targets_skip_the_naming_and_nothing_to_search_answers_directly(tr
             return torch.ones(2, 2)
 
     missing = vstar_generate(model, processor, image, question.question, targets=["digit"], scorer=NeverThere(),
-                             search_kwargs={"min_size": 256}, **GENERATE)
+                             search_config=SearchConfig(min_size=256), **GENERATE)
     assert not missing.searches["digit"].found and missing.memory == []
     assert missing.answer == direct.answer  # nothing found: answered from the whole image
 
@@ -133,8 +129,7 @@ def test_bad_image_is_refused(trained):
 
 
 def test_the_benchmark_takes_both_models_or_neither(trained):
-    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(__file__)), "benchmarks"))
-    import bench_vstar
+    from mosaic_vlm.bench import vstar as bench_vstar
 
     with pytest.raises(ValueError, match="both models"):
         bench_vstar.run_vstar_benchmark(trained, None, questions=1, exhaustive=0)

@@ -1,11 +1,10 @@
-"""The V*Bench-like set and the training rows of V*'s two models (mosaic_vlm.processing.vstar_scenes)."""
+"""The V*Bench-like set and the training rows of V*'s two models (mosaic_vlm.data.vstar_scenes)."""
 
 import collections
 
 import pytest
-
-from mosaic_vlm.processing.digit_datasets import DIGIT_NAMES
-from mosaic_vlm.processing.vstar_scenes import benchmark_questions, shows, training_rows
+from mosaic_vlm.data.digits import DIGIT_NAMES
+from mosaic_vlm.data.vstar_scenes import benchmark_questions, shows, training_rows
 
 
 def test_questions_are_about_small_tiles_in_large_photos():

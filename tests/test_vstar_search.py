@@ -4,29 +4,21 @@ import numpy as np
 import PIL.Image
 import pytest
 import torch
-
-from mosaic_vlm.modeling.vstar import (
+from mosaic_vlm.vstar import (
+    SearchConfig,
     SearchResult,
+    box_iou,
     draw_search,
     exhaustive_search,
-    heatmap_components,
-    heatmap_extent,
-    heatmap_share,
     paint_over,
     same_object,
     separate_targets,
-    split_box,
     visual_search,
 )
+from mosaic_vlm.vstar.boxes import split_box
+from mosaic_vlm.vstar.search import heatmap_components, heatmap_extent, heatmap_share
 
 RED, BLUE = (255, 0, 0), (0, 0, 255)
-
-
-def iou(a, b) -> float:
-    inter_w = max(0, min(a[2], b[2]) - max(a[0], b[0]))
-    inter_h = max(0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = inter_w * inter_h
-    return inter / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter)
 
 
 def color_mask(image: PIL.Image.Image, color) -> torch.Tensor:
@@ -71,7 +63,7 @@ def test_small_target_in_a_large_photo_is_found(seed):
     scorer = PlantedColorScorer()
     result = visual_search(image, "red square", scorer)
     assert result.found and result.score >= 0.5
-    assert iou(result.box, (x, y, x + 40, y + 40)) > 0.5
+    assert box_iou(result.box, (x, y, x + 40, y + 40)) > 0.5
     # root + at most two expansions of 4 children and their heatmaps per level, plus the final heatmap
     assert result.num_calls <= 40
     window_scan = exhaustive_search(image, "red square", PlantedColorScorer(), window=384)
@@ -90,7 +82,7 @@ def test_batched_scorer_calls():
 def test_a_target_cut_by_the_split_is_found_whole_in_the_heatmap_region():
     image = photo_with_squares((1024, 1024), [(492, 492, 40, RED)])  # all four quadrants cut it
     result = visual_search(image, "red square", PlantedColorScorer())
-    assert result.found and iou(result.box, (492, 492, 532, 532)) > 0.5
+    assert result.found and box_iou(result.box, (492, 492, 532, 532)) > 0.5
     region, score = result.path[1]  # scored with the root's children, before any of them is visited
     assert region not in split_box((0, 0, 1024, 1024)) and score >= 0.5
     assert result.num_calls <= 10
@@ -103,7 +95,7 @@ def test_a_found_patch_that_cuts_the_target_is_tightened_onto_all_of_it():
     result = visual_search(image, "red square", PlantedColorScorer(grid=4))
     found_patch = max(result.path, key=lambda step: step[1])[0]
     assert found_patch == (512, 256, 768, 512)
-    assert result.found and result.box[0] <= 499 and iou(result.box, (499, 300, 539, 340)) > 0.7
+    assert result.found and result.box[0] <= 499 and box_iou(result.box, (499, 300, 539, 340)) > 0.7
 
 
 def test_backtracks_when_the_first_branch_is_wrong():
@@ -111,7 +103,7 @@ def test_backtracks_when_the_first_branch_is_wrong():
     image = photo_with_squares((1536, 1536), [(100, 100, 120, BLUE), (1300, 1300, 40, RED)])
     scorer = PlantedColorScorer(decoy=BLUE, decoy_weight=10.0)
     result = visual_search(image, "red square", scorer)
-    assert result.found and iou(result.box, (1300, 1300, 1340, 1340)) > 0.5
+    assert result.found and box_iou(result.box, (1300, 1300, 1340, 1340)) > 0.5
     visited = [box for box, _ in result.path[1:]]
     assert visited[0] == (96, 96, 224, 224)  # the root heatmap's strongest region: the decoy, scored 0
     quadrants = split_box((0, 0, 1536, 1536))
@@ -132,12 +124,12 @@ def test_elongated_patches_split_into_strips():
             return torch.ones(4, 4)
 
     image = photo_with_squares((2048, 512), [(1700, 200, 30, RED)])
-    result = visual_search(image, "red square", FlatHeatmapScorer(gain=100), min_size=256)
+    result = visual_search(image, "red square", FlatHeatmapScorer(gain=100), SearchConfig(min_size=256))
     assert result.path[1][0] == (0, 0, 512, 512)  # first visited child is a full-height strip
     x0, y0, x1, y1 = result.box  # its leaf: nothing to tighten with
     assert result.found and x0 <= 1700 and y0 <= 200 and x1 >= 1730 and y1 >= 230
-    result = visual_search(image, "red square", PlantedColorScorer(gain=100), min_size=256)
-    assert result.found and iou(result.box, (1700, 200, 1730, 230)) > 0.5
+    result = visual_search(image, "red square", PlantedColorScorer(gain=100), SearchConfig(min_size=256))
+    assert result.found and box_iou(result.box, (1700, 200, 1730, 230)) > 0.5
 
 
 def test_not_found_is_a_clear_result():
@@ -151,18 +143,18 @@ def test_not_found_is_a_clear_result():
 def test_max_calls_budget_is_respected():
     image = photo_with_squares((1536, 1536), [(1300, 1300, 40, RED)])
     for budget in (1, 5, 12):
-        result = visual_search(image, "red square", PlantedColorScorer(), max_calls=budget)
+        result = visual_search(image, "red square", PlantedColorScorer(), SearchConfig(max_calls=budget))
         assert result.num_calls <= budget
     with pytest.raises(ValueError, match="max_calls must be at least 1"):
-        visual_search(image, "red square", PlantedColorScorer(), max_calls=0)
+        visual_search(image, "red square", PlantedColorScorer(), SearchConfig(max_calls=0))
 
 
 def test_low_confidence_best_patch_is_returned_above_conf_low():
     image = photo_with_squares((1024, 1024), [(600, 600, 40, RED)])
     # a crop of red alone scores 0.6: below conf_high, above conf_low
-    result = visual_search(image, "red square", PlantedColorScorer(gain=0.6), conf_high=0.9)
+    result = visual_search(image, "red square", PlantedColorScorer(gain=0.6), SearchConfig(conf_high=0.9))
     assert result.found and 0.3 <= result.score < 0.9
-    assert iou(result.box, (600, 600, 640, 640)) > 0.5
+    assert box_iou(result.box, (600, 600, 640, 640)) > 0.5
 
 
 def test_several_instances_found_at_the_root():
@@ -171,7 +163,7 @@ def test_several_instances_found_at_the_root():
     assert result.found and len(result.boxes) == 2 and len(result.path) == 1
     truths = [(100, 120, 260, 280), (700, 600, 860, 760)]
     for truth in truths:
-        assert max(iou(box, truth) for box in result.boxes) > 0.5
+        assert max(box_iou(box, truth) for box in result.boxes) > 0.5
 
 
 def test_excluded_boxes_are_painted_over_and_the_search_finds_another_instance():
@@ -185,7 +177,7 @@ def test_excluded_boxes_are_painted_over_and_the_search_finds_another_instance()
     assert painted.getpixel((120, 140)) == tuple(expected)  # the median colour of the ring around the box
     assert np.array_equal(np.asarray(painted)[:, 200:], np.asarray(image)[:, 200:])  # nothing else changes
     result = visual_search(image, "red square", PlantedColorScorer(), exclude=[(100, 120, 140, 160)])
-    assert result.found and iou(result.box, (800, 700, 830, 730)) > 0.5
+    assert result.found and box_iou(result.box, (800, 700, 830, 730)) > 0.5
     with pytest.raises(ValueError, match="not inside"):
         paint_over(image, [(1000, 0, 1100, 10)])
 
@@ -223,9 +215,9 @@ def test_different_targets_get_different_objects():
     image = photo_with_squares((1536, 1536), [(200, 300, 60, RED), (1200, 1100, 40, BLUE)])
     scorer = ColourBlindScorer()
     searches = {target: visual_search(image, target, scorer) for target in ("blue square", "red square")}
-    assert all(iou(result.box, red_box) > 0.5 for result in searches.values())  # both stop on the larger red one
+    assert all(box_iou(result.box, red_box) > 0.5 for result in searches.values())  # both stop on the larger red one
     separated = separate_targets(image, searches, scorer)
-    assert iou(separated["red square"].box, red_box) > 0.5 and iou(separated["blue square"].box, blue_box) > 0.5
+    assert box_iou(separated["red square"].box, red_box) > 0.5 and box_iou(separated["blue square"].box, blue_box) > 0.5
     red = separated["red square"]  # kept its own box: its search's result, plus the assignment's calls
     assert (red.score, red.boxes, red.path) == (searches["red square"].score, searches["red square"].boxes, searches["red square"].path)
     assert red.num_calls == searches["red square"].num_calls + 2
@@ -286,13 +278,13 @@ def test_bad_scorers_and_inputs_raise_clear_errors():
             return -torch.ones(4, 4)
 
     with pytest.raises(ValueError, match="one confidence in \\[0, 1\\] per image"):
-        visual_search(image, "x", WrongLength(), min_size=100)
+        visual_search(image, "x", WrongLength(), SearchConfig(min_size=100))
     with pytest.raises(ValueError, match="non-negative"):
-        visual_search(image, "x", NegativeHeatmap(), min_size=100)
+        visual_search(image, "x", NegativeHeatmap(), SearchConfig(min_size=100))
     with pytest.raises(TypeError, match="PIL.Image.Image"):
         visual_search(np.zeros((10, 10, 3)), "x", PlantedColorScorer())
     with pytest.raises(ValueError, match="conf_low <= conf_high"):
-        visual_search(image, "x", PlantedColorScorer(), conf_low=0.6, conf_high=0.5)
+        visual_search(image, "x", PlantedColorScorer(), SearchConfig(conf_low=0.6, conf_high=0.5))
 
 
 def test_draw_search_marks_path_and_final_box(tmp_path):
@@ -308,9 +300,8 @@ def test_draw_search_marks_path_and_final_box(tmp_path):
 
 def test_clip_scorer_scores_and_heatmaps(clip_processor):
     from conftest import tiny_clip_config
-
     from mosaic_vlm.modeling import MosaicClipModel
-    from mosaic_vlm.modeling.vstar import ClipScorer
+    from mosaic_vlm.vstar import ClipScorer
 
     torch.manual_seed(0)
     model = MosaicClipModel(tiny_clip_config()).eval()
@@ -329,5 +320,5 @@ def test_clip_scorer_scores_and_heatmaps(clip_processor):
             assert logits.softmax(-1)[0].item() == pytest.approx(score, abs=0.02)
     heatmap = scorer.heatmap(image, "cat")
     assert heatmap.shape == (4, 4) and bool((heatmap > 0).all() and (heatmap < 1).all())
-    result = visual_search(image, "cat", scorer, min_size=100, max_calls=30)
+    result = visual_search(image, "cat", scorer, SearchConfig(min_size=100, max_calls=30))
     assert result.num_calls <= 30 and len(result.path) >= 1

@@ -9,8 +9,7 @@ import io
 import logging
 
 import PIL.Image
-
-from .image_processing_mosaic_fuyu import fitted_size, patch_grid
+from mosaic_vlm.processing.image_processing_mosaic_fuyu import fitted_size, patch_grid
 
 logger = logging.getLogger(__name__)
 

@@ -1,26 +1,11 @@
-"""The `mosaic-vlm` command line (also `python -m mosaic_vlm.conversion`).
-
-Each subcommand is one function that adds its parser to the subparsers and sets `handler`, a function
-of the parsed arguments; list it in COMMANDS. Handlers raise ValueError / OSError for bad input, which
-`main` prints as one line and answers with exit code 2.
-"""
+"""`convert`: checkpoints between the transformers, OpenAI / open_clip and mosaic layouts."""
 
 import argparse
 import logging
-import os
-import shutil
-import sys
-import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import safetensors.torch
-
-from mosaic_vlm.modeling import MosaicClipModel, MosaicFuyuForCausalLM
-
-from .clip import (
-    LOGIT_ATOL,
+from mosaic_vlm.conversion.clip import (
     OPENAI_WEIGHTS_NAME,
     clip_from_openai,
     clip_from_transformers,
@@ -29,21 +14,14 @@ from .clip import (
     infer_openai_config,
     load_openai_state_dict,
 )
-from .commands import (
-    add_ask_command,
-    add_bench_command,
-    add_demo_command,
-    add_pull_command,
-    add_push_command,
-    add_train_command,
-    add_vstar_command,
-    add_zero_shot_command,
-)
-from .fuyu import FUYU_8B_NEWLINE_TOKEN_ID, fuyu_from_transformers, fuyu_to_transformers
+from mosaic_vlm.conversion.fuyu import FUYU_8B_NEWLINE_TOKEN_ID, fuyu_from_transformers, fuyu_to_transformers
+from mosaic_vlm.conversion.state_dict_mapping import LOGIT_ATOL
+from mosaic_vlm.modeling import MosaicClipModel, MosaicFuyuForCausalLM
+
+from .staging import require_writable_output, staged_folder
 
 PROGRAM = "mosaic-vlm"
-USAGE_ERROR = 2
-logger = logging.getLogger("mosaic_vlm.conversion")
+logger = logging.getLogger(__name__)
 
 CONVERT_EXAMPLES = f"""\
 examples:
@@ -118,7 +96,11 @@ def add_convert_command(subparsers) -> None:
         help="--from openai only: the MLP activation, which the weights do not record (default quick_gelu, as "
         "in OpenAI's models; most open_clip models trained by LAION use gelu)",
     )
-    parser.add_argument("--overwrite", action="store_true", help="replace --output if it exists and is not empty")
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace --output if it is a non-empty folder (never a file, the input, or a folder holding the input)",
+    )
     parser.set_defaults(handler=run_convert)
 
 
@@ -127,7 +109,7 @@ def run_convert(args: argparse.Namespace) -> None:
         raise ValueError(f"--from and --to are both {args.source!r}; there is nothing to convert.")
     if args.activation is not None and args.source != "openai":
         raise ValueError("--activation applies only to --from openai; the transformers config records it.")
-    require_free_output(args.output, args.overwrite)
+    require_writable_output(args.output, args.overwrite, inputs=[args.input])
 
     if args.model == "fuyu":
         return run_convert_fuyu(args)
@@ -176,85 +158,3 @@ def run_convert_fuyu(args: argparse.Namespace) -> None:
     with staged_folder(args.output) as folder:
         converted.save_pretrained(folder)
     logger.info("done: %s", args.output)
-
-
-def require_free_output(output: Path, overwrite: bool) -> None:
-    """Refuse an output that is a file, or a non-empty folder without --overwrite, before any work."""
-    if output.exists() and not output.is_dir():
-        raise ValueError(f"--output {output} is a file; pass a folder path.")
-    if output.is_dir() and any(output.iterdir()) and not overwrite:
-        raise ValueError(f"--output {output} exists and is not empty; pass --overwrite to replace it.")
-
-
-@contextmanager
-def staged_folder(output: Path) -> Iterator[Path]:
-    """A fresh folder beside `output` that replaces `output` only when the block succeeds; removed otherwise."""
-    output.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.", suffix=".partial", dir=output.parent))
-    try:
-        yield staging
-        if output.exists():
-            # rename the old folder away first: os.replace cannot replace a non-empty folder
-            retired = staging.with_suffix(".old")
-            os.replace(output, retired)
-            try:
-                os.replace(staging, output)
-            except OSError:
-                os.replace(retired, output)
-                raise
-            shutil.rmtree(retired)
-        else:
-            os.replace(staging, output)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)  # gone already after a successful rename
-
-
-@contextmanager
-def progress_to_stderr() -> Iterator[None]:
-    """Step lines of the converters (logger `mosaic_vlm.conversion`) on stderr while a command runs."""
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter(f"{PROGRAM}: %(message)s"))
-    previous_level = logger.level
-    logger.addHandler(handler)
-    logger.setLevel(logging.INFO)
-    try:
-        yield
-    finally:
-        logger.removeHandler(handler)
-        logger.setLevel(previous_level)
-
-
-COMMANDS = (
-    add_convert_command,
-    add_zero_shot_command,
-    add_ask_command,
-    add_vstar_command,
-    add_train_command,
-    add_push_command,
-    add_pull_command,
-    add_bench_command,
-    add_demo_command,
-)
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog=PROGRAM, description="Tools for mosaic-vlm checkpoints. Run a command with --help for its options."
-    )
-    subparsers = parser.add_subparsers(dest="command", required=True, metavar="command")
-    for add_command in COMMANDS:
-        add_command(subparsers)
-    return parser
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Run the command line; returns the exit code (argparse exits with 2 itself on bad usage)."""
-    args = build_parser().parse_args(argv)
-    with progress_to_stderr():
-        try:
-            args.handler(args)
-        except (ValueError, OSError) as error:
-            message = " ".join(str(error).split())  # one line, whatever the exception text holds
-            print(f"{PROGRAM} {args.command}: error: {message}", file=sys.stderr)
-            return USAGE_ERROR
-    return 0

@@ -21,19 +21,18 @@ from functools import cache
 
 import numpy as np
 import PIL.Image
+from mosaic_vlm.processing.fuyu_special_tokens import IMAGE_PLACEHOLDER
+from mosaic_vlm.processing.image_processing_mosaic_fuyu import fitted_size
+from mosaic_vlm.vstar.boxes import Box, normalised, overlap
+from mosaic_vlm.vstar.prompts import FOCUS_PROMPT, PRESENCE_QUESTION, TARGETS_PROMPT, focus_question
 
-from .digit_datasets import DIGIT_NAMES
-from .image_processing_mosaic_fuyu import fitted_size
+from .digits import DIGIT_NAMES
 
-Box = tuple[int, int, int, int]  # (x0, y0, x1, y1), x1/y1 exclusive
 PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "retina", "hubble_deep_field", "immunohistochemistry")
 COLOURS = {"red": (220, 20, 20), "green": (20, 150, 30), "blue": (20, 50, 220), "black": (0, 0, 0)}
 DIGIT_QUESTION = "What digit is on the tile?"
 COLOUR_QUESTION = "What colour is the digit?"
 SPATIAL_QUESTION = "Is the {} digit left or right of the {} digit?"
-PRESENCE_QUESTION = "Is there a {} in the image? <image>"  # FuyuScorer's default: the question, then the image
-TARGETS_QUESTION = "Which objects must be seen to answer: {}"
-FOCUS_QUESTION = "{} Additional visual information to focus on: {}"
 
 
 @cache
@@ -99,17 +98,6 @@ class Question:
     target_boxes: tuple[Box, ...]
 
 
-def overlap(a: Box, b: Box) -> int:
-    """Area of the intersection of two boxes."""
-    return max(0, min(a[2], b[2]) - max(a[0], b[0])) * max(0, min(a[3], b[3]) - max(a[1], b[1]))
-
-
-def box_iou(a: Box, b: Box) -> float:
-    inter = overlap(a, b)
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return inter / union if union else 0.0
-
-
 def random_scene(rng: random.Random, digits: list[int], tile_fraction: float = 0.03) -> Scene:
     """A random photo with one tile per digit, each at a random place apart from the others, in colours
     that differ from each other."""
@@ -146,16 +134,6 @@ def benchmark_questions(count: int = 120, seed: int = 0) -> list[Question]:
     """`count` questions, the three kinds in turn, each on its own random scene."""
     rng = random.Random(seed)
     return [random_question(rng, ("digit", "colour", "spatial")[index % 3]) for index in range(count)]
-
-
-def normalised(box: Box, size: tuple[int, int]) -> tuple[float, float, float, float]:
-    width, height = size
-    return (box[0] / width, box[1] / height, box[2] / width, box[3] / height)
-
-
-def focus_text(entries: list[tuple[str, tuple[float, ...]]]) -> str:
-    """V*'s visual working memory as prompt text (one image placeholder per crop); matches vstar_generate."""
-    return "; ".join(f"{name} at [{', '.join(f'{v:.2f}' for v in box)}] <image>" for name, box in entries)
 
 
 def memory_box(rng: random.Random, target: Box, size: tuple[int, int]) -> Box:
@@ -203,11 +181,10 @@ def _focus_row(
 ) -> dict:
     """`item` asked with V*'s working memory: the whole image, then a crop per target with its box."""
     memory = [memory_box(rng, box, full.size) for box in item.target_boxes]
-    focus = focus_text([(name, normalised(box, full.size)) for name, box in zip(item.targets, memory)])
     return {
         "kind": f"focus {item.kind}",
         "images": [whole, *(_fitted(full, box, max_size) for box in memory)],
-        "question": "<image>" + FOCUS_QUESTION.format(item.question, focus),
+        "question": focus_question(item.question, [(name, normalised(box, full.size)) for name, box in zip(item.targets, memory)]),
         "answer": item.answer,
     }
 
@@ -224,7 +201,7 @@ def _answer_rows(rng: random.Random, max_size: tuple[int, int]) -> list[dict]:
     whole = _fitted(full, (0, 0, *full.size), max_size)
     rows = [_focus_row(rng, item, full, whole, max_size)]
     if rng.random() < 1 / 4:
-        rows.append({"kind": "targets", "images": [whole], "question": TARGETS_QUESTION.format(item.question),
+        rows.append({"kind": "targets", "images": [whole], "question": TARGETS_PROMPT.format(item.question),
                      "answer": ", ".join(item.targets)})
     if rng.random() < 1 / 4:
         rows.append({"kind": f"direct {item.kind}", "images": [whole], "question": item.question, "answer": item.answer})
@@ -296,7 +273,7 @@ def tokenizer_texts() -> list[str]:
     words = [DIGIT_QUESTION, COLOUR_QUESTION, *COLOURS, "left", "right", "yes", "no", "digit", *DIGIT_NAMES]
     words += [SPATIAL_QUESTION.format(a, b) for a in COLOURS for b in COLOURS if a != b]
     targets = ("digit", *(f"{colour} digit" for colour in COLOURS))
-    words += [PRESENCE_QUESTION.format(target).replace("<image>", "") for target in targets]
-    words += [TARGETS_QUESTION.format(DIGIT_QUESTION), FOCUS_QUESTION.format("", "at [0.50, 0.50] ;")]
+    words += [PRESENCE_QUESTION.format(target).replace(IMAGE_PLACEHOLDER, "") for target in targets]
+    words += [TARGETS_PROMPT.format(DIGIT_QUESTION), FOCUS_PROMPT.format("", "at [0.50, 0.50] ;")]
     words += [f"[{v / 100:.2f}, {v / 100:.2f}, {v / 100:.2f}, {v / 100:.2f}]" for v in range(101)]
     return words

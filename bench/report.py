@@ -1,0 +1,98 @@
+"""Run every side-by-side benchmark in one run and write the report: report.json, report.md (the table the
+README includes) and ratios.png (a bar chart of reference / ours: time, or scorer calls for V*).
+
+    mosaic-vlm bench --output bench-report [--quick]
+"""
+
+import argparse
+import json
+import os
+import platform
+import sys
+from pathlib import Path
+
+import torch
+
+from . import clip, fuyu_model, fuyu_processing, vstar
+
+# name -> (its entry point, keyword arguments of a full run, of a --quick run)
+BENCHMARKS = {
+    "bench_clip": (clip.run_clip_benchmark, {}, {"batch_images": 2, "batch_texts": 4, "repeats": 2, "warmup": 1}),
+    "bench_fuyu_processing": (fuyu_processing.run_fuyu_processing_benchmark, {}, {"repeats": 2, "size": (320, 240)}),
+    "bench_fuyu_model": (fuyu_model.run_fuyu_model_benchmark, {}, {"repeats": 1, "quick": True}),
+    "bench_vstar": (vstar.run_vstar_benchmark, {}, {"questions": 3, "exhaustive": 1, "quick": True}),
+}
+
+
+def ratio_rows(name: str, result: dict) -> list[dict]:
+    """The (case, ours, reference, unit, ratio) rows a benchmark reports under `cases`; times are in ms
+    unless a case names another unit (V* counts scorer calls)."""
+    return [
+        {
+            "benchmark": name,
+            "case": row["case"],
+            "ours": row.get("ours", row.get("ours_ms")),
+            "reference": row.get("reference", row.get("reference_ms", row.get("transformers_ms"))),
+            "unit": row.get("unit", "ms"),
+            "ratio": row.get("ratio"),
+        }
+        for row in result.get("cases", [])
+    ]
+
+
+def write_report(output: Path, quick: bool = False) -> list[Path]:
+    output = Path(output)
+    output.mkdir(parents=True, exist_ok=True)
+    machine = f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads"
+    results, rows = {}, []
+    for name, (entry, full_settings, quick_settings) in BENCHMARKS.items():
+        print(f"== {name}", file=sys.stderr)
+        result = entry(**(quick_settings if quick else full_settings))
+        results[name] = result
+        rows += ratio_rows(name, result)
+    report = {"machine": machine, "torch": torch.__version__, "quick": quick, "results": results}
+    json_path = output / "report.json"
+    json_path.write_text(json.dumps(report, indent=2, default=str))
+
+    lines = [f"Machine: {machine}; torch {torch.__version__}; medians of interleaved repeats.", ""]
+    lines += ["| benchmark | case | ours | reference | unit | ratio |", "|---|---|---:|---:|---|---:|"]
+    for row in rows:
+        ours, reference, ratio = (row[k] for k in ("ours", "reference", "ratio"))
+        lines.append(
+            f"| {row['benchmark']} | {row['case']} | {ours:.1f} | {reference:.1f} | {row['unit']} | {ratio:.2f} |"
+            if None not in (ours, reference, ratio)
+            else f"| {row['benchmark']} | {row['case']} | {ours} | {reference} | {row['unit']} | {ratio} |"
+        )
+    markdown_path = output / "report.md"
+    markdown_path.write_text("\n".join(lines) + "\n")
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    plotted = [row for row in rows if isinstance(row["ratio"], (int, float))]
+    figure, axis = plt.subplots(figsize=(8, 0.4 * len(plotted) + 1.5))
+    labels = [f"{row['benchmark']}: {row['case']}" for row in plotted]
+    axis.barh(labels, [row["ratio"] for row in plotted], color="tab:blue")
+    axis.axvline(1.0, color="black", linewidth=1)
+    axis.set_xlabel("reference / ours, time or scorer calls (> 1: we are faster or need fewer calls)")
+    axis.invert_yaxis()
+    figure.tight_layout()
+    chart_path = output / "ratios.png"
+    figure.savefig(chart_path, dpi=120)
+    plt.close(figure)
+    return [json_path, markdown_path, chart_path]
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--output", type=Path, default=Path("bench-report"), help="report folder")
+    parser.add_argument("--quick", action="store_true", help="tiny sizes and few repeats (a smoke run)")
+    args = parser.parse_args(argv)
+    for path in write_report(args.output, args.quick):
+        print(path)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""mosaic_vlm.cli: the `mosaic-vlm` command line (also `python -m mosaic_vlm.cli`)."""

@@ -1,0 +1,133 @@
+"""`zero-shot`, `ask` and `vstar`: answers from saved models."""
+
+import argparse
+from pathlib import Path
+
+from .inputs import load_fuyu_folder, open_image, require_model_folder
+
+
+def add_zero_shot_command(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "zero-shot",
+        help="rank labels for images with a CLIP-style model",
+        description="Classify images zero-shot: print, per image, the labels ranked by probability.",
+        epilog="example:\n  mosaic-vlm zero-shot clip-folder cat.png dog.jpg --labels 'a photo of a cat' 'a photo of a dog'",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("model", type=Path, help="a saved MosaicClipModel folder (with its processor)")
+    parser.add_argument("images", type=Path, nargs="+", help="image files")
+    parser.add_argument("--labels", nargs="+", required=True, help="candidate labels (at least two)")
+    parser.add_argument(
+        "--template", default="{}", help="text around each label, '{}' marks the label (default: the label alone)"
+    )
+    parser.set_defaults(handler=run_zero_shot)
+
+
+def run_zero_shot(args: argparse.Namespace) -> None:
+    from transformers import pipeline
+
+    require_model_folder(args.model)
+    if len(args.labels) < 2:
+        raise ValueError("--labels needs at least two candidate labels to rank.")
+    missing = [str(image) for image in args.images if not image.is_file()]
+    if missing:
+        raise ValueError(f"image file(s) not found: {', '.join(missing)}")
+    classifier = pipeline("zero-shot-image-classification", model=str(args.model))
+    for image in args.images:
+        print(f"{image}:")
+        results = classifier(
+            str(image),
+            candidate_labels=args.labels,
+            hypothesis_template=args.template,
+            tokenizer_kwargs={"truncation": True},
+        )
+        for rank, result in enumerate(results, start=1):
+            print(f"  {rank}. {result['score']:.3f}  {result['label']}")
+
+
+def add_ask_command(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "ask",
+        help="answer a question about an image with a Fuyu-style model",
+        description="Answer a question about one image. Boxes <box>y1, x1, y2, x2</box> and points "
+        "<point>x, y</point> in the question (or given with --box / --point) are in the image's pixels; "
+        "boxes and points in the answer are mapped back to the image's pixels.",
+        epilog="examples:\n  mosaic-vlm ask fuyu-folder photo.png 'What digit is this?'\n"
+        "  mosaic-vlm ask fuyu-folder photo.png 'What is in this region?' --box 10 20 110 220",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("model", type=Path, help="a saved MosaicFuyuForCausalLM folder (with its processor)")
+    parser.add_argument("image", type=Path, help="an image file")
+    parser.add_argument("question", help="the question")
+    parser.add_argument("--box", type=float, nargs=4, metavar=("Y1", "X1", "Y2", "X2"), help="a box to add to the question")
+    parser.add_argument("--point", type=float, nargs=2, metavar=("X", "Y"), help="a point to add to the question")
+    parser.add_argument("--max-new-tokens", type=int, default=20, help="longest answer in tokens (default 20)")
+    parser.set_defaults(handler=run_ask)
+
+
+def run_ask(args: argparse.Namespace) -> None:
+    image = open_image(args.image)
+    model, processor = load_fuyu_folder(args.model, "ask")
+    question = args.question
+    if args.box:
+        question += " <box>" + ", ".join(f"{v:g}" for v in args.box) + "</box>"
+    if args.point:
+        question += " <point>" + ", ".join(f"{v:g}" for v in args.point) + "</point>"
+    inputs = processor(images=image, text=question)
+    generated = model.generate(**inputs, max_new_tokens=args.max_new_tokens, do_sample=False)
+    print(processor.post_process_image_text_to_text(generated, image_sizes=[(image.height, image.width)])[0])
+
+
+def add_vstar_command(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "vstar",
+        help="answer with V* guided visual search and save a picture of the search",
+        description="Search the image for the question's targets (named by the model unless --targets is "
+        "given; different targets end on different objects: one whose box another target holds is searched "
+        "again with that box painted over), answer from the whole image plus crops of what was found, and save "
+        "one PNG per target with the visited patches in order and the final box.",
+        epilog="example:\n  mosaic-vlm vstar demo-output/vstar street.png 'What colour is the digit?' "
+        "--search-model demo-output/vstar-search --targets digit --output search.png",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("model", type=Path, help="a saved MosaicFuyuForCausalLM folder (with its processor)")
+    parser.add_argument("image", type=Path, help="an image file")
+    parser.add_argument("question", help="the question")
+    parser.add_argument("--targets", nargs="+", default=None, help="what to search for (default: ask the model)")
+    parser.add_argument("--search-model", type=Path, default=None,
+                        help="a MosaicFuyuForCausalLM folder that scores crops for the search (default: the answering model)")
+    parser.add_argument("--output", "-o", type=Path, default=Path("vstar-search.png"),
+                        help="PNG of the search; with several targets, one file per target (default vstar-search.png)")
+    parser.add_argument("--max-cell", type=int, default=None,
+                        help="widest heatmap cell in pixels: larger images get more cells, each small enough for "
+                        "the search model to see a small target in (default: a 4x4 grid at every size)")
+    parser.add_argument("--min-size", type=int, default=None, help="smallest patch side in pixels (default: V*'s)")
+    parser.add_argument("--conf-high", type=float, default=0.5, help="confidence that ends a search (default 0.5)")
+    parser.add_argument("--conf-low", type=float, default=0.3, help="least confidence of a fallback box (default 0.3)")
+    parser.add_argument("--max-calls", type=int, default=None, help="scorer calls allowed per search")
+    parser.add_argument("--max-new-tokens", type=int, default=20, help="longest answer in tokens (default 20)")
+    parser.set_defaults(handler=run_vstar)
+
+
+def run_vstar(args: argparse.Namespace) -> None:
+    from mosaic_vlm.vstar import FuyuScorer, SearchConfig, draw_search, vstar_generate
+
+    if args.output.suffix.lower() != ".png":
+        raise ValueError(f"--output must name a .png file, got {args.output}.")
+    image = open_image(args.image)
+    model, processor = load_fuyu_folder(args.model, "vstar")
+    searcher = load_fuyu_folder(args.search_model, "vstar") if args.search_model else (model, processor)
+    scorer = FuyuScorer(*searcher, max_cell=args.max_cell)
+    search = SearchConfig(min_size=args.min_size, conf_high=args.conf_high, conf_low=args.conf_low, max_calls=args.max_calls)
+    output = vstar_generate(model, processor, image, args.question, targets=args.targets, scorer=scorer, search_config=search,
+                            max_new_tokens=args.max_new_tokens, do_sample=False)
+    print(f"answer: {output.answer}")
+    for index, (target, result) in enumerate(output.searches.items()):
+        where = f"box {result.box}" if result.found else "not found"
+        print(f"target {target!r}: {where}, score {result.score:.2f}, {result.num_calls} scorer calls")
+        path = args.output if len(output.searches) == 1 else args.output.with_stem(f"{args.output.stem}-{index}")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        draw_search(image, result).save(path)
+        print(f"search picture: {path}")
+    if not output.searches:
+        print("no target to search for: answered from the whole image")

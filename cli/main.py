@@ -1,0 +1,71 @@
+"""The `mosaic-vlm` command line (also `python -m mosaic_vlm.cli`).
+
+Each subcommand is one function that adds its parser to the subparsers and sets `handler`, a function
+of the parsed arguments; list it in COMMANDS. Handlers raise ValueError / OSError for bad input, which
+`main` prints as one line and answers with exit code 2.
+"""
+
+import argparse
+import logging
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from .convert import PROGRAM, add_convert_command
+from .hub import add_pull_command, add_push_command
+from .inference import add_ask_command, add_vstar_command, add_zero_shot_command
+from .jobs import add_bench_command, add_demo_command, add_train_command
+
+USAGE_ERROR = 2
+logger = logging.getLogger("mosaic_vlm")
+
+
+@contextmanager
+def progress_to_stderr() -> Iterator[None]:
+    """Step lines of the package's loggers (`mosaic_vlm.*`) on stderr while a command runs."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter(f"{PROGRAM}: %(message)s"))
+    previous_level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(previous_level)
+
+
+COMMANDS = (
+    add_convert_command,
+    add_zero_shot_command,
+    add_ask_command,
+    add_vstar_command,
+    add_train_command,
+    add_push_command,
+    add_pull_command,
+    add_bench_command,
+    add_demo_command,
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=PROGRAM, description="Tools for mosaic-vlm checkpoints. Run a command with --help for its options."
+    )
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="command")
+    for add_command in COMMANDS:
+        add_command(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the command line; returns the exit code (argparse exits with 2 itself on bad usage)."""
+    args = build_parser().parse_args(argv)
+    with progress_to_stderr():
+        try:
+            args.handler(args)
+        except (ValueError, OSError) as error:
+            message = " ".join(str(error).split())  # one line, whatever the exception text holds
+            print(f"{PROGRAM} {args.command}: error: {message}", file=sys.stderr)
+            return USAGE_ERROR
+    return 0

@@ -1,0 +1,35 @@
+"""mosaic_vlm.vstar: V* guided visual search. Boxes and their geometry (`boxes`), the prompts (`prompts`),
+scorers (`scorers`), the search (`search`), the answering loop (`generate`) and pictures (`draw`)."""
+
+from .boxes import Box, box_iou, enlarge_box, same_object
+from .draw import draw_search
+from .generate import VStarOutput, separate_targets, vstar_generate
+from .prompts import FOCUS_PROMPT, PRESENCE_QUESTION, TARGETS_PROMPT, focus_question, focus_text, parse_targets
+from .scorers import CheckedScorer, ClipScorer, FuyuScorer, Scorer
+from .search import SearchConfig, SearchResult, exhaustive_search, paint_over, visual_search
+
+__all__ = [
+    "Box",
+    "CheckedScorer",
+    "ClipScorer",
+    "FOCUS_PROMPT",
+    "FuyuScorer",
+    "PRESENCE_QUESTION",
+    "Scorer",
+    "SearchConfig",
+    "SearchResult",
+    "TARGETS_PROMPT",
+    "VStarOutput",
+    "box_iou",
+    "draw_search",
+    "enlarge_box",
+    "exhaustive_search",
+    "focus_question",
+    "focus_text",
+    "paint_over",
+    "parse_targets",
+    "same_object",
+    "separate_targets",
+    "visual_search",
+    "vstar_generate",
+]
