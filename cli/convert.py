@@ -15,8 +15,8 @@ from mosaic_vlm.conversion.clip import (
     load_openai_state_dict,
 )
 from mosaic_vlm.conversion.fuyu import FUYU_8B_NEWLINE_TOKEN_ID, fuyu_from_transformers, fuyu_to_transformers
-from mosaic_vlm.conversion.state_dict_mapping import LOGIT_ATOL
-from mosaic_vlm.modeling import MosaicClipModel, MosaicFuyuForCausalLM
+from mosaic_vlm.conversion.state_dict_mapping import LOGIT_ATOL, load_folder_strictly
+from mosaic_vlm.modeling import MosaicClipConfig, MosaicClipModel, MosaicFuyuConfig, MosaicFuyuForCausalLM
 
 from .staging import require_writable_output, staged_folder
 
@@ -46,7 +46,10 @@ examples:
 
 Every conversion compares the logits of the converted model with the source on a fixed input (float32,
 max abs difference of logits_per_image <= {LOGIT_ATOL:.0e}) and writes nothing if they differ. Output is
-written to a temporary folder beside --output and renamed at the end, so a failed run leaves no folder.
+written to a staging folder beside --output and renamed into place at the end, so a failed or killed run
+leaves no partial folder; --overwrite swaps the new folder in atomically and never replaces a file, the
+input, or a folder holding the input. mosaic folders load strictly: another family's folder, or missing,
+extra or mis-shaped weights, are refused.
 OpenAI / open_clip weights are read from .safetensors only; convert pickles (.pt, .bin) first.
 """
 
@@ -115,7 +118,7 @@ def run_convert(args: argparse.Namespace) -> None:
         return run_convert_fuyu(args)
     logger.info("loading %s (%s)", args.input, args.source)
     if args.source == "mosaic":
-        model = MosaicClipModel.from_pretrained(load_mosaic_folder(args.input))
+        model = load_folder_strictly(args.input, MosaicClipConfig, MosaicClipModel)
     elif args.source == "transformers":
         model = clip_from_transformers(args.input)
     else:
@@ -139,12 +142,6 @@ def run_convert(args: argparse.Namespace) -> None:
     logger.info("done: %s", args.output)
 
 
-def load_mosaic_folder(path: Path) -> Path:
-    if not (path / "config.json").is_file():
-        raise ValueError(f"{path} is not a mosaic-vlm save_pretrained folder (no config.json).")
-    return path
-
-
 def run_convert_fuyu(args: argparse.Namespace) -> None:
     """Fuyu: transformers FuyuForCausalLM folder <-> MosaicFuyuForCausalLM folder."""
     if (args.source, args.target) not in (("transformers", "mosaic"), ("mosaic", "transformers")):
@@ -153,7 +150,7 @@ def run_convert_fuyu(args: argparse.Namespace) -> None:
     if args.source == "transformers":
         converted = fuyu_from_transformers(args.input, image_newline_token_id=args.newline_token_id)
     else:
-        converted = fuyu_to_transformers(MosaicFuyuForCausalLM.from_pretrained(load_mosaic_folder(args.input)))
+        converted = fuyu_to_transformers(load_folder_strictly(args.input, MosaicFuyuConfig, MosaicFuyuForCausalLM))
     logger.info("writing %s", args.output)
     with staged_folder(args.output) as folder:
         converted.save_pretrained(folder)

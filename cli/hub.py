@@ -6,7 +6,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from .inputs import require_model_folder
+from mosaic_vlm.conversion.state_dict_mapping import load_folder_strictly
+
+from .inputs import FAMILIES, folder_family
 from .staging import require_writable_output, staged_folder
 
 logger = logging.getLogger(__name__)
@@ -29,12 +31,10 @@ def add_push_command(subparsers) -> None:
 
 def run_push(args: argparse.Namespace) -> None:
     from huggingface_hub import create_branch, create_repo
-    from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoProcessor
+    from transformers import AutoProcessor
 
-    require_model_folder(args.model)
-    config = AutoConfig.from_pretrained(args.model)
-    auto_class = AutoModelForCausalLM if config.model_type == "mosaic_fuyu" else AutoModel
-    model = auto_class.from_pretrained(args.model)
+    config_class, model_class, _ = FAMILIES[folder_family(args.model)]
+    model = load_folder_strictly(args.model, config_class, model_class)
     logger.info("pushing %s to %s%s", args.model, args.repo_id, f" (branch {args.revision})" if args.revision else "")
     with hub_errors(f"pushing to {args.repo_id!r}"):
         create_repo(args.repo_id, private=args.private, exist_ok=True)

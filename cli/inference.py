@@ -3,7 +3,7 @@
 import argparse
 from pathlib import Path
 
-from .inputs import load_fuyu_folder, open_image, require_model_folder
+from .inputs import load_model_folder, open_image, require_model_folder
 
 
 def add_zero_shot_command(subparsers) -> None:
@@ -29,20 +29,41 @@ def run_zero_shot(args: argparse.Namespace) -> None:
     require_model_folder(args.model)
     if len(args.labels) < 2:
         raise ValueError("--labels needs at least two candidate labels to rank.")
+    require_label_template(args.template)
     missing = [str(image) for image in args.images if not image.is_file()]
     if missing:
         raise ValueError(f"image file(s) not found: {', '.join(missing)}")
-    classifier = pipeline("zero-shot-image-classification", model=str(args.model))
-    for image in args.images:
-        print(f"{image}:")
+    model, processor = load_model_folder(args.model, "clip", "zero-shot")
+    images = [open_image(path) for path in args.images]
+    classifier = pipeline(
+        "zero-shot-image-classification",
+        model=model,
+        tokenizer=processor.tokenizer,
+        image_processor=processor.image_processor,
+    )
+    for path, image in zip(args.images, images):
+        print(f"{path}:")
         results = classifier(
-            str(image),
+            image,
             candidate_labels=args.labels,
             hypothesis_template=args.template,
             tokenizer_kwargs={"truncation": True},
         )
         for rank, result in enumerate(results, start=1):
             print(f"  {rank}. {result['score']:.3f}  {result['label']}")
+
+
+def require_label_template(template: str) -> None:
+    """A zero-shot template must hold exactly one `{}`, where each label goes, and no other field."""
+    try:
+        filled = template.format("\0")
+    except (KeyError, IndexError, ValueError) as error:
+        raise ValueError(
+            f"--template {template!r} is not a template with one '{{}}' for the label (write literal braces as "
+            "'{{' and '}}')."
+        ) from error
+    if filled.count("\0") != 1:
+        raise ValueError(f"--template {template!r} must hold '{{}}' once, where the label goes.")
 
 
 def add_ask_command(subparsers) -> None:
@@ -67,7 +88,7 @@ def add_ask_command(subparsers) -> None:
 
 def run_ask(args: argparse.Namespace) -> None:
     image = open_image(args.image)
-    model, processor = load_fuyu_folder(args.model, "ask")
+    model, processor = load_model_folder(args.model, "fuyu", "ask")
     question = args.question
     if args.box:
         question += " <box>" + ", ".join(f"{v:g}" for v in args.box) + "</box>"
@@ -115,8 +136,8 @@ def run_vstar(args: argparse.Namespace) -> None:
     if args.output.suffix.lower() != ".png":
         raise ValueError(f"--output must name a .png file, got {args.output}.")
     image = open_image(args.image)
-    model, processor = load_fuyu_folder(args.model, "vstar")
-    searcher = load_fuyu_folder(args.search_model, "vstar") if args.search_model else (model, processor)
+    model, processor = load_model_folder(args.model, "fuyu", "vstar")
+    searcher = load_model_folder(args.search_model, "fuyu", "vstar") if args.search_model else (model, processor)
     scorer = FuyuScorer(*searcher, max_cell=args.max_cell)
     search = SearchConfig(min_size=args.min_size, conf_high=args.conf_high, conf_low=args.conf_low, max_calls=args.max_calls)
     output = vstar_generate(model, processor, image, args.question, targets=args.targets, scorer=scorer, search_config=search,

@@ -28,7 +28,7 @@ from .state_dict_mapping import (
     build,
     float32_eval,
     invert,
-    load_transformers_folder,
+    load_folder_strictly,
     map_state_dict,
     require_close,
     rule,
@@ -248,7 +248,7 @@ def clip_from_transformers(model_or_path: CLIPModel | str | os.PathLike) -> Mosa
     The config is mapped field by field (see `config_from_transformers`), the weights load strictly by their
     shared names, and the logits of both models on `check_inputs` must agree within LOGIT_ATOL
     in float32, or this raises. Returns the model in eval mode, in the source's dtype and on its device."""
-    source = load_transformers_folder(model_or_path, CLIPConfig, CLIPModel) if isinstance(model_or_path, (str, os.PathLike)) else model_or_path
+    source = load_folder_strictly(model_or_path, CLIPConfig, CLIPModel) if isinstance(model_or_path, (str, os.PathLike)) else model_or_path
     if not isinstance(source, CLIPModel):
         raise TypeError(f"Expected a transformers CLIPModel or a path to one, got {type(source).__name__}.")
     config = config_from_transformers(source.config)

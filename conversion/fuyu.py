@@ -14,7 +14,7 @@ from mosaic_vlm.processing import MosaicFuyuImageProcessor, MosaicFuyuProcessor
 from mosaic_vlm.processing.fuyu_special_tokens import BEGIN_OF_ANSWER_TOKEN, IMAGE_NEWLINE_TOKEN, IMAGE_TOKEN
 from transformers import FuyuConfig, FuyuForCausalLM
 
-from .state_dict_mapping import build, float32_eval, load_transformers_folder, require_close
+from .state_dict_mapping import build, float32_eval, load_folder_strictly, require_close
 
 logger = logging.getLogger(__name__)
 
@@ -96,7 +96,7 @@ def fuyu_from_transformers(
     """transformers' FuyuForCausalLM (an instance or a local folder) -> MosaicFuyuForCausalLM, checked on
     logits (fp32, <= 1e-4) and greedy tokens. FuyuConfig does not record the image-newline token: pass
     its id (adept/fuyu-8b's by default)."""
-    source = load_transformers_folder(model_or_path, FuyuConfig, FuyuForCausalLM) if isinstance(model_or_path, (str, os.PathLike)) else model_or_path
+    source = load_folder_strictly(model_or_path, FuyuConfig, FuyuForCausalLM) if isinstance(model_or_path, (str, os.PathLike)) else model_or_path
     if not isinstance(source, FuyuForCausalLM):
         raise TypeError(f"Expected a transformers FuyuForCausalLM or a path to one, got {type(source).__name__}.")
     config = config_from_transformers(source.config, image_newline_token_id)

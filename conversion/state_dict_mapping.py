@@ -226,22 +226,21 @@ def float32_eval(model: nn.Module):
         model.train(was_training)
 
 
-def load_transformers_folder(path: str | os.PathLike, config_class, model_class):
-    """A transformers `model_class` from a local save_pretrained folder whose config is a `config_class`,
-    loaded strictly from safetensors only; one ValueError (FileNotFoundError for a missing path) otherwise."""
+def load_folder_strictly(path: str | os.PathLike, config_class, model_class):
+    """A `model_class` from a local save_pretrained folder whose config is a `config_class` (a transformers or a
+    mosaic folder), loaded strictly from safetensors only: a folder of another model type, or with missing,
+    extra or mis-shaped weights, is one ValueError (FileNotFoundError for a missing path), never random weights."""
     path, name = Path(path), model_class.__name__
     if not path.exists():
         raise FileNotFoundError(f"{path} does not exist.")
     if not path.is_dir():
-        raise ValueError(f"{path} is not a folder; pass the save_pretrained folder of a transformers {name}.")
+        raise ValueError(f"{path} is not a folder; pass the save_pretrained folder of a {name}.")
     try:
         config = AutoConfig.from_pretrained(path, local_files_only=True)
     except (OSError, ValueError, KeyError) as error:
-        raise ValueError(f"{path} holds no readable transformers config.json: {error}") from error
-    if not isinstance(config, config_class):
-        raise ValueError(
-            f"{path} holds a {config.model_type!r} model; expected a transformers {name} ({config_class.model_type!r})."
-        )
+        raise ValueError(f"{path} holds no readable config.json: {error}") from error
+    if config.model_type != config_class.model_type:
+        raise ValueError(f"{path} holds a {config.model_type!r} model; expected a {name} ({config_class.model_type!r}).")
     try:
         model, info = model_class.from_pretrained(
             path, config=config, local_files_only=True, use_safetensors=True, output_loading_info=True

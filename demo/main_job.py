@@ -10,10 +10,9 @@
 4. save both digit models and reload them with AutoModel / AutoProcessor: the outputs are unchanged;
 5. write report.md and the PNGs into --output-dir.
 
-    mosaic-vlm demo [--output-dir demo-output] [--quick]     (./dev demo in a checkout)
+    mosaic-vlm demo [--output-dir demo-output] [--quick] [--overwrite]     (./dev demo in a checkout)
 """
 
-import argparse
 import json
 import os
 import time
@@ -150,15 +149,11 @@ def stage_reload(clip_trainer, fuyu_trainer, output: Path) -> list[str]:
     return lines
 
 
-def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--output-dir", type=Path, default=Path("demo-output"), help="where models, report and PNGs go")
-    parser.add_argument("--quick", action="store_true", help="every stage, with tiny amounts (a smoke run)")
-    args = parser.parse_args(argv)
+def run_main_job(output: Path, quick: bool = False) -> float:
+    """Run every stage into the folder `output` (the CLI stages it and renames it into place); returns minutes."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    settings = SETTINGS["quick" if args.quick else "full"]
-    output = args.output_dir.resolve()
-    output.mkdir(parents=True, exist_ok=True)
+    settings = SETTINGS["quick" if quick else "full"]
+    output = output.resolve()
     torch.manual_seed(0)
     start = time.perf_counter()
     finish_vstar_training = start_vstar_training(settings, output)
@@ -172,15 +167,11 @@ def main(argv=None) -> None:
     minutes = (time.perf_counter() - start) / 60
     report = [
         "# mosaic-vlm demo", "",
-        f"{'Quick' if args.quick else 'Full'} run, {minutes:.1f} min on {os.cpu_count()} cores ({torch.get_num_threads()} torch threads).",
+        f"{'Quick' if quick else 'Full'} run, {minutes:.1f} min on {os.cpu_count()} cores ({torch.get_num_threads()} torch threads).",
         "", "## 1. CLIP-style zero-shot", "", *clip_lines,
         "", "## 2. Fuyu-style question answering", "", *fuyu_lines,
         "", "## 3. V* guided visual search", "", *vstar_lines,
         "", "## 4. Save and reload", "", *reload_lines, "",
     ]
     (output / "report.md").write_text("\n".join(report))
-    print(f"\nreport: {output / 'report.md'}\nsearch pictures: {output / 'traces'}\ndone in {minutes:.1f} min")
-
-
-if __name__ == "__main__":
-    main()
+    return minutes

@@ -1,8 +1,8 @@
-"""Thin script over `mosaic_vlm.demo` (the same as `mosaic-vlm demo`): the main job. See `--help`."""
+"""Thin script over `mosaic-vlm demo` (the main job). See `python examples/demo.py --help`."""
 
 import sys
 
-from mosaic_vlm.demo.main_job import main
+from mosaic_vlm.cli.main import main
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    sys.exit(main(["demo", *sys.argv[1:]]))

@@ -142,3 +142,75 @@ def test_bench_quick_writes_json_markdown_and_chart(tmp_path, capsys):
     assert set(report["results"]) == {"bench_clip", "bench_fuyu_processing", "bench_fuyu_model", "bench_vstar"}
     assert "| bench_vstar | scorer calls per search (V* vs exhaustive scan) |" in table
     assert PIL.Image.open(tmp_path / "ratios.png").size[0] > 100
+
+
+# ------------------------------------------------------------------------------------- your files are never lost
+
+
+def user_tree(root):
+    """Every file under `root` with its bytes: what a user owns there."""
+    return {str(path.relative_to(root)): path.read_bytes() for path in sorted(root.rglob("*")) if path.is_file()}
+
+
+@pytest.mark.parametrize(
+    "output, overwrite, message",
+    [
+        ("{input}", True, "holds the input"),  # the input itself, even with --overwrite
+        ("{parent}", True, "holds the input"),  # a folder holding the input
+        ("{file}", True, "is an existing file"),
+        ("{busy}", False, "exists and is not empty; pass --overwrite"),
+    ],
+    ids=["input", "parent-of-input", "file", "non-empty"],
+)
+def test_convert_refuses_outputs_that_would_lose_files(clip_folder, tmp_path, capsys, output, overwrite, message):
+    import shutil
+
+    work = tmp_path / "work"
+    shutil.copytree(clip_folder, work / "model")
+    (work / "notes.txt").write_text("mine")
+    (work / "busy").mkdir()
+    (work / "busy" / "keep.txt").write_text("mine too")
+    before = user_tree(tmp_path)
+    output = output.format(input=work / "model", parent=work, file=work / "notes.txt", busy=work / "busy")
+    argv = ["convert", "--from", "mosaic", "--to", "transformers", str(work / "model"), "--output", output]
+    assert main([*argv, *(["--overwrite"] if overwrite else [])]) == 2
+    error = capsys.readouterr().err.strip().splitlines()
+    assert len(error) == 1 and message in error[0], error
+    assert user_tree(tmp_path) == before
+
+
+def test_convert_reads_mosaic_folders_strictly(clip_folder, fuyu_folder, tmp_path, capsys):
+    import safetensors.torch
+
+    argv = ["convert", "--from", "mosaic", "--to", "transformers"]
+    assert main([*argv, str(fuyu_folder[0]), "--output", str(tmp_path / "a")]) == 2
+    assert "holds a 'mosaic_fuyu' model; expected a MosaicClipModel" in capsys.readouterr().err
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    for name in ("config.json",):
+        (broken / name).write_bytes((clip_folder / name).read_bytes())
+    weights = safetensors.torch.load_file(clip_folder / "model.safetensors")
+    weights["extra.weight"] = weights.pop("logit_scale")
+    safetensors.torch.save_file(weights, broken / "model.safetensors", metadata={"format": "pt"})
+    assert main([*argv, str(broken), "--output", str(tmp_path / "b")]) == 2
+    error = capsys.readouterr().err
+    assert "does not load strictly into MosaicClipModel" in error and "logit_scale" in error and "extra.weight" in error
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+@pytest.mark.parametrize(
+    "template, message",
+    [("a photo", "must hold '{}' once"), ("a {x}", "is not a template"), ("{} and {}", "is not a template")],
+)
+def test_zero_shot_templates_need_one_label_field(clip_folder, photo_file, capsys, template, message):
+    argv = ["zero-shot", str(clip_folder), str(photo_file), "--labels", "cat", "dog", "--template", template]
+    assert main(argv) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_a_huge_image_is_one_clear_error(clip_folder, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(PIL.Image, "MAX_IMAGE_PIXELS", 1000)  # PIL's decompression-bomb limit, made small
+    image = tmp_path / "big.png"
+    PIL.Image.new("RGB", (100, 100)).save(image)
+    assert main(["zero-shot", str(clip_folder), str(image), "--labels", "cat", "dog"]) == 2
+    assert "is too large" in capsys.readouterr().err

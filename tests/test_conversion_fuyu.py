@@ -75,7 +75,7 @@ def test_config_mapping_and_refusals(mosaic_model):
         config_from_transformers(config)
     with pytest.raises(FileNotFoundError, match="does not exist"):
         fuyu_from_transformers("/no/such/folder")
-    with pytest.raises(ValueError, match="not a folder; pass the save_pretrained folder of a transformers FuyuForCausalLM"):
+    with pytest.raises(ValueError, match="not a folder; pass the save_pretrained folder of a FuyuForCausalLM"):
         fuyu_from_transformers(__file__)
 
 

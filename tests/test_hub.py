@@ -193,3 +193,34 @@ def test_the_server_going_down_mid_pull_is_one_clear_error_and_leaves_no_partial
     assert "tester/clip-down" in error[0] and hub.endpoint in error[0]
     assert not (tmp_path / "pulled").exists() and os.listdir(tmp_path).count("pulled") == 0
     assert not any(name.endswith(".mosaic-vlm-staging") for name in os.listdir(tmp_path))
+
+
+def test_push_to_a_branch_leaves_main_alone(hub, clip_processor, tmp_path):
+    model, processor = tiny_clip(clip_processor)
+    model.push_to_hub("tester/clip-branch")
+    main_sha = HfApi().repo_info("tester/clip-branch").sha
+    folder = tmp_path / "second"
+    second, _ = tiny_clip(clip_processor, seed=1)
+    second.save_pretrained(folder)
+    processor.save_pretrained(folder)
+    assert main(["push", str(folder), "tester/clip-branch", "--revision", "dev"]) == 0
+    assert HfApi().repo_info("tester/clip-branch").sha == main_sha
+    dev_files = HfApi().list_repo_files("tester/clip-branch", revision="dev")
+    assert {"README.md", "processor_config.json", "model.safetensors"} <= set(dev_files)
+    dev = AutoModel.from_pretrained("tester/clip-branch", revision="dev").state_dict()
+    assert all(torch.equal(dev[name], tensor) for name, tensor in second.state_dict().items())
+
+
+def test_pull_never_replaces_a_users_folder_or_file(hub, clip_processor, tmp_path, capsys):
+    model, _ = tiny_clip(clip_processor)
+    model.push_to_hub("tester/clip-pull")
+    (tmp_path / "busy").mkdir()
+    (tmp_path / "busy" / "mine.txt").write_text("mine")
+    (tmp_path / "file.txt").write_text("mine")
+    for output, message in (("busy", "exists and is not empty"), ("file.txt", "is an existing file")):
+        capsys.readouterr()
+        assert main(["pull", "tester/clip-pull", "--output", str(tmp_path / output)]) == 2
+        assert message in capsys.readouterr().err
+    assert (tmp_path / "busy" / "mine.txt").read_text() == "mine" and (tmp_path / "file.txt").read_text() == "mine"
+    assert main(["pull", "tester/clip-pull", "--output", str(tmp_path / "busy"), "--overwrite"]) == 0
+    assert (tmp_path / "busy" / "config.json").is_file() and not (tmp_path / "busy" / "mine.txt").exists()
