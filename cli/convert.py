@@ -4,19 +4,11 @@ import argparse
 import logging
 from pathlib import Path
 
-import safetensors.torch
-from mosaic_vlm.conversion.clip import (
-    OPENAI_WEIGHTS_NAME,
-    clip_from_openai,
-    clip_from_transformers,
-    clip_to_openai,
-    clip_to_transformers,
-    infer_openai_config,
-    load_openai_state_dict,
-)
-from mosaic_vlm.conversion.fuyu import FUYU_8B_NEWLINE_TOKEN_ID, fuyu_from_transformers, fuyu_to_transformers
-from mosaic_vlm.conversion.state_dict_mapping import LOGIT_ATOL, load_folder_strictly
-from mosaic_vlm.modeling import MosaicClipConfig, MosaicClipModel, MosaicFuyuConfig, MosaicFuyuForCausalLM
+from mosaic_vlm.conversion.clip import OPENAI_WEIGHTS_NAME, convert_clip_checkpoint
+from mosaic_vlm.conversion.fuyu import FUYU_8B_NEWLINE_TOKEN_ID, convert_fuyu_checkpoint
+from mosaic_vlm.conversion.state_dict_mapping import LOGIT_ATOL
+from mosaic_vlm.conversion.streaming import DEFAULT_MAX_SHARD_SIZE, DTYPES, parse_size
+from mosaic_vlm.processing.fuyu_special_tokens import IMAGE_NEWLINE_TOKEN
 
 from .staging import require_writable_output, staged_folder
 
@@ -44,21 +36,26 @@ examples:
   # transformers CLIPModel -> OpenAI / open_clip state dict (writes {OPENAI_WEIGHTS_NAME})
   {PROGRAM} convert --from transformers --to openai path/to/clip-folder --output clip-openai
 
-Every conversion compares the logits of the converted model with the source on a fixed input (float32,
-max abs difference of logits_per_image <= {LOGIT_ATOL:.0e}) and writes nothing if they differ. Output is
-written to a staging folder beside --output and renamed into place at the end, so a failed or killed run
-leaves no partial folder; --overwrite swaps the new folder in atomically and never replaces a file, the
-input, or a folder holding the input. mosaic folders load strictly: another family's folder, or missing,
-extra or mis-shaped weights, are refused.
-OpenAI / open_clip weights are read from .safetensors only; convert pickles (.pt, .bin) first.
+Conversions stream: tensors are read one by one from safetensors (a file, a folder, or a sharded folder with
+model.safetensors.index.json) and written in the input's dtype (or --dtype) into shards of --max-shard-size,
+so memory never holds a whole model. Then both models run a fixed input with their weights left on disk:
+every layer's output and the logits (float32, max abs difference <= {LOGIT_ATOL:.0e}) must match the source,
+and Fuyu's greedy tokens too; otherwise nothing is written. Every key is checked first: unused, missing or
+mis-shaped tensors, or a folder of another model type, are refused. From a transformers folder the tokenizer
+and image processor become the mosaic processor; an OpenAI state dict carries none (the conversion says how
+to add one). Output is written to a staging folder beside --output and renamed into place at the end, so a
+failed or killed run leaves no partial folder; --overwrite swaps the new folder in atomically and never
+replaces a file, the input, or a folder holding the input. Weights are read from .safetensors only; convert
+pickles (.pt, .bin) first.
 """
 
 
 def add_convert_command(subparsers) -> None:
     parser = subparsers.add_parser(
         "convert",
-        help="convert a CLIP checkpoint between the transformers, OpenAI / open_clip and mosaic layouts",
-        description="Convert a CLIP checkpoint, check its logits against the source, and write it.",
+        help="convert a CLIP or Fuyu checkpoint between the transformers, OpenAI / open_clip and mosaic layouts",
+        description="Convert a checkpoint as a stream, check every layer and the logits against the source, and "
+        "write it.",
         epilog=CONVERT_EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -80,9 +77,9 @@ def add_convert_command(subparsers) -> None:
     parser.add_argument(
         "--newline-token-id",
         type=int,
-        default=FUYU_8B_NEWLINE_TOKEN_ID,
+        default=None,
         help="--model fuyu --from transformers: id of the image-newline token, which FuyuConfig does not record "
-        f"(default {FUYU_8B_NEWLINE_TOKEN_ID}, adept/fuyu-8b's |NEWLINE|)",
+        f"(default: the source tokenizer's {IMAGE_NEWLINE_TOKEN}, else {FUYU_8B_NEWLINE_TOKEN_ID}, adept/fuyu-8b's)",
     )
     parser.add_argument(
         "--to",
@@ -100,6 +97,15 @@ def add_convert_command(subparsers) -> None:
         "in OpenAI's models; most open_clip models trained by LAION use gelu)",
     )
     parser.add_argument(
+        "--dtype", choices=sorted(DTYPES), default=None, help="dtype of the written weights (default: the input's)"
+    )
+    parser.add_argument(
+        "--max-shard-size",
+        default=DEFAULT_MAX_SHARD_SIZE,
+        help=f"largest weight file of a written folder, e.g. 500MB or 5GB (default {DEFAULT_MAX_SHARD_SIZE}); larger "
+        "folders are sharded with model.safetensors.index.json",
+    )
+    parser.add_argument(
         "--overwrite",
         action="store_true",
         help="replace --output if it is a non-empty folder (never a file, the input, or a folder holding the input)",
@@ -112,46 +118,19 @@ def run_convert(args: argparse.Namespace) -> None:
         raise ValueError(f"--from and --to are both {args.source!r}; there is nothing to convert.")
     if args.activation is not None and args.source != "openai":
         raise ValueError("--activation applies only to --from openai; the transformers config records it.")
-    require_writable_output(args.output, args.overwrite, inputs=[args.input])
-
-    if args.model == "fuyu":
-        return run_convert_fuyu(args)
-    logger.info("loading %s (%s)", args.input, args.source)
-    if args.source == "mosaic":
-        model = load_folder_strictly(args.input, MosaicClipConfig, MosaicClipModel)
-    elif args.source == "transformers":
-        model = clip_from_transformers(args.input)
-    else:
-        state_dict = load_openai_state_dict(args.input)
-        config = infer_openai_config(state_dict, hidden_act=args.activation or "quick_gelu")
-        model = clip_from_openai(state_dict, config)
-
-    if args.target == "openai":
-        converted = clip_to_openai(model)
-    elif args.target == "transformers":
-        converted = clip_to_transformers(model)
-    else:
-        converted = model
-
-    logger.info("writing %s", args.output)
-    with staged_folder(args.output) as folder:
-        if args.target == "openai":
-            safetensors.torch.save_file(converted, folder / OPENAI_WEIGHTS_NAME, metadata={"format": "pt"})
-        else:
-            converted.save_pretrained(folder)
-    logger.info("done: %s", args.output)
-
-
-def run_convert_fuyu(args: argparse.Namespace) -> None:
-    """Fuyu: transformers FuyuForCausalLM folder <-> MosaicFuyuForCausalLM folder."""
-    if (args.source, args.target) not in (("transformers", "mosaic"), ("mosaic", "transformers")):
+    if args.model == "fuyu" and "openai" in (args.source, args.target):
         raise ValueError("--model fuyu converts --from transformers --to mosaic, or --from mosaic --to transformers.")
-    logger.info("loading %s (%s)", args.input, args.source)
-    if args.source == "transformers":
-        converted = fuyu_from_transformers(args.input, image_newline_token_id=args.newline_token_id)
-    else:
-        converted = fuyu_to_transformers(load_folder_strictly(args.input, MosaicFuyuConfig, MosaicFuyuForCausalLM))
-    logger.info("writing %s", args.output)
+    if args.model == "clip" and args.newline_token_id is not None:
+        raise ValueError("--newline-token-id applies only to --model fuyu.")
+    parse_size(args.max_shard_size)
+    require_writable_output(args.output, args.overwrite, inputs=[args.input])
+    dtype = DTYPES[args.dtype] if args.dtype else None
+    logger.info("converting %s (%s) to the %s layout", args.input, args.source, args.target)
     with staged_folder(args.output) as folder:
-        converted.save_pretrained(folder)
+        if args.model == "fuyu":
+            convert_fuyu_checkpoint(args.input, folder, to=args.target, image_newline_token_id=args.newline_token_id,
+                                    dtype=dtype, max_shard_size=args.max_shard_size)
+        else:
+            convert_clip_checkpoint(args.input, folder, source_layout=args.source, target_layout=args.target,
+                                    activation=args.activation, dtype=dtype, max_shard_size=args.max_shard_size)
     logger.info("done: %s", args.output)

@@ -7,6 +7,7 @@ pure tensor functions below. From the OpenAI layout there is no source model to 
 in for it, and converting back must reproduce every source tensor exactly.
 """
 
+import json
 import logging
 import math
 import os
@@ -24,15 +25,28 @@ from transformers import CLIPConfig, CLIPModel
 
 from .state_dict_mapping import (
     KeyRule,
+    PlannedTensors,
     TensorMap,
     build,
     float32_eval,
     invert,
+    load_config_strictly,
     load_folder_strictly,
     map_state_dict,
+    plan_keys,
     require_close,
     rule,
     summarise_keys,
+)
+from .streaming import (
+    DEFAULT_MAX_SHARD_SIZE,
+    LazyCheckpoint,
+    expected_shapes,
+    offloaded_model,
+    release,
+    save_model_files,
+    stream_tensors,
+    verify_offloaded,
 )
 
 logger = logging.getLogger(__name__)
@@ -295,7 +309,7 @@ def openai_clip_logits(
     OpenAI's EOT), `x @ proj` projections, and `logit_scale.exp() * cos` (+ `logit_bias` when present).
     It shares no code with MosaicClipModel or the key tables, so the converters can check against it.
     Runs in float32."""
-    weights = {key: value.detach().float().cpu() for key, value in state_dict.items()}
+    weights = _Float32View(state_dict)  # read (and made float32) tensor by tensor, as the layers need them
     activation = OPENAI_ACTIVATIONS[hidden_act]
 
     def layer_norm(x, prefix):
@@ -579,3 +593,177 @@ def clip_to_openai(model: MosaicClipModel) -> dict[str, torch.Tensor]:
     with float32_eval(model) as checked:
         _check_openai_forward(checked, exported)
     return exported
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Streaming conversion of checkpoint files (`streaming`): folders or files in and out, never two whole models.
+
+LAYOUTS = ("transformers", "mosaic", "openai")
+# CLIP image-processor settings that mean the same in transformers' CLIPImageProcessor and ours
+_IMAGE_PROCESSOR_FIELDS = (
+    "do_resize", "size", "resample", "do_center_crop", "crop_size", "do_rescale", "rescale_factor", "do_normalize",
+    "image_mean", "image_std", "do_convert_rgb",
+)  # fmt: skip
+
+
+class _Float32View(Mapping):
+    """A state dict whose tensors are read (from a lazy checkpoint) and made float32 only when asked for."""
+
+    def __init__(self, state_dict: Mapping[str, torch.Tensor]):
+        self._state_dict = state_dict
+
+    def __getitem__(self, key: str) -> torch.Tensor:
+        return self._state_dict[key].detach().float().cpu()
+
+    def __iter__(self):
+        return iter(self._state_dict)
+
+    def __len__(self) -> int:
+        return len(self._state_dict)
+
+
+def _layout_of(layout: str, config: MosaicClipConfig):
+    """(model class, its config) of a layout with a model class; None for the OpenAI state-dict layout."""
+    if layout == "transformers":
+        return CLIPModel, config_to_transformers(config)
+    if layout == "mosaic":
+        return MosaicClipModel, config
+    return None
+
+
+def _openai_logits(checkpoint: Mapping[str, torch.Tensor], config: MosaicClipConfig, inputs) -> torch.Tensor:
+    return openai_clip_logits(
+        _Float32View(checkpoint), *inputs,
+        text_heads=config.text_config.num_attention_heads, vision_heads=config.vision_config.num_attention_heads,
+        hidden_act=config.text_config.hidden_act,
+    )  # fmt: skip
+
+
+def convert_clip_checkpoint(
+    source: str | os.PathLike,
+    output: str | os.PathLike,
+    *,
+    source_layout: str,
+    target_layout: str,
+    activation: str | None = None,
+    dtype: torch.dtype | None = None,
+    max_shard_size: str | int = DEFAULT_MAX_SHARD_SIZE,
+) -> None:
+    """Stream a CLIP checkpoint between the transformers and mosaic folder layouts and the OpenAI / open_clip
+    state dict (a .safetensors file; written as OPENAI_WEIGHTS_NAME) into the empty folder `output`, one tensor
+    at a time in the source dtype (or `dtype`). Checks, with the weights left on disk: every layer and the logits
+    against the source model (OpenAI layout: the logits against `openai_clip_logits`, and every tensor through
+    the key table and back, bit for bit). From a transformers folder its tokenizer and image processor become our
+    processor; OpenAI state dicts carry none."""
+    source, output = Path(source), Path(output)
+    if source_layout not in LAYOUTS or target_layout not in LAYOUTS or source_layout == target_layout:
+        raise ValueError(f"Convert between two different layouts of {LAYOUTS}, got {source_layout} -> {target_layout}.")
+    if activation is not None and source_layout != "openai":
+        raise ValueError("The activation is read from the config; it is given only for OpenAI state dicts.")
+    processor = None
+    if source_layout == "openai":
+        if source.suffix != ".safetensors":
+            raise ValueError(f"{source} is not a .safetensors file; OpenAI weights are read only from safetensors.")
+        checkpoint = LazyCheckpoint(source)
+        if activation is None:
+            logger.warning("The MLP activation cannot be read from OpenAI / open_clip weights: quick_gelu (OpenAI's) "
+                           "is assumed; most open_clip models trained by LAION need --activation gelu.")
+        config = infer_openai_config(checkpoint, hidden_act=activation or "quick_gelu")
+        _require_consistent_metadata(checkpoint, config)
+    else:
+        source_config = load_config_strictly(source, CLIPConfig if source_layout == "transformers" else MosaicClipConfig)
+        config = config_from_transformers(source_config) if source_layout == "transformers" else source_config
+        checkpoint = LazyCheckpoint(source)
+        if source_layout == "transformers":
+            processor = _processor_from_transformers_folder(source)
+    if target_layout == "openai":
+        require_openai_compatible(config)
+    table = {"openai": OPENAI_KEY_TABLE}.get(source_layout) or (invert(OPENAI_KEY_TABLE) if target_layout == "openai" else None)
+    ignored = OPENAI_IGNORED_KEYS if source_layout == "openai" else ()
+    target = _layout_of(target_layout, config)
+    try:
+        if target is None:
+            expected = {row.targets[0]: shape for row, shape in _openai_shapes(config)}
+        else:
+            expected = expected_shapes(*target)
+            save_model_files(*target, output, dtype or checkpoint.floating_dtype())  # before the weights: it prunes files
+            if processor is not None:
+                processor.save_pretrained(output)
+        files = stream_tensors(checkpoint, output, table, expected, f"{source_layout} CLIP ({source})",
+                               f"the {target_layout} layout", ignored=ignored, dtype=dtype,
+                               max_shard_size=max_shard_size if target is not None else 2**62, round_trip=True)
+        if target is None:
+            os.rename(files[0], output / OPENAI_WEIGHTS_NAME)
+        _verify_clip(checkpoint, output, source_layout, target_layout, config)
+    finally:
+        checkpoint.close()
+    if target_layout != "openai" and processor is None:
+        logger.warning("No processor was written (%s carries none). Add one to the output folder before "
+                       "`mosaic-vlm zero-shot`: MosaicClipProcessor(image_processor=MosaicClipImageProcessor(...), "
+                       "tokenizer=<the tokenizer the model was trained with>).save_pretrained(folder).", source)
+
+
+def _openai_shapes(config: MosaicClipConfig):
+    """(planned row, target shape) of every OpenAI-layout tensor of a model with `config`."""
+    expected = expected_shapes(MosaicClipModel, config)
+    planned, _ = plan_keys(expected, invert(OPENAI_KEY_TABLE))
+    for row in planned:
+        metas = [torch.empty(expected[key], device="meta") for key in row.sources]
+        for key, tensor in zip(row.targets, row.tensors.forward(*metas)):
+            yield PlannedTensors(row.sources, (key,), row.tensors), tuple(tensor.shape)
+
+
+def _verify_clip(checkpoint, output: Path, source_layout: str, target_layout: str, config: MosaicClipConfig) -> None:
+    inputs = check_inputs(config)
+    converted_checkpoint = LazyCheckpoint(output / OPENAI_WEIGHTS_NAME if target_layout == "openai" else output)
+    try:
+        source_model, target_model = _layout_of(source_layout, config), _layout_of(target_layout, config)
+        if source_model is not None and target_model is not None:
+            reference = offloaded_model(*source_model, checkpoint)
+            converted = offloaded_model(*target_model, converted_checkpoint)
+            run = lambda model: model(input_ids=inputs[0], pixel_values=inputs[1]).logits_per_image  # noqa: E731
+            verify_offloaded(reference, converted, run, run, source_model[0].__name__)
+            release(reference, converted)
+            return
+        reference_logits = (
+            _openai_logits(checkpoint, config, inputs) if source_model is None else _offloaded_logits(source_model, checkpoint, inputs)
+        )
+        converted_logits = (
+            _openai_logits(converted_checkpoint, config, inputs)
+            if target_model is None
+            else _offloaded_logits(target_model, converted_checkpoint, inputs)
+        )
+        require_close(reference_logits, converted_logits, f"the {source_layout} source")
+    finally:
+        converted_checkpoint.close()
+
+
+def _offloaded_logits(model_and_config, checkpoint, inputs) -> torch.Tensor:
+    model = offloaded_model(*model_and_config, checkpoint)
+    with torch.no_grad():
+        logits = model(input_ids=inputs[0], pixel_values=inputs[1]).logits_per_image
+    release(model)
+    return logits
+
+
+def _processor_from_transformers_folder(folder: Path):
+    """Our processor from the tokenizer and CLIP image-processor settings saved in a transformers folder, or
+    None when the folder has no tokenizer."""
+    from transformers import AutoTokenizer
+
+    from mosaic_vlm.processing import MosaicClipImageProcessor, MosaicClipProcessor
+
+    if not any((folder / name).is_file() for name in ("tokenizer.json", "tokenizer_config.json", "vocab.json")):
+        return None
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+    except (OSError, ValueError) as error:
+        raise ValueError(f"The tokenizer in {folder} cannot be read: {error}") from error
+    settings = {}
+    for name in ("preprocessor_config.json", "processor_config.json"):
+        if (folder / name).is_file():
+            saved = json.loads((folder / name).read_text())
+            settings = saved.get("image_processor", saved)
+            break
+    image_processor = MosaicClipImageProcessor(**{key: settings[key] for key in _IMAGE_PROCESSOR_FIELDS if key in settings})
+    return MosaicClipProcessor(image_processor=image_processor, tokenizer=tokenizer)

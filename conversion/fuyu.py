@@ -5,8 +5,10 @@ then a logit check on a fixed input with image patches and a greedy-generation c
 token for token. A failed check raises; nothing is returned.
 """
 
+import json
 import logging
 import os
+from pathlib import Path
 
 import torch
 from mosaic_vlm.modeling import MosaicFuyuConfig, MosaicFuyuForCausalLM
@@ -14,12 +16,30 @@ from mosaic_vlm.processing import MosaicFuyuImageProcessor, MosaicFuyuProcessor
 from mosaic_vlm.processing.fuyu_special_tokens import BEGIN_OF_ANSWER_TOKEN, IMAGE_NEWLINE_TOKEN, IMAGE_TOKEN
 from transformers import FuyuConfig, FuyuForCausalLM
 
-from .state_dict_mapping import build, float32_eval, load_folder_strictly, require_close
+from .state_dict_mapping import build, float32_eval, invert, plan_keys, rule, load_config_strictly, load_folder_strictly, require_close
+from .streaming import (
+    DEFAULT_MAX_SHARD_SIZE,
+    LazyCheckpoint,
+    expected_shapes,
+    offloaded_model,
+    release,
+    save_model_files,
+    stream_tensors,
+    verify_offloaded,
+)
 
 logger = logging.getLogger(__name__)
 
 FUYU_8B_NEWLINE_TOKEN_ID = 71019  # IMAGE_NEWLINE_TOKEN in adept/fuyu-8b's tokenizer
 CHECK_SEED, CHECK_NEW_TOKENS = 0, 6
+
+# adept/fuyu-8b's files (the layout transformers' FuyuForCausalLM saves and reads) -> our parameter names, which
+# are transformers' in-memory names
+TRANSFORMERS_FILE_KEY_TABLE = (
+    rule("language_model.lm_head.weight", "lm_head.weight"),
+    rule("language_model.model.{rest}", "model.language_model.{rest}"),
+    rule("vision_embed_tokens.{wb}", "model.vision_embed_tokens.{wb}"),
+)
 
 # decoder fields with the same name in our flat config and in FuyuConfig.text_config
 _TEXT_FIELDS = (
@@ -140,3 +160,103 @@ def fuyu_processor_from_transformers(tokenizer, image_processor_config: dict) ->
         rescale_factor=image_processor_config.get("rescale_factor", 1 / 255),
     )
     return MosaicFuyuProcessor(image_processor=image_processor, tokenizer=tokenizer)
+
+
+def newline_token_id_of(tokenizer) -> int | None:
+    """The id of IMAGE_NEWLINE_TOKEN in `tokenizer`, None when it has no such token."""
+    token_id = tokenizer.convert_tokens_to_ids(IMAGE_NEWLINE_TOKEN)
+    return None if token_id in (None, tokenizer.unk_token_id) else token_id
+
+
+def convert_fuyu_checkpoint(
+    source: str | os.PathLike,
+    output: str | os.PathLike,
+    *,
+    to: str,
+    image_newline_token_id: int | None = None,
+    dtype: torch.dtype | None = None,
+    max_shard_size: str | int = DEFAULT_MAX_SHARD_SIZE,
+) -> None:
+    """Stream a transformers FuyuForCausalLM folder to a MosaicFuyuForCausalLM folder (`to="mosaic"`), or back
+    (`to="transformers"`), into the empty folder `output`, never holding a whole model: tensors are copied one
+    by one in the source dtype (or `dtype`), then both models run the fixed input with their weights left on disk
+    (every layer, the logits, and greedy tokens must match). From transformers, the source's tokenizer and image
+    processor become our processor, and the image-newline id is read from the tokenizer's IMAGE_NEWLINE_TOKEN
+    (else `image_newline_token_id`, else adept/fuyu-8b's)."""
+    source, output = Path(source), Path(output)
+    if to not in ("mosaic", "transformers"):
+        raise ValueError(f"to must be 'mosaic' or 'transformers', got {to!r}.")
+    processor = None
+    if to == "mosaic":
+        source_config = load_config_strictly(source, FuyuConfig)
+        tokenizer = _source_tokenizer(source)
+        found = newline_token_id_of(tokenizer) if tokenizer is not None else None
+        if found is not None and image_newline_token_id not in (None, found):
+            raise ValueError(f"--newline-token-id {image_newline_token_id} differs from the tokenizer's "
+                             f"{IMAGE_NEWLINE_TOKEN} ({found}); leave it out.")
+        newline = found if found is not None else image_newline_token_id or FUYU_8B_NEWLINE_TOKEN_ID
+        config = config_from_transformers(source_config, newline)
+        reference_class, target_class, target_config = FuyuForCausalLM, MosaicFuyuForCausalLM, config
+        reference_table, table, converted_table = TRANSFORMERS_FILE_KEY_TABLE, TRANSFORMERS_FILE_KEY_TABLE, None
+        if tokenizer is not None:
+            processor = fuyu_processor_from_transformers(tokenizer, _image_processor_config(source))
+    else:
+        config = load_config_strictly(source, MosaicFuyuConfig)
+        reference_class, target_class, target_config = MosaicFuyuForCausalLM, FuyuForCausalLM, config_to_transformers(config)
+        reference_table, table, converted_table = None, invert(TRANSFORMERS_FILE_KEY_TABLE), TRANSFORMERS_FILE_KEY_TABLE
+    checkpoint = LazyCheckpoint(source)
+    try:
+        expected = expected_shapes(target_class, target_config)
+        if to == "transformers":  # the files hold adept/fuyu-8b's names
+            expected = {row.targets[0]: expected[row.sources[0]] for row in plan_keys(expected, table)[0]}
+        # save_pretrained removes weight files it did not write: the config and code go first
+        save_model_files(target_class, target_config, output, dtype or checkpoint.floating_dtype())
+        if processor is not None:
+            processor.save_pretrained(output)
+        stream_tensors(checkpoint, output, table, expected, f"{reference_class.__name__} ({source})",
+                       target_class.__name__, dtype=dtype, max_shard_size=max_shard_size)
+        converted_checkpoint = LazyCheckpoint(output)
+        try:
+            reference_config = source_config if to == "mosaic" else config
+            reference = offloaded_model(reference_class, reference_config, checkpoint, reference_table)
+            converted = offloaded_model(target_class, target_config, converted_checkpoint, converted_table)
+            input_ids, patches = check_inputs(config)
+            reference_inputs = _model_inputs(reference_class, input_ids, patches)
+            converted_inputs = _model_inputs(target_class, input_ids, patches)
+            verify_offloaded(reference, converted, lambda model: model(**reference_inputs).logits,
+                             lambda model: model(**converted_inputs).logits, reference_class.__name__)
+            _check(reference, converted, reference_inputs, converted_inputs, reference_class.__name__)
+            release(reference, converted)
+        finally:
+            converted_checkpoint.close()
+    finally:
+        checkpoint.close()
+    if to == "mosaic" and processor is None:
+        logger.warning("%s has no tokenizer: no processor was written. Add one to the output folder before "
+                       "`mosaic-vlm ask`: MosaicFuyuProcessor(image_processor, tokenizer).save_pretrained(folder).", source)
+
+
+def _model_inputs(model_class, input_ids: torch.Tensor, patches: torch.Tensor) -> dict:
+    patches_name = "pixel_values" if model_class is FuyuForCausalLM else "image_patches"
+    return {"input_ids": input_ids, patches_name: patches}
+
+
+def _source_tokenizer(folder: Path):
+    """The tokenizer saved in a transformers folder, or None when it has none."""
+    from transformers import AutoTokenizer
+
+    if not any((folder / name).is_file() for name in ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")):
+        return None
+    try:
+        return AutoTokenizer.from_pretrained(folder, local_files_only=True)
+    except (OSError, ValueError) as error:
+        raise ValueError(f"The tokenizer in {folder} cannot be read: {error}") from error
+
+
+def _image_processor_config(folder: Path) -> dict:
+    """The Fuyu image-processor settings of a transformers folder (fuyu-8b's defaults when it has none)."""
+    for name in ("preprocessor_config.json", "processor_config.json"):
+        if (folder / name).is_file():
+            settings = json.loads((folder / name).read_text())
+            return settings.get("image_processor", settings)
+    return {}

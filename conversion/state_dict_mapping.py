@@ -11,7 +11,7 @@ A converter is four parts:
 4. a check on a fixed deterministic input: the converted model's logits must match the source's within
    `LOGIT_ATOL` in float32 (`require_close`), or the converter raises instead of returning.
 
-Key templates use two placeholders: `{n}` a layer index and `{wb}` "weight" or "bias".
+Key templates use three placeholders: `{n}` a layer index, `{wb}` "weight" or "bias", `{rest}` any key suffix.
 Converters log their steps (tensors mapped, logit difference) on the `mosaic_vlm.conversion` loggers.
 """
 
@@ -78,7 +78,7 @@ def invert(table: Iterable[KeyRule]) -> tuple[KeyRule, ...]:
     return tuple(row.inverted() for row in table)
 
 
-_PLACEHOLDERS = {"n": r"\d+", "wb": "weight|bias"}
+_PLACEHOLDERS = {"n": r"\d+", "wb": "weight|bias", "rest": r".+"}
 
 
 def _template_regex(template: str) -> re.Pattern:
@@ -91,14 +91,26 @@ def _template_regex(template: str) -> re.Pattern:
     return re.compile(pattern)
 
 
-def map_state_dict(
-    state_dict: Mapping[str, torch.Tensor], table: Iterable[KeyRule], ignored: Iterable[str] = ()
-) -> tuple[dict[str, torch.Tensor], list[str]]:
-    """Apply a key table. Returns the target tensors and the source keys no row used (keys in `ignored`
-    are skipped). A row with several sources (e.g. q, k, v -> in_proj) is used only when all are present."""
+@dataclass(frozen=True)
+class PlannedTensors:
+    """One applied key-table row: these source keys become these target keys through `tensors.forward`."""
+
+    sources: tuple[str, ...]
+    targets: tuple[str, ...]
+    tensors: TensorMap
+
+
+def plan_keys(
+    source_keys: Iterable[str], table: Iterable[KeyRule] | None, ignored: Iterable[str] = ()
+) -> tuple[list[PlannedTensors], list[str]]:
+    """Apply a key table to names only. Returns the planned rows and the source keys no row used (keys in
+    `ignored` are skipped). A row with several sources (e.g. q, k, v -> in_proj) is used only when all are
+    present. Without a table every key keeps its name."""
     ignored = set(ignored)
-    remaining = {key for key in state_dict if key not in ignored}
-    mapped: dict[str, torch.Tensor] = {}
+    remaining = {key for key in source_keys if key not in ignored}
+    if table is None:
+        return [PlannedTensors((key,), (key,), KEEP) for key in sorted(remaining)], []
+    planned = []
     for row in table:
         first_source = _template_regex(row.sources[0])
         for key in sorted(remaining):
@@ -106,14 +118,24 @@ def map_state_dict(
             if match is None or key not in remaining:
                 continue
             fields = match.groupdict()
-            source_keys = [template.format(**fields) for template in row.sources]
-            if not all(source_key in remaining for source_key in source_keys):
+            sources = tuple(template.format(**fields) for template in row.sources)
+            if not all(source in remaining for source in sources):
                 continue
-            outputs = row.tensors.forward(*(state_dict[source_key] for source_key in source_keys))
-            for template, tensor in zip(row.targets, outputs, strict=True):
-                mapped[template.format(**fields)] = tensor
-            remaining.difference_update(source_keys)
-    return mapped, sorted(remaining)
+            planned.append(PlannedTensors(sources, tuple(t.format(**fields) for t in row.targets), row.tensors))
+            remaining.difference_update(sources)
+    return planned, sorted(remaining)
+
+
+def map_state_dict(
+    state_dict: Mapping[str, torch.Tensor], table: Iterable[KeyRule], ignored: Iterable[str] = ()
+) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """Apply a key table to tensors (`plan_keys`). Returns the target tensors and the unused source keys."""
+    planned, unused = plan_keys(state_dict, table, ignored)
+    mapped: dict[str, torch.Tensor] = {}
+    for row in planned:
+        outputs = row.tensors.forward(*(state_dict[source] for source in row.sources))
+        mapped.update(zip(row.targets, outputs, strict=True))
+    return mapped, unused
 
 
 def summarise_keys(keys: Iterable[str], limit: int = 40) -> str:
@@ -144,16 +166,21 @@ def _fold(numbers: list[int]) -> str:
     return ",".join(str(first) if first == last else f"{first}-{last}" for first, last in runs)
 
 
-def load_strictly(model: nn.Module, mapped: Mapping[str, torch.Tensor], unused: list[str], source: str) -> None:
-    """Copy `mapped` into `model`, or raise one ValueError listing every unused source key, every tensor
-    the model has no place for, every missing target key and every shape mismatch."""
-    expected = model.state_dict()
-    unexpected = sorted(set(mapped) - set(expected))
-    missing = sorted(set(expected) - set(mapped))
+def require_matching_keys(
+    provided: Mapping[str, tuple[int, ...]],
+    expected: Mapping[str, tuple[int, ...]],
+    unused: list[str],
+    source: str,
+    target: str,
+) -> None:
+    """Raise one ValueError listing every unused source key, every provided tensor the target has no place
+    for, every missing target key and every shape mismatch (shapes by key); nothing when all match."""
+    unexpected = sorted(set(provided) - set(expected))
+    missing = sorted(set(expected) - set(provided))
     wrong_shapes = [
-        f"{key} {tuple(mapped[key].shape)} vs {tuple(expected[key].shape)}"
-        for key in sorted(set(mapped) & set(expected))
-        if mapped[key].shape != expected[key].shape
+        f"{key} {tuple(provided[key])} vs {tuple(expected[key])}"
+        for key in sorted(set(provided) & set(expected))
+        if tuple(provided[key]) != tuple(expected[key])
     ]
     problems = []
     if unused:
@@ -165,9 +192,14 @@ def load_strictly(model: nn.Module, mapped: Mapping[str, torch.Tensor], unused: 
     if wrong_shapes:
         problems.append(f"shape mismatches (checkpoint vs model): {', '.join(wrong_shapes)}")
     if problems:
-        raise ValueError(
-            f"Cannot load the {source} weights strictly into {type(model).__name__}: {'; '.join(problems)}."
-        )
+        raise ValueError(f"Cannot load the {source} weights strictly into {target}: {'; '.join(problems)}.")
+
+
+def load_strictly(model: nn.Module, mapped: Mapping[str, torch.Tensor], unused: list[str], source: str) -> None:
+    """Copy `mapped` into `model`, or raise one ValueError (`require_matching_keys`)."""
+    expected = {key: tuple(tensor.shape) for key, tensor in model.state_dict().items()}
+    provided = {key: tuple(tensor.shape) for key, tensor in mapped.items()}
+    require_matching_keys(provided, expected, unused, source, type(model).__name__)
     model.load_state_dict(mapped, strict=True)
 
 
@@ -226,21 +258,34 @@ def float32_eval(model: nn.Module):
         model.train(was_training)
 
 
-def load_folder_strictly(path: str | os.PathLike, config_class, model_class):
-    """A `model_class` from a local save_pretrained folder whose config is a `config_class` (a transformers or a
-    mosaic folder), loaded strictly from safetensors only: a folder of another model type, or with missing,
-    extra or mis-shaped weights, is one ValueError (FileNotFoundError for a missing path), never random weights."""
-    path, name = Path(path), model_class.__name__
+def load_config_strictly(path: str | os.PathLike, config_class):
+    """The config of a local save_pretrained folder, which must be a `config_class` (by model type); one
+    ValueError (FileNotFoundError for a missing path) otherwise."""
+    path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path} does not exist.")
     if not path.is_dir():
-        raise ValueError(f"{path} is not a folder; pass the save_pretrained folder of a {name}.")
+        raise ValueError(f"{path} is not a folder; pass a save_pretrained folder ({config_class.model_type!r}).")
     try:
         config = AutoConfig.from_pretrained(path, local_files_only=True)
     except (OSError, ValueError, KeyError) as error:
         raise ValueError(f"{path} holds no readable config.json: {error}") from error
     if config.model_type != config_class.model_type:
-        raise ValueError(f"{path} holds a {config.model_type!r} model; expected a {name} ({config_class.model_type!r}).")
+        raise ValueError(f"{path} holds a {config.model_type!r} model; expected a {config_class.model_type!r} one.")
+    return config
+
+
+def load_folder_strictly(path: str | os.PathLike, config_class, model_class):
+    """A `model_class` from a local save_pretrained folder whose config is a `config_class` (a transformers or a
+    mosaic folder), loaded strictly from safetensors only: a folder of another model type, or with missing,
+    extra or mis-shaped weights, is one ValueError (FileNotFoundError for a missing path), never random weights."""
+    path, name = Path(path), model_class.__name__
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"{path} is not a folder; pass the save_pretrained folder of a {name}.")
+    try:
+        config = load_config_strictly(path, config_class)
+    except ValueError as error:
+        raise ValueError(f"{error} (expected a {name})") from error
     try:
         model, info = model_class.from_pretrained(
             path, config=config, local_files_only=True, use_safetensors=True, output_loading_info=True

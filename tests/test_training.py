@@ -217,3 +217,16 @@ def test_two_ranks_run_the_fuyu_recipe(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     assert "held-out digits" in result.stdout and "(2 processes)" in result.stdout
     assert os.path.isfile(tmp_path / "model.safetensors")
+
+
+def test_the_cli_trains_into_a_staged_output_folder(tmp_path, capsys):
+    from mosaic_vlm.cli.main import main
+
+    output = tmp_path / "fuyu"
+    argv = ["fuyu", "--output_dir", str(output), "--max_steps", "2", "--max_train_samples", "64",
+            "--save_strategy", "no", "--eval_strategy", "no", *QUICK_FUYU]
+    assert main(["train", *argv]) == 0
+    assert (output / "model.safetensors").is_file() and sorted(os.listdir(tmp_path)) == ["fuyu"]
+    assert main(["train", *argv]) == 2  # a second run would replace the first: only with --overwrite
+    assert "exists and is not empty; pass --overwrite" in capsys.readouterr().err
+    assert main(["train", "--overwrite", *argv]) == 0 and sorted(os.listdir(tmp_path)) == ["fuyu"]

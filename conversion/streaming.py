@@ -1,0 +1,320 @@
+"""Checkpoints converted as streams: a safetensors file or folder (sharded or not) in, a folder out, one tensor
+at a time, never two whole models in memory.
+
+1. `LazyCheckpoint` reads headers first (keys, shapes, dtypes), then tensors on demand (`safe_open`).
+2. The key table is planned on names (`plan_keys`) and checked against the target model built on the meta
+   device: every unused, missing or mis-shaped key is refused before anything is written.
+3. `ShardedWriter` writes each tensor in the source dtype (or `dtype`) into shards of at most
+   `max_shard_size` bytes, with `model.safetensors.index.json` when there is more than one.
+4. `verify_offloaded` runs the source and the converted model on a fixed input in float32 with their weights
+   left on disk (accelerate's offload hooks load each module's weights only while it runs): every layer's
+   output, then the logits, must agree.
+"""
+
+import json
+import logging
+import os
+import re
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import ExitStack
+from pathlib import Path
+
+import safetensors.torch
+import torch
+from accelerate import init_empty_weights
+from accelerate.hooks import attach_align_device_hook, remove_hook_from_module
+from accelerate.utils import OffloadedWeightsLoader
+from safetensors import SafetensorError, safe_open
+from tqdm.auto import tqdm
+
+from .state_dict_mapping import LOGIT_ATOL, KeyRule, plan_keys, require_matching_keys
+
+logger = logging.getLogger(__name__)
+
+WEIGHTS_NAME = "model.safetensors"
+WEIGHTS_INDEX_NAME = "model.safetensors.index.json"
+DEFAULT_MAX_SHARD_SIZE = "1GB"
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+_SIZE_UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30}
+_SAFETENSORS_DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16, "F64": torch.float64,
+                       "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+                       "BOOL": torch.bool}  # fmt: skip
+
+
+def parse_size(size: str | int) -> int:
+    """'500MB', '2GB', '1.5GiB' or a number of bytes -> bytes."""
+    if isinstance(size, int):
+        return size
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*", size)
+    if match is None or match.group(2).upper() not in _SIZE_UNITS or float(match.group(1)) <= 0:
+        raise ValueError(f"A size must be a positive number with a unit (B, KB, MB, GB, KiB, MiB, GiB), got {size!r}.")
+    return int(float(match.group(1)) * _SIZE_UNITS[match.group(2).upper()])
+
+
+class LazyCheckpoint(Mapping):
+    """A safetensors checkpoint read lazily: one file, or a folder holding model.safetensors or shards listed in
+    model.safetensors.index.json. Headers are read up front; a missing, truncated or corrupted file, or an
+    index naming a missing file or key, is one ValueError."""
+
+    def __init__(self, path: str | os.PathLike):
+        path = Path(path)
+        if not path.exists():
+            raise FileNotFoundError(f"{path} does not exist.")
+        if path.is_dir() and (path / WEIGHTS_INDEX_NAME).is_file():
+            try:
+                weight_map = json.loads((path / WEIGHTS_INDEX_NAME).read_text())["weight_map"]
+            except (ValueError, KeyError) as error:
+                raise ValueError(f"{path / WEIGHTS_INDEX_NAME} is not a safetensors index: {error}") from error
+            files = {key: path / name for key, name in weight_map.items()}
+        elif path.is_dir():
+            if not (path / WEIGHTS_NAME).is_file():
+                raise ValueError(f"{path} holds no {WEIGHTS_NAME} nor {WEIGHTS_INDEX_NAME}; weights are read only "
+                                 "from safetensors (loading a pickle can run code).")
+            files = None
+            path = path / WEIGHTS_NAME
+        else:
+            files = None
+        self._files: dict[str, Path] = {}
+        self._headers: dict[str, tuple[tuple[int, ...], torch.dtype]] = {}
+        self._stack = ExitStack()
+        self._handles = {}
+        for file in sorted(set(files.values())) if files is not None else [path]:
+            if file.suffix != ".safetensors":
+                raise ValueError(f"{file} is not a .safetensors file; weights are read only from safetensors.")
+            if not file.is_file():
+                raise ValueError(f"The shard index names {file.name}, which is not in {file.parent}.")
+            handle = self._open(file)
+            for key in handle.keys():
+                tensor_slice = handle.get_slice(key)
+                self._files[key] = file
+                self._headers[key] = (tuple(tensor_slice.get_shape()), _SAFETENSORS_DTYPES[tensor_slice.get_dtype()])
+        if files is not None:
+            missing = sorted(key for key, file in files.items() if self._files.get(key) != file)
+            if missing:
+                raise ValueError(f"The shard index lists tensors its shards do not hold: {missing[:5]}.")
+        self.metadata = self._handles[next(iter(self._handles))].metadata() or {}
+
+    def _open(self, file: Path):
+        try:  # safetensors checks that the header covers the whole file: a truncated file fails here
+            handle = self._stack.enter_context(safe_open(file, framework="pt"))
+        except (SafetensorError, OSError) as error:
+            raise ValueError(f"{file} is not a readable safetensors file (truncated or corrupted?): {error}") from error
+        self._handles[file] = handle
+        return handle
+
+    def __getitem__(self, key: str) -> torch.Tensor:
+        try:
+            return self._handles[self._files[key]].get_tensor(key)
+        except SafetensorError as error:
+            raise ValueError(f"{self._files[key]}: tensor {key} cannot be read (truncated file?): {error}") from error
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._files)
+
+    def __len__(self) -> int:
+        return len(self._files)
+
+    def shape(self, key: str) -> tuple[int, ...]:
+        return self._headers[key][0]
+
+    def dtype(self, key: str) -> torch.dtype:
+        return self._headers[key][1]
+
+    def floating_dtype(self) -> torch.dtype:
+        """The dtype of the floating-point tensors, float32 when they mix dtypes."""
+        dtypes = {dtype for _, dtype in self._headers.values() if dtype.is_floating_point}
+        return dtypes.pop() if len(dtypes) == 1 else torch.float32
+
+    @property
+    def nbytes(self) -> int:
+        return sum(file.stat().st_size for file in set(self._files.values()))
+
+    def offload_index(self, names: Callable[[str], str] = lambda key: key) -> dict[str, dict]:
+        """accelerate's index of weights kept on disk: each tensor read from its own file when needed."""
+        return {
+            names(key): {"safetensors_file": str(file), "weight_name": key, "dtype": str(self.dtype(key)).split(".")[1]}
+            for key, file in self._files.items()
+        }
+
+    def close(self) -> None:
+        self._stack.close()
+
+
+class ShardedWriter:
+    """Writes tensors into safetensors shards of at most `max_shard_size` bytes (a larger tensor gets a shard
+    of its own), named as transformers names them, with the index when there is more than one shard. Holds
+    at most one shard's tensors in memory."""
+
+    def __init__(self, folder: Path, max_shard_size: str | int = DEFAULT_MAX_SHARD_SIZE):
+        self.folder, self.max_bytes = Path(folder), parse_size(max_shard_size)
+        self._pending: dict[str, torch.Tensor] = {}
+        self._pending_bytes = 0
+        self._shards: list[list[str]] = []
+        self.total_bytes = 0
+
+    def add(self, key: str, tensor: torch.Tensor) -> None:
+        size = tensor.numel() * tensor.element_size()
+        if self._pending and self._pending_bytes + size > self.max_bytes:
+            self._flush()
+        self._pending[key] = tensor.contiguous()
+        self._pending_bytes += size
+        self.total_bytes += size
+
+    def _flush(self) -> None:
+        safetensors.torch.save_file(self._pending, self._shard_path(len(self._shards)), metadata={"format": "pt"})
+        self._shards.append(list(self._pending))
+        self._pending, self._pending_bytes = {}, 0
+
+    def _shard_path(self, index: int) -> Path:
+        return self.folder / f"shard-{index:05d}.partial.safetensors"
+
+    def close(self) -> list[Path]:
+        """Write the last shard, give the shards their final names and write the index; returns the files."""
+        if self._pending or not self._shards:
+            self._flush()
+        count = len(self._shards)
+        if count == 1:
+            os.rename(self._shard_path(0), self.folder / WEIGHTS_NAME)
+            return [self.folder / WEIGHTS_NAME]
+        weight_map, files = {}, []
+        for index, keys in enumerate(self._shards):
+            name = f"model-{index + 1:05d}-of-{count:05d}.safetensors"
+            os.rename(self._shard_path(index), self.folder / name)
+            weight_map.update(dict.fromkeys(keys, name))
+            files.append(self.folder / name)
+        index = {"metadata": {"total_size": self.total_bytes}, "weight_map": dict(sorted(weight_map.items()))}
+        (self.folder / WEIGHTS_INDEX_NAME).write_text(json.dumps(index, indent=2) + "\n")
+        return files
+
+
+def expected_shapes(model_class, config) -> dict[str, tuple[int, ...]]:
+    """The state-dict shapes of `model_class(config)`, built on the meta device (no memory)."""
+    with torch.device("meta"):
+        model = model_class(config)
+    return {key: tuple(tensor.shape) for key, tensor in model.state_dict().items()}
+
+
+def planned_shapes(checkpoint: LazyCheckpoint, table: tuple[KeyRule, ...] | None, ignored=()):
+    """The key plan of `checkpoint` through `table`, the target shapes it gives (the tensor maps run on meta
+    tensors) and the unused source keys."""
+    planned, unused = plan_keys(checkpoint, table, ignored)
+    shapes = {}
+    for row in planned:
+        metas = [torch.empty(checkpoint.shape(key), dtype=checkpoint.dtype(key), device="meta") for key in row.sources]
+        shapes.update({key: tuple(tensor.shape) for key, tensor in zip(row.targets, row.tensors.forward(*metas))})
+    return planned, shapes, unused
+
+
+def stream_tensors(
+    checkpoint: LazyCheckpoint,
+    folder: Path,
+    table: tuple[KeyRule, ...] | None,
+    expected: Mapping[str, tuple[int, ...]],
+    source_name: str,
+    target_name: str,
+    *,
+    ignored=(),
+    dtype: torch.dtype | None = None,
+    max_shard_size: str | int = DEFAULT_MAX_SHARD_SIZE,
+    round_trip: bool = False,
+) -> list[Path]:
+    """Check the plan strictly against `expected`, then write every target tensor (in the source dtype unless
+    `dtype` is given) into shards in `folder`, one planned row in memory at a time. With `round_trip`, each row's
+    tensors must come back bit for bit through the row's inverse map."""
+    planned, shapes, unused = planned_shapes(checkpoint, table, ignored)
+    require_matching_keys(shapes, expected, unused, source_name, target_name)
+    writer = ShardedWriter(folder, max_shard_size)
+    for row in tqdm(planned, desc=f"writing {target_name} tensors", unit="tensor", leave=False):
+        sources = [checkpoint[key] for key in row.sources]
+        outputs = row.tensors.forward(*sources)
+        if round_trip and not all(map(torch.equal, row.tensors.inverse(*outputs), sources)):
+            raise ValueError(f"Round-trip check failed: converting back does not reproduce {', '.join(row.sources)}.")
+        for key, tensor in zip(row.targets, outputs, strict=True):
+            writer.add(key, tensor if dtype is None else tensor.to(dtype))
+    files = writer.close()
+    logger.info("wrote %d tensors (%.2f GB) in %d shard(s)", len(shapes), writer.total_bytes / 1e9, len(files))
+    if round_trip:
+        logger.info("round trip: every source tensor comes back bit for bit through the key table")
+    return files
+
+
+def offloaded_model(
+    model_class, config, checkpoint: LazyCheckpoint, table: tuple[KeyRule, ...] | None = None
+) -> torch.nn.Module:
+    """`model_class(config)` in float32 eval mode whose weights stay in `checkpoint`'s files (named through
+    `table`, whose rows must keep tensors as they are): accelerate's hooks load each module's own weights when
+    it runs and drop them after, so memory holds one module at a time."""
+    planned, _ = plan_keys(checkpoint, table)
+    names = {row.sources[0]: row.targets[0] for row in planned if len(row.sources) == len(row.targets) == 1}
+    with init_empty_weights():
+        model = model_class(config)
+    model = model.float().eval()
+    # transformer layers and embeddings load all their weights when they start: one layer in memory at a time,
+    # and embeddings may read a child's weight directly (position tables) instead of calling it
+    preloaded = {type(module).__name__ for name, module in model.named_modules() if re.search(r"(\.layers\.\d+|embeddings)$", name)}
+    attach_align_device_hook(
+        model, execution_device=torch.device("cpu"), offload=True,
+        weights_map=OffloadedWeightsLoader(index=checkpoint.offload_index(lambda key: names.get(key, key))),
+        preload_module_classes=sorted(preloaded),
+    )  # fmt: skip
+    return model
+
+
+def layer_outputs(model: torch.nn.Module, run: Callable[[torch.nn.Module], torch.Tensor]):
+    """`run(model)` (the final output) and the output of every transformer layer (modules named `*.layers.N`)."""
+    captured, handles = {}, []
+    for name, module in model.named_modules():
+        if re.search(r"\.layers\.\d+$", name):
+            handles.append(
+                module.register_forward_hook(
+                    lambda module, args, output, name=name: captured.__setitem__(
+                        name, (output[0] if isinstance(output, tuple) else output).detach().clone()
+                    )
+                )
+            )
+    try:
+        with torch.no_grad():
+            final = run(model)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return final, captured
+
+
+def verify_offloaded(reference, converted, run_reference, run_converted, reference_name: str) -> None:
+    """Both models run on the fixed input with their weights on disk; every layer output and the final output
+    must agree (max |diff| <= LOGIT_ATOL relative to the reference's scale), or this raises."""
+    reference_final, reference_layers = layer_outputs(reference, run_reference)
+    converted_final, converted_layers = layer_outputs(converted, run_converted)
+    if sorted(reference_layers) != sorted(converted_layers):
+        raise ValueError(f"Layer check failed: the layers differ from {reference_name}'s.")
+    for name in tqdm(sorted(reference_layers, key=_layer_order), desc="checking layers", leave=False):
+        expected, got = reference_layers[name], converted_layers[name]
+        difference = (expected - got).abs().max().item()
+        if not difference <= LOGIT_ATOL * max(1.0, expected.abs().max().item()):
+            raise ValueError(f"Layer check failed at {name}: the converted layer differs from {reference_name}'s "
+                             f"by {difference:.3e} on the fixed input. Nothing was written.")
+    logger.info("every one of %d layers matches %s on the fixed input", len(reference_layers), reference_name)
+    difference = (reference_final - converted_final).abs().max().item()
+    if not difference <= LOGIT_ATOL:
+        raise ValueError(f"Logit check failed: the converted model differs from {reference_name} by {difference:.3e} "
+                         f"(limit {LOGIT_ATOL:.0e}). Nothing was written.")
+    logger.info("logits match %s: max |diff| %.2e (limit %.0e)", reference_name, difference, LOGIT_ATOL)
+
+
+def _layer_order(name: str) -> tuple:
+    return tuple(int(part) if part.isdigit() else part for part in name.split("."))
+
+
+def release(*models: torch.nn.Module) -> None:
+    for model in models:
+        remove_hook_from_module(model, recurse=True)
+
+
+def save_model_files(model_class, config, folder: Path, dtype: torch.dtype) -> None:
+    """Everything `save_pretrained` writes but the weights (config, generation config, remote code and its
+    auto_map), from a model built on the meta device; `config.dtype` records the weights' dtype."""
+    config.dtype = dtype
+    with torch.device("meta"):
+        model = model_class(config)
+    model.save_pretrained(folder, state_dict={})
