@@ -41,6 +41,7 @@ from .state_dict_mapping import (
 from .streaming import (
     DEFAULT_MAX_SHARD_SIZE,
     LazyCheckpoint,
+    RoundedWeights,
     expected_shapes,
     offloaded_model,
     release,
@@ -694,7 +695,7 @@ def convert_clip_checkpoint(
                                max_shard_size=max_shard_size if target is not None else 2**62, round_trip=True)
         if target is None:
             os.rename(files[0], output / OPENAI_WEIGHTS_NAME)
-        _verify_clip(checkpoint, output, source_layout, target_layout, config)
+        _verify_clip(checkpoint, output, source_layout, target_layout, config, dtype)
     finally:
         checkpoint.close()
     if target_layout != "openai" and processor is None:
@@ -713,33 +714,33 @@ def _openai_shapes(config: MosaicClipConfig):
             yield PlannedTensors(row.sources, (key,), row.tensors), tuple(tensor.shape)
 
 
-def _verify_clip(checkpoint, output: Path, source_layout: str, target_layout: str, config: MosaicClipConfig) -> None:
+def _verify_clip(checkpoint, output: Path, source_layout: str, target_layout: str, config: MosaicClipConfig, dtype) -> None:
+    """The converted checkpoint against the source (read as if stored in `dtype`, when the conversion changes it):
+    every layer and the logits when both have a model class, else the logits."""
     inputs = check_inputs(config)
     converted_checkpoint = LazyCheckpoint(output / OPENAI_WEIGHTS_NAME if target_layout == "openai" else output)
     try:
         source_model, target_model = _layout_of(source_layout, config), _layout_of(target_layout, config)
         if source_model is not None and target_model is not None:
-            reference = offloaded_model(*source_model, checkpoint)
+            reference = offloaded_model(*source_model, checkpoint, rounded_to=dtype)
             converted = offloaded_model(*target_model, converted_checkpoint)
             run = lambda model: model(input_ids=inputs[0], pixel_values=inputs[1]).logits_per_image  # noqa: E731
             verify_offloaded(reference, converted, run, run, source_model[0].__name__)
             release(reference, converted)
-            return
-        reference_logits = (
-            _openai_logits(checkpoint, config, inputs) if source_model is None else _offloaded_logits(source_model, checkpoint, inputs)
-        )
-        converted_logits = (
-            _openai_logits(converted_checkpoint, config, inputs)
-            if target_model is None
-            else _offloaded_logits(target_model, converted_checkpoint, inputs)
-        )
-        require_close(reference_logits, converted_logits, f"the {source_layout} source")
+        else:
+            reference_logits = _checkpoint_logits(source_model, checkpoint, config, inputs, rounded_to=dtype)
+            converted_logits = _checkpoint_logits(target_model, converted_checkpoint, config, inputs)
+            require_close(reference_logits, converted_logits, f"the {source_layout} source")
     finally:
         converted_checkpoint.close()
 
 
-def _offloaded_logits(model_and_config, checkpoint, inputs) -> torch.Tensor:
-    model = offloaded_model(*model_and_config, checkpoint)
+def _checkpoint_logits(model_and_config, checkpoint, config, inputs, rounded_to=None) -> torch.Tensor:
+    """`logits_per_image` of a checkpoint: through its model class with the weights left on disk, or through
+    `openai_clip_logits` for the OpenAI layout (`model_and_config` None)."""
+    if model_and_config is None:
+        return _openai_logits(checkpoint if rounded_to is None else RoundedWeights(checkpoint, rounded_to), config, inputs)
+    model = offloaded_model(*model_and_config, checkpoint, rounded_to=rounded_to)
     with torch.no_grad():
         logits = model(input_ids=inputs[0], pixel_values=inputs[1]).logits_per_image
     release(model)

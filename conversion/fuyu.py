@@ -218,7 +218,7 @@ def convert_fuyu_checkpoint(
         converted_checkpoint = LazyCheckpoint(output)
         try:
             reference_config = source_config if to == "mosaic" else config
-            reference = offloaded_model(reference_class, reference_config, checkpoint, reference_table)
+            reference = offloaded_model(reference_class, reference_config, checkpoint, reference_table, rounded_to=dtype)
             converted = offloaded_model(target_class, target_config, converted_checkpoint, converted_table)
             input_ids, patches = check_inputs(config)
             reference_inputs = _model_inputs(reference_class, input_ids, patches)

@@ -223,6 +223,10 @@ def stream_tensors(
     tensors must come back bit for bit through the row's inverse map."""
     planned, shapes, unused = planned_shapes(checkpoint, table, ignored)
     require_matching_keys(shapes, expected, unused, source_name, target_name)
+    odd = sorted({f"{key} ({checkpoint.dtype(key)})" for row in planned for key in row.sources
+                  if checkpoint.dtype(key) not in DTYPES.values()})
+    if odd:
+        raise ValueError(f"The {source_name} weights must be float32, float16 or bfloat16; got {', '.join(odd[:5])}.")
     writer = ShardedWriter(folder, max_shard_size)
     for row in tqdm(planned, desc=f"writing {target_name} tensors", unit="tensor", leave=False):
         sources = [checkpoint[key] for key in row.sources]
@@ -238,12 +242,33 @@ def stream_tensors(
     return files
 
 
+class RoundedWeights(Mapping):
+    """Weights read as if stored in `dtype` (a reference for a conversion that changes the dtype)."""
+
+    def __init__(self, weights: Mapping, dtype: torch.dtype):
+        self._weights, self._dtype = weights, dtype
+
+    def __getitem__(self, key: str) -> torch.Tensor:
+        tensor = self._weights[key]
+        return tensor.to(self._dtype) if tensor.is_floating_point() else tensor
+
+    def __iter__(self):
+        return iter(self._weights)
+
+    def __len__(self) -> int:
+        return len(self._weights)
+
+
 def offloaded_model(
-    model_class, config, checkpoint: LazyCheckpoint, table: tuple[KeyRule, ...] | None = None
+    model_class,
+    config,
+    checkpoint: LazyCheckpoint,
+    table: tuple[KeyRule, ...] | None = None,
+    rounded_to: torch.dtype | None = None,
 ) -> torch.nn.Module:
     """`model_class(config)` in float32 eval mode whose weights stay in `checkpoint`'s files (named through
-    `table`, whose rows must keep tensors as they are): accelerate's hooks load each module's own weights when
-    it runs and drop them after, so memory holds one module at a time."""
+    `table`, whose rows must keep tensors as they are; rounded to `rounded_to` when given): accelerate's hooks
+    load each module's own weights when it runs and drop them after, so memory holds one module at a time."""
     planned, _ = plan_keys(checkpoint, table)
     names = {row.sources[0]: row.targets[0] for row in planned if len(row.sources) == len(row.targets) == 1}
     with init_empty_weights():
@@ -252,9 +277,10 @@ def offloaded_model(
     # transformer layers and embeddings load all their weights when they start: one layer in memory at a time,
     # and embeddings may read a child's weight directly (position tables) instead of calling it
     preloaded = {type(module).__name__ for name, module in model.named_modules() if re.search(r"(\.layers\.\d+|embeddings)$", name)}
+    weights = OffloadedWeightsLoader(index=checkpoint.offload_index(lambda key: names.get(key, key)))
     attach_align_device_hook(
         model, execution_device=torch.device("cpu"), offload=True,
-        weights_map=OffloadedWeightsLoader(index=checkpoint.offload_index(lambda key: names.get(key, key))),
+        weights_map=weights if rounded_to is None else RoundedWeights(weights, rounded_to),
         preload_module_classes=sorted(preloaded),
     )  # fmt: skip
     return model

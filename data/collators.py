@@ -8,7 +8,7 @@ step with one clear error instead of deep inside a training loop.
 import io
 import logging
 
-import PIL.Image
+from mosaic_vlm.processing.image_processing_mosaic_clip import PIL_READ_ERRORS, open_image
 from mosaic_vlm.processing.image_processing_mosaic_fuyu import fitted_size, patch_grid
 
 logger = logging.getLogger(__name__)
@@ -22,8 +22,9 @@ class _ImageTextCollator:
         self.processor = processor
 
     def validate(self, dataset) -> None:
-        """Raise one ValueError for a missing column or a row without a readable image; warn about texts
-        longer than the tokenizer's model_max_length (they are truncated)."""
+        """Raise one ValueError for a missing column or a row without a readable image (or with one of more than
+        MAX_IMAGE_PIXELS pixels); warn about texts longer than the tokenizer's model_max_length (they are
+        truncated)."""
         from datasets import Image
 
         needed = (self.image_column, *self.text_columns)
@@ -34,10 +35,11 @@ class _ImageTextCollator:
         for index, raw in enumerate(raw_images):
             if raw is None or (raw.get("bytes") is None and raw.get("path") is None):
                 raise ValueError(f"Row {index} of the dataset has no image in column {self.image_column!r}.")
-            try:
-                with PIL.Image.open(io.BytesIO(raw["bytes"]) if raw.get("bytes") else raw["path"]) as image:
+            source = io.BytesIO(raw["bytes"]) if raw.get("bytes") else raw["path"]
+            try:  # the image's size is checked against MAX_IMAGE_PIXELS first, as the image processors do
+                with open_image(source, f"The image of row {index}") as image:
                     image.verify()
-            except Exception as error:
+            except PIL_READ_ERRORS as error:
                 raise ValueError(f"Row {index} of the dataset has an unreadable image: {error}") from error
         self._check_lengths(dataset)
 
@@ -49,7 +51,10 @@ class _ImageTextCollator:
             if too_long:
                 logger.warning(
                     "%d of %d texts in column %r are longer than %d tokens and will be truncated.",
-                    too_long, len(lengths), column, tokenizer.model_max_length,
+                    too_long,
+                    len(lengths),
+                    column,
+                    tokenizer.model_max_length,
                 )
 
     def _images(self, rows: list[dict]) -> list:
@@ -76,8 +81,9 @@ class MosaicFuyuCollator(_ImageTextCollator):
     """Rows with an image, a question and an answer -> input_ids, attention_mask, image_patches,
     image_patches_mask and labels that cover only the answer and its EOS."""
 
-    def __init__(self, processor, image_column: str = "image", question_column: str = "question",
-                 answer_column: str = "answer"):
+    def __init__(
+        self, processor, image_column: str = "image", question_column: str = "question", answer_column: str = "answer"
+    ):
         super().__init__(processor)
         self.image_column, self.text_columns = image_column, (question_column, answer_column)
 
@@ -86,12 +92,18 @@ class MosaicFuyuCollator(_ImageTextCollator):
         model_max_length: a cut answer would teach the wrong thing, so they are not truncated."""
         tokenizer, image_processor = self.processor.tokenizer, self.processor.image_processor
         question_column, answer_column = self.text_columns
-        question_lengths = [len(ids) for ids in tokenizer(list(dataset[question_column]), add_special_tokens=False)["input_ids"]]
-        answer_lengths = [len(ids) for ids in tokenizer(list(dataset[answer_column]), add_special_tokens=False)["input_ids"]]
+        question_lengths = [
+            len(ids) for ids in tokenizer(list(dataset[question_column]), add_special_tokens=False)["input_ids"]
+        ]
+        answer_lengths = [
+            len(ids) for ids in tokenizer(list(dataset[answer_column]), add_special_tokens=False)["input_ids"]
+        ]
         for index, image in enumerate(dataset[self.image_column]):
             height, width = image.height, image.width
             if image_processor.do_resize:
-                height, width = fitted_size(height, width, image_processor.size["height"], image_processor.size["width"])
+                height, width = fitted_size(
+                    height, width, image_processor.size["height"], image_processor.size["width"]
+                )
             rows, cols = patch_grid(height, width, image_processor.patch_size)
             length = rows * (cols + 1) + question_lengths[index] + answer_lengths[index] + 3
             if length > tokenizer.model_max_length:
@@ -103,8 +115,10 @@ class MosaicFuyuCollator(_ImageTextCollator):
     def __call__(self, rows: list[dict]) -> dict:
         """A row's image column holds one image, or a list of images for a question with `<image>` placeholders."""
         question_column, answer_column = self.text_columns
-        return dict(self.processor(
-            images=[list(image) if isinstance(image, (list, tuple)) else [image] for image in self._images(rows)],
-            text=[row[question_column] for row in rows],
-            answers=[row[answer_column] for row in rows],
-        ))
+        return dict(
+            self.processor(
+                images=[list(image) if isinstance(image, (list, tuple)) else [image] for image in self._images(rows)],
+                text=[row[question_column] for row in rows],
+                answers=[row[answer_column] for row in rows],
+            )
+        )

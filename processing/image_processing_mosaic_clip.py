@@ -1,14 +1,21 @@
 """CLIP image processor on transformers' PIL backend (no torchvision): resize the shortest edge (bicubic),
 centre crop, rescale to [0, 1], normalise with CLIP's mean and std.
 
-Accepted inputs, one image or a batch (a list, or a 4-D array/tensor):
-- PIL images of any mode (grayscale and RGBA are converted to RGB);
-- numpy arrays and torch tensors, HWC or CHW with 1, 3 or 4 channels, or 2-D grayscale;
-  uint8 / integer values in [0, 255], or floats in [0, 1];
+Accepted inputs, one image or a batch (a list, or a 4-D array/tensor), shared with the Fuyu image processor:
+- PIL images. 8-bit modes (1, L, LA, La, P, PA, RGB, RGBA, RGBa, RGBX, CMYK, YCbCr, LAB, HSV) as they are;
+  16-bit modes (I;16, I;16L, I;16B, I;16N) scaled by 65535; mode I (32-bit integers, which is how Pillow
+  reads some 16-bit files) must hold values in [0, 65535] and is scaled like 16-bit; mode F (32-bit floats)
+  must hold values in [0, 1], like float arrays. Deeper modes are quantised to 8 bits, as float arrays are;
+- numpy arrays and torch tensors, HWC or CHW with 1, 3 or 4 channels, or 2-D grayscale: uint16 values in
+  [0, 65535], other integers in [0, 255], floats (float16, bfloat16, float32, float64) in [0, 1];
 - paths to image files.
+No image may have more than `MAX_IMAGE_PIXELS` pixels (Pillow's own decompression-bomb limit): larger
+images, and image files that Pillow flags as decompression bombs, are refused before their pixels are
+read or copied. Neither may resizing make one that large (a very elongated image, shortest edge resized).
 """
 
 import os
+import warnings
 
 import numpy as np
 import PIL.Image
@@ -16,29 +23,66 @@ import torch
 from transformers.image_processing_backends import PilBackend
 from transformers.image_utils import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, PILImageResampling
 
+MAX_IMAGE_PIXELS = 89_478_485  # the most pixels an image may have: PIL.Image.MAX_IMAGE_PIXELS' default
 ACCEPTED_IMAGES = (
     "a PIL.Image.Image, a numpy array or torch tensor (HWC or CHW with 1, 3 or 4 channels, or 2-D grayscale; "
-    "uint8 in [0, 255] or float in [0, 1]), a path to an image file, or a list of those"
+    "uint8 in [0, 255], uint16 in [0, 65535] or float in [0, 1]), a path to an image file, or a list of those"
 )
+EIGHT_BIT_MODES = ("1", "L", "LA", "La", "P", "PA", "RGB", "RGBA", "RGBa", "RGBX", "CMYK", "YCbCr", "LAB", "HSV")
+SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
+REPLACED_MODES = {"La": "LA", "1": "L"}
+PIL_READ_ERRORS = (OSError, SyntaxError, EOFError)  # what Pillow raises for a file it cannot read
 
 
-def _array_to_pil(array: np.ndarray) -> PIL.Image.Image:
-    """One image array (2-D, HWC or CHW) as a PIL image, after checking its shape, dtype and value range."""
+def check_pixel_count(height: int, width: int, what: str = "Image") -> None:
+    """Refuses an image with an empty side or more than MAX_IMAGE_PIXELS pixels."""
+    if height <= 0 or width <= 0:
+        raise ValueError(f"{what} of size {height}x{width} (height x width) is empty.")
+    if height * width > MAX_IMAGE_PIXELS:
+        raise ValueError(
+            f"{what} of size {height}x{width} has {height * width} pixels, more than MAX_IMAGE_PIXELS = "
+            f"{MAX_IMAGE_PIXELS}; downscale it first."
+        )
+
+
+def _channels_last(array):
+    """One image array or tensor (2-D, HWC or CHW) as a (height, width) or (height, width, channels) view."""
     if array.ndim == 3:
         if array.shape[-1] not in (1, 3, 4):  # not HWC: must be CHW
             if array.shape[0] not in (1, 3, 4):
                 raise ValueError(
-                    f"Image of shape {array.shape} has no channel axis of size 1, 3 or 4; expected {ACCEPTED_IMAGES}."
+                    f"Image of shape {tuple(array.shape)} has no channel axis of size 1, 3 or 4; expected {ACCEPTED_IMAGES}."
                 )
-            array = np.moveaxis(array, 0, -1)  # CHW -> HWC
+            # CHW -> HWC
+            array = array.permute(1, 2, 0) if isinstance(array, torch.Tensor) else np.moveaxis(array, 0, -1)
         if array.shape[-1] == 1:
             array = array[..., 0]  # (H, W, 1) -> (H, W) grayscale
     elif array.ndim != 2:
-        raise ValueError(f"Image of shape {array.shape} has {array.ndim} dimensions; expected {ACCEPTED_IMAGES}.")
-    if array.size == 0:
-        raise ValueError(f"Image of shape {array.shape} is empty.")
-    if array.dtype == np.bool_ or not (np.issubdtype(array.dtype, np.integer) or np.issubdtype(array.dtype, np.floating)):
+        raise ValueError(
+            f"Image of shape {tuple(array.shape)} has {array.ndim} dimensions; expected {ACCEPTED_IMAGES}."
+        )
+    return array
+
+
+def _to_numpy(image) -> np.ndarray:
+    """One image array or tensor, checked for layout and size before anything is copied, as an HWC or 2-D numpy
+    array. Float tensors go to float32 (numpy has no bfloat16)."""
+    image = _channels_last(image)
+    check_pixel_count(image.shape[0], image.shape[1])
+    if isinstance(image, torch.Tensor):
+        image = image.detach().cpu()
+        return (image.float() if image.is_floating_point() else image).numpy()
+    return image
+
+
+def _array_to_pil(array: np.ndarray) -> PIL.Image.Image:
+    """One HWC or 2-D image array as an 8-bit PIL image, after checking its dtype and value range."""
+    if array.dtype == np.bool_ or not (
+        np.issubdtype(array.dtype, np.integer) or np.issubdtype(array.dtype, np.floating)
+    ):
         raise ValueError(f"Image of dtype {array.dtype} is not accepted; expected {ACCEPTED_IMAGES}.")
+    if array.dtype == np.uint16:
+        array = array / np.float32(65535)  # 16-bit -> [0, 1]
     if np.issubdtype(array.dtype, np.floating):
         if not np.isfinite(array).all() or array.min() < 0 or array.max() > 1:
             raise ValueError(
@@ -47,31 +91,83 @@ def _array_to_pil(array: np.ndarray) -> PIL.Image.Image:
             )
         array = np.round(array * 255)
     elif array.min() < 0 or array.max() > 255:
-        raise ValueError(f"Integer image values must lie in [0, 255], got [{array.min()}, {array.max()}].")
+        raise ValueError(
+            f"Integer image values must lie in [0, 255], got [{array.min()}, {array.max()}]; pass uint16 for "
+            "values in [0, 65535]."
+        )
     return PIL.Image.fromarray(array.astype(np.uint8))
 
 
+def _pil_to_8bit(image: PIL.Image.Image) -> PIL.Image.Image:
+    """A PIL image in an 8-bit mode: 16-bit, I and F images scaled by their range (see the module docstring)."""
+    check_pixel_count(image.height, image.width)
+    if image.mode in EIGHT_BIT_MODES:
+        # Pillow converts La to LA only; 1 (booleans) becomes 0 / 255 so that it reads right unconverted too
+        return image.convert(REPLACED_MODES[image.mode]) if image.mode in REPLACED_MODES else image
+    if image.mode in SIXTEEN_BIT_MODES:
+        return _array_to_pil(np.asarray(image).astype(np.uint16))  # I;16B etc. -> native byte order
+    if image.mode == "I":
+        pixels = np.asarray(image)
+        if pixels.min() < 0 or pixels.max() > 65535:
+            raise ValueError(
+                f"PIL mode I images are read as 16-bit and must hold values in [0, 65535], got "
+                f"[{pixels.min()}, {pixels.max()}]."
+            )
+        return _array_to_pil(pixels.astype(np.uint16))
+    if image.mode == "F":
+        return _array_to_pil(np.asarray(image))
+    raise ValueError(
+        f"PIL images of mode {image.mode} are not accepted; accepted modes: {', '.join(EIGHT_BIT_MODES)}, "
+        f"{', '.join(SIXTEEN_BIT_MODES)}, I and F."
+    )
+
+
+def open_image(source, where: str) -> PIL.Image.Image:
+    """The image in a file (a path or a binary file object), opened lazily: its header is read and its size
+    checked, its pixels not yet read. Pillow's decompression-bomb refusal becomes our too-large error; files that
+    Pillow cannot read raise one of PIL_READ_ERRORS. `where` names the image in errors."""
+    try:
+        with warnings.catch_warnings():
+            # Pillow warns above its limit (ours) and refuses above twice its limit
+            warnings.simplefilter("ignore", PIL.Image.DecompressionBombWarning)
+            image = PIL.Image.open(source)
+    except PIL.Image.DecompressionBombError as error:
+        raise ValueError(f"{where} has more than MAX_IMAGE_PIXELS = {MAX_IMAGE_PIXELS} pixels ({error}).") from None
+    try:
+        check_pixel_count(image.height, image.width, where)
+    except ValueError:
+        image.close()
+        raise
+    return image
+
+
+def _read_image_file(path) -> PIL.Image.Image:
+    where = f"Image file {os.fspath(path)!r}"
+    if not os.path.isfile(path):
+        raise ValueError(f"{where} does not exist.")
+    try:
+        with open_image(path, where) as image:
+            return image.copy()  # reads the pixels
+    except PIL_READ_ERRORS as error:
+        raise ValueError(f"{where} cannot be read as an image: {error}") from None
+
+
 def images_to_pil_list(images) -> list[PIL.Image.Image]:
-    """Any accepted single image or batch as a non-empty flat list of PIL images."""
+    """Any accepted single image or batch as a non-empty flat list of PIL images in 8-bit modes."""
     if isinstance(images, (list, tuple)):
         if len(images) == 0:
             raise ValueError(f"The batch of images is empty; expected {ACCEPTED_IMAGES}.")
         return [pil for image in images for pil in images_to_pil_list(image)]
     if isinstance(images, PIL.Image.Image):
-        return [images]
+        return [_pil_to_8bit(images)]
     if isinstance(images, (str, os.PathLike)):
-        if not os.path.isfile(images):
-            raise ValueError(f"Image file {os.fspath(images)!r} does not exist.")
-        with PIL.Image.open(images) as image:
-            return [image.copy()]
-    if isinstance(images, torch.Tensor):
-        images = images.detach().cpu().numpy()
-    if isinstance(images, np.ndarray):
+        return [_pil_to_8bit(_read_image_file(images))]
+    if isinstance(images, (np.ndarray, torch.Tensor)):
         if images.ndim == 4:
             if images.shape[0] == 0:
                 raise ValueError(f"The batch of images is empty; expected {ACCEPTED_IMAGES}.")
-            return [_array_to_pil(image) for image in images]
-        return [_array_to_pil(images)]
+            return [_array_to_pil(_to_numpy(image)) for image in images]
+        return [_array_to_pil(_to_numpy(images))]
     raise TypeError(f"Unsupported image type {type(images).__name__}; expected {ACCEPTED_IMAGES}.")
 
 
@@ -91,3 +187,17 @@ class MosaicClipImageProcessor(PilBackend):
 
     def _prepare_images_structure(self, images, expected_ndims: int = 3):
         return images_to_pil_list(images)
+
+    def resize(self, image: np.ndarray, size, resample=None, **kwargs) -> np.ndarray:
+        """transformers' resize, after refusing an image so elongated that resizing its shortest edge would make
+        it larger than MAX_IMAGE_PIXELS."""
+        if size.shortest_edge and not size.longest_edge:
+            height, width = image.shape[-2:]  # channels first
+            longest = round(size.shortest_edge * max(height, width) / min(height, width))
+            if size.shortest_edge * longest > MAX_IMAGE_PIXELS:
+                raise ValueError(
+                    f"Image of size {height}x{width} would be {size.shortest_edge * longest} pixels with its shortest "
+                    f"edge resized to {size.shortest_edge}, more than MAX_IMAGE_PIXELS = {MAX_IMAGE_PIXELS}; crop it "
+                    "to a less elongated shape first."
+                )
+        return super().resize(image, size, resample=resample, **kwargs)

@@ -6,7 +6,9 @@ the next multiple of `patch_size`; rescaled and normalised (mean = std = 0.5); a
 `(rows * cols, patch_size * patch_size * channels)` patches in row-major order. The patch grid and the
 image-token layout are pure functions of the image size (`patch_grid`, `image_token_layout`).
 
-Accepts the same inputs as the CLIP image processor (PIL, numpy, torch, grayscale, RGBA, paths, batches).
+Accepts the same inputs as the CLIP image processor (PIL of any common mode, numpy, torch, grayscale, RGBA,
+16-bit and float images, paths, batches; see `image_processing_mosaic_clip`), up to `MAX_IMAGE_PIXELS` pixels per
+image. A side that the downscale would shrink below one pixel (a 1x500 image fitted into 64x64) keeps one pixel.
 """
 
 import math
@@ -23,12 +25,18 @@ from transformers.processing_utils import ImagesKwargs
 from .image_processing_mosaic_clip import images_to_pil_list
 
 
-def fitted_size(height: int, width: int, max_height: int, max_width: int) -> tuple[int, int]:
-    """The size after downscaling to fit (max_height, max_width) with the aspect ratio kept; never larger."""
+def fit_scale(height: int, width: int, max_height: int, max_width: int) -> float:
+    """The factor that downscales a height x width image to fit (max_height, max_width) with its aspect ratio kept;
+    1 for an image that fits (never upscaled)."""
     if height <= max_height and width <= max_width:
-        return height, width
-    scale = min(max_height / height, max_width / width)
-    return int(height * scale), int(width * scale)
+        return 1.0
+    return min(max_height / height, max_width / width)
+
+
+def fitted_size(height: int, width: int, max_height: int, max_width: int) -> tuple[int, int]:
+    """The size after downscaling by `fit_scale`, truncated as transformers' Fuyu does, but no side below one pixel."""
+    scale = fit_scale(height, width, max_height, max_width)
+    return max(1, int(height * scale)), max(1, int(width * scale))
 
 
 def patch_grid(height: int, width: int, patch_size: int) -> tuple[int, int]:
@@ -57,7 +65,9 @@ def patch_bands(size: int, patch_size: int) -> list[tuple[tuple, slice, tuple]]:
     return bands
 
 
-def patchify(pixels: torch.Tensor, patch_size: int, dtype: torch.dtype | None = None, padding_value: float = 0.0) -> torch.Tensor:
+def patchify(
+    pixels: torch.Tensor, patch_size: int, dtype: torch.dtype | None = None, padding_value: float = 0.0
+) -> torch.Tensor:
     """(height, width, channels) -> (rows * cols, p * p * channels) with (rows, cols) = `patch_grid`: patches in
     row-major order, each flattened as (patch row, patch column, channel), as transformers' Fuyu does; the
     bottom and right remainder is `padding_value`. Strided copies straight from the pixels, casting to `dtype`
@@ -69,7 +79,9 @@ def patchify(pixels: torch.Tensor, patch_size: int, dtype: torch.dtype | None = 
     row_bands, col_bands = patch_bands(height, patch_size), patch_bands(width, patch_size)
     for row_index, pixel_rows, row_shape in row_bands:
         for col_index, pixel_cols, col_shape in col_bands:
-            image_layout[(*row_index, *col_index)].copy_(pixels[pixel_rows, pixel_cols].reshape(*row_shape, *col_shape, channels))
+            image_layout[(*row_index, *col_index)].copy_(
+                pixels[pixel_rows, pixel_cols].reshape(*row_shape, *col_shape, channels)
+            )
     patches[rows - 1, :, height - (rows - 1) * patch_size :] = padding_value
     patches[:, cols - 1, :, width - (cols - 1) * patch_size :] = padding_value
     return patches.view(rows * cols, patch_size * patch_size * channels)
@@ -81,7 +93,9 @@ def per_channel(value, channels: int, name: str) -> list[float]:
     if len(values) == 1:
         return values * channels
     if len(values) != channels:
-        raise ValueError(f"{name} has {len(values)} values for an image with {channels} channels; give 1 or {channels}.")
+        raise ValueError(
+            f"{name} has {len(values)} values for an image with {channels} channels; give 1 or {channels}."
+        )
     return values
 
 
@@ -110,7 +124,9 @@ def pixel_array(image: PIL.Image.Image) -> np.ndarray:
     finally:
         encoder.cleanup()
     if error_code < 0:
-        raise RuntimeError(f"PIL's raw encoder failed with code {error_code} on a {image.mode} image of size {image.size}.")
+        raise RuntimeError(
+            f"PIL's raw encoder failed with code {error_code} on a {image.mode} image of size {image.size}."
+        )
     return np.frombuffer(data, dtype=np.uint8).reshape(image.height, image.width, bands)
 
 
@@ -180,8 +196,12 @@ class MosaicFuyuImageProcessor(PilBackend):
             pixels = pixel_array(image)
             resized_height, resized_width, channels = pixels.shape
             rows, cols = patch_grid(resized_height, resized_width, patch_size)
-            scale, shift = pixel_affine(channels, rescale_factor if do_rescale else 1.0,
-                                        image_mean if do_normalize else 0.0, image_std if do_normalize else 1.0)
+            scale, shift = pixel_affine(
+                channels,
+                rescale_factor if do_rescale else 1.0,
+                image_mean if do_normalize else 0.0,
+                image_std if do_normalize else 1.0,
+            )
             # strided copies from the uint8 pixels to float32 patches, padded with padding_value on the 0-255
             # scale as transformers pads before rescaling; then one in-place pass rescales and normalises
             with warnings.catch_warnings():  # the pixels are read-only bytes; they are only read here

@@ -4,10 +4,41 @@ Texts are padded to the longest and truncated to the tokenizer's `model_max_leng
 text can overrun the model's position table.
 """
 
+from collections.abc import Iterable
+
 from transformers.processing_utils import ProcessorMixin
 
 
+def check_texts(texts, what: str, special_tokens: Iterable[str]) -> list[str]:
+    """`texts` (one string or a list of them) as a list, each checked to be a string of valid Unicode (no lone
+    surrogate such as "\\ud800") without any of `special_tokens` typed into it. `what` names a text in errors."""
+    if isinstance(texts, str):
+        texts = [texts]
+    elif not isinstance(texts, (list, tuple)):
+        raise TypeError(f"Got a {type(texts).__name__} for the {what.lower()}s; pass a string or a list of strings.")
+    for index, text in enumerate(texts):
+        if not isinstance(text, str):
+            raise TypeError(f"{what} {index} is a {type(text).__name__}; pass a string or a list of strings.")
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as error:
+            raise ValueError(
+                f"{what} {index} is not valid Unicode: {text[error.start : error.end]!r} at position {error.start} "
+                f"({error.reason}); pass text that encodes as UTF-8."
+            ) from None
+        typed = [token for token in special_tokens if token and token in text]
+        if typed:
+            raise ValueError(
+                f"{what} {index} contains {typed[0]!r}, a special token that the processor places itself (typed in, "
+                "it would be read as the real token); remove it from the text."
+            )
+    return list(texts)
+
+
 class MosaicClipProcessor(ProcessorMixin):
+    """Texts must be strings of valid Unicode without the tokenizer's special tokens typed in (a typed EOS such
+    as "</s>" would end the text there for the model, which pools at the EOS): such texts are refused."""
+
     text_kwargs = {"padding": True, "truncation": True, "return_tensors": "pt"}
     images_kwargs = {"return_tensors": "pt"}
 
@@ -17,6 +48,6 @@ class MosaicClipProcessor(ProcessorMixin):
     def __call__(self, images=None, text=None, **kwargs):
         if images is None and text is None:
             raise ValueError("MosaicClipProcessor needs `images`, `text`, or both.")
-        if isinstance(text, (list, tuple)) and len(text) == 0:
+        if text is not None and not check_texts(text, "Text", self.tokenizer.all_special_tokens):
             raise ValueError("The batch of texts is empty; pass a string or a non-empty list of strings.")
         return super().__call__(images=images, text=text, **kwargs)

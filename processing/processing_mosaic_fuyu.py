@@ -1,22 +1,35 @@
 """Processor of the Fuyu-style family: a tokenizer plus `MosaicFuyuImageProcessor`.
 
-Layout of one prompt: the image blocks that come before any text, BOS, the prompt (with an image block
-wherever an `<image>` placeholder stands), and the begin-of-answer token. One image and no placeholder
-puts the image first, as Fuyu does. An image block is, per patch row, one image token per patch and an
-image-newline token. Token ids are built directly as tensors; batches are left-padded.
+Layout of one prompt, as adept/fuyu-8b reads it: the image blocks that come before any text, BOS, the prompt
+(with an image block wherever an `<image>` placeholder stands), and the begin-of-answer token. One image and
+no placeholder puts the image first, as Fuyu does. An image block is, per patch row, one image token per patch
+and an image-newline token. The prompt's text is tokenized as written, whitespace included (a trailing "\n" is
+a token of its own, `<0x0A>` in fuyu-8b's tokenizer). Token ids are built directly as tensors; batches are
+left-padded (with the pad token, or EOS for a tokenizer without one: padding is masked out).
+
+Images: one image per prompt (a list, or a 4-D array/tensor of shape (N, H, W, C) or (N, C, H, W) with one
+image per prompt), all images for a single prompt, or a list of image lists (one list per prompt).
 
 Model inputs: `input_ids`, `attention_mask`, `image_patches` (batch, max patches, patch dim) and
 `image_patches_mask` (batch, max patches), plus `labels` when `answers` are given (-100 everywhere but
 the answer and its EOS).
 
 Boxes `<box>y1, x1, y2, x2</box>` and points `<point>x, y</point>` in a prompt are in pixels of the
-prompt's first image. As in Fuyu they are rescaled to the processed image (halved, times the resize
-factor, rounded) and written between the tokens <0x00>/<0x01> (box) or <0x02>/<0x03> (point);
-`post_process_image_text_to_text(..., image_sizes=...)` maps generated ones back.
+prompt's first image. They are written as fuyu-8b reads and writes them (transformers 4.x `FuyuProcessor`):
+each coordinate halved, scaled by the resize factor of the image's height and rounded, then one bare number
+token per coordinate (no commas) between <0x00> and <0x01> (box: y1 x1 y2 x2) or <0x02> and <0x03> (point: x y).
+A tokenizer without such a token for every number gets the numbers as space-separated text instead.
+`post_process_image_text_to_text(..., image_sizes=...)` maps generated ones back to pixels as transformers'
+`post_process_box_coordinates` does (2 * int(value / scale), scale the fit factor of the image).
+
+Texts (prompts and answers) must be strings of valid Unicode; a special token typed into one (`|SPEAKER|`,
+`<0x00>`, `<s>`, ...: the processor places them itself) and a `<box>` or `<point>` tag without its closing
+tag are refused with a ValueError.
 """
 
 import re
 
+import numpy as np
 import torch
 from transformers.feature_extraction_utils import BatchFeature
 from transformers.processing_utils import ProcessorMixin
@@ -25,18 +38,24 @@ from .fuyu_special_tokens import (
     BEGIN_OF_ANSWER_TOKEN,
     BOX_CLOSE_TOKEN,
     BOX_OPEN_TOKEN,
+    FUYU_SPECIAL_TOKENS,
     IMAGE_NEWLINE_TOKEN,
     IMAGE_PLACEHOLDER,
     IMAGE_TOKEN,
     POINT_CLOSE_TOKEN,
     POINT_OPEN_TOKEN,
 )
-from .image_processing_mosaic_fuyu import fitted_size, image_token_layout
+from .image_processing_mosaic_clip import images_to_pil_list
+from .image_processing_mosaic_fuyu import fit_scale, fitted_size, image_token_layout
+from .processing_mosaic_clip import check_texts
 
 IGNORE_INDEX = -100
-COORDINATE_TAG = re.compile(r"<(box|point)>(.*?)</\1>")
+COORDINATE_TAG = re.compile(r"<(box|point)>(.*?)</\1>", re.DOTALL)
+LONE_TAG = re.compile(r"</?(?:box|point)>")  # a tag left over once the whole <box>...</box> tags are taken out
 COORDINATE_TOKENS = {"box": (BOX_OPEN_TOKEN, BOX_CLOSE_TOKEN), "point": (POINT_OPEN_TOKEN, POINT_CLOSE_TOKEN)}
 COORDINATE_COUNT = {"box": 4, "point": 2}
+COORDINATE_FORMATS = "boxes as <box>y1, x1, y2, x2</box> and points as <point>x, y</point>"
+BARE_NUMBER = re.compile(r"[0-9]+")
 
 
 def parse_coordinates(kind: str, text: str) -> list[float]:
@@ -57,18 +76,18 @@ def check_inside(kind: str, values: list[float], height: int, width: int) -> Non
     ordered = kind == "point" or (values[0] <= values[2] and values[1] <= values[3])
     if not (ordered and all(0 <= y <= height for y in ys) and all(0 <= x <= width for x in xs)):
         raise ValueError(
-            f"The {kind} {values} lies outside the {height}x{width} (height x width) image; boxes are "
-            "<box>y1, x1, y2, x2</box> and points <point>x, y</point> with 0 <= x <= width, 0 <= y <= height."
+            f"The {kind} {values} lies outside the {height}x{width} (height x width) image; write "
+            f"{COORDINATE_FORMATS} with 0 <= x <= width, 0 <= y <= height."
         )
 
 
 def to_processed_coordinates(values: list[float], scale: float) -> list[int]:
-    """Fuyu's mapping into the processed image: round(value / 2 * scale)."""
+    """Fuyu's mapping into the processed image (`scale_bbox_to_transformed_image`): round(value / 2 * scale)."""
     return [round(value / 2 * scale) for value in values]
 
 
-def to_original_coordinates(values: list[float], scale: float) -> list[int]:
-    """Fuyu's mapping back: 2 * int(value / scale)."""
+def to_original_coordinates(values: list[int], scale: float) -> list[int]:
+    """Fuyu's mapping back (`post_process_box_coordinates`): 2 * int(value / scale)."""
     return [2 * int(value / scale) for value in values]
 
 
@@ -116,59 +135,107 @@ class MosaicFuyuProcessor(ProcessorMixin):
             raise ValueError(f"The tokenizer has no token {token!r}; add it as a special token.")
         return token_id
 
+    def _special_id(self, name: str, needed_for: str) -> int:
+        """The id of the tokenizer's `name` token ("bos" or "eos")."""
+        token_id = getattr(self.tokenizer, f"{name}_token_id")
+        if token_id is None:
+            raise ValueError(
+                f"The tokenizer has no {name.upper()} token, which {needed_for}; set tokenizer.{name}_token."
+            )
+        return token_id
+
+    def _typed_special_tokens(self) -> list[str]:
+        """Tokens the processor places itself, refused in prompt and answer text."""
+        placed = {self.image_token, self.image_newline_token, self.begin_of_answer_token}
+        return sorted({*FUYU_SPECIAL_TOKENS, *placed, *self.tokenizer.all_special_tokens})
+
     def _images_per_prompt(self, images, prompts: list[str]) -> list[list]:
+        """The images of each prompt, each as a flat list of PIL images (see the module docstring)."""
         if images is None:
             return [[] for _ in prompts]
-        if not isinstance(images, (list, tuple)):
-            return [[images]] + [[] for _ in prompts[1:]]
-        if all(isinstance(entry, (list, tuple)) for entry in images):
+        if isinstance(images, (np.ndarray, torch.Tensor)) and images.ndim == 4:
+            images = list(images)  # (N, H, W, C) or (N, C, H, W): N images
+        elif not isinstance(images, (list, tuple)):
+            images = [images]
+        nested = [isinstance(entry, (list, tuple)) for entry in images]
+        if images and all(nested):
             if len(images) != len(prompts):
                 raise ValueError(f"Got image lists for {len(images)} prompts but {len(prompts)} prompts.")
-            return [list(entry) for entry in images]
+            return [images_to_pil_list(entry) if entry else [] for entry in images]
+        if any(nested):
+            raise ValueError("The images mix single images and image lists; pass one or the other.")
         if len(prompts) == 1:
-            return [list(images)]
+            return [images_to_pil_list(images) if images else []]
         if len(images) == len(prompts):
-            return [[image] for image in images]
+            return [images_to_pil_list(image) for image in images]
         raise ValueError(
-            f"Got {len(images)} images for {len(prompts)} prompts: pass one image per prompt, or a list of "
+            f"Got {len(images)} image(s) for {len(prompts)} prompts: pass one image per prompt, or a list of "
             "image lists (one list per prompt)."
         )
 
     def _scale(self, image_size: tuple[int, int]) -> float:
-        """The resize factor (processed / original height) of an image of this (height, width), as Fuyu's."""
+        """The resize factor of an image of this (height, width) on the way in: processed / original height, as
+        transformers' Fuyu image processor reports it (`image_scale_factors`)."""
         height, width = image_size
         if not self.image_processor.do_resize:
             return 1.0
         size = self.image_processor.size
         return fitted_size(height, width, size["height"], size["width"])[0] / height
 
-    def _text_ids(self, text: str, index: int, image_size: tuple[int, int] | None) -> torch.Tensor:
-        """Token ids of a piece of prompt `index`; its boxes and points are checked against `image_size`, the
-        (height, width) of the prompt's first image, rescaled to the processed image and wrapped in their
-        open/close tokens."""
+    def _fit_scale(self, image_size: tuple[int, int]) -> float:
+        """The resize factor on the way back, as transformers' `post_process_box_coordinates` takes it."""
+        if not self.image_processor.do_resize:
+            return 1.0
+        size = self.image_processor.size
+        return fit_scale(*image_size, size["height"], size["width"])
+
+    def _coordinate_ids(self, numbers: list[int]) -> list[int]:
+        """fuyu-8b's coordinates: one bare number token per number ("388", without commas or a word-start marker).
+        A tokenizer without such a token for every number gets them as space-separated text."""
+        ids = self.tokenizer.convert_tokens_to_ids([str(number) for number in numbers])
+        if all(token_id is not None and token_id != self.tokenizer.unk_token_id for token_id in ids):
+            return ids
+        return self.tokenizer(" ".join(map(str, numbers)), add_special_tokens=False)["input_ids"]
+
+    def _coordinate_values(self, ids: list[int]) -> list[int]:
+        """The numbers written by `_coordinate_ids` (or as any text, commas allowed) between two coordinate tokens."""
+        tokens = self.tokenizer.convert_ids_to_tokens(ids)
+        if all(isinstance(token, str) and BARE_NUMBER.fullmatch(token) for token in tokens):
+            return [int(token) for token in tokens]  # one token per number: "12" "34" decodes as "1234"
+        return [int(number) for number in re.findall(r"[0-9]+", self.tokenizer.decode(ids))]
+
+    def _text_ids(self, text: str, index: int, image_size: tuple[int, int] | None) -> list[int]:
+        """Token ids of a piece of prompt `index`, whitespace kept; its boxes and points are checked against
+        `image_size`, the (height, width) of the prompt's first image, rescaled to the processed image and wrapped
+        in their open/close tokens. Each piece of text between tags is tokenized on its own, as fuyu-8b's
+        processor does."""
         parts = COORDINATE_TAG.split(text)  # text, kind, coordinates, text, kind, coordinates, ..., text
         ids = []
         for start in range(0, len(parts), 3):
-            if parts[start].strip():
-                ids += self.tokenizer(parts[start].strip(), add_special_tokens=False)["input_ids"]
+            if lone_tag := LONE_TAG.search(parts[start]):
+                raise ValueError(
+                    f"Prompt {index} has a {lone_tag.group()} that is not closed or not opened; write {COORDINATE_FORMATS}."
+                )
+            if parts[start]:
+                ids += self.tokenizer(parts[start], add_special_tokens=False)["input_ids"]
             if start + 2 < len(parts):
                 kind, values = parts[start + 1], parse_coordinates(parts[start + 1], parts[start + 2])
                 if image_size is None:
                     raise ValueError(f"Prompt {index} has a <{kind}> but no image it could refer to.")
                 check_inside(kind, values, *image_size)
-                scaled = to_processed_coordinates(values, self._scale(image_size))
                 open_token, close_token = COORDINATE_TOKENS[kind]
-                numbers = self.tokenizer(", ".join(map(str, scaled)), add_special_tokens=False)["input_ids"]
+                numbers = self._coordinate_ids(to_processed_coordinates(values, self._scale(image_size)))
                 ids += [self._token_id(open_token), *numbers, self._token_id(close_token)]
-        return torch.tensor(ids, dtype=torch.long)
+        return ids
 
     def __call__(self, images=None, text=None, answers=None, return_tensors="pt", **kwargs) -> BatchFeature:
         if text is None:
             raise ValueError("MosaicFuyuProcessor needs `text` (a prompt or a list of prompts).")
-        prompts = [text] if isinstance(text, str) else list(text)
+        typed_special_tokens = self._typed_special_tokens()
+        prompts = check_texts(text, "Prompt", typed_special_tokens)
         if not prompts:
             raise ValueError("The batch of prompts is empty.")
-        answer_texts = None if answers is None else ([answers] if isinstance(answers, str) else list(answers))
+        answer_texts = None if answers is None else check_texts(answers, "Answer", typed_special_tokens)
         if answer_texts is not None and len(answer_texts) != len(prompts):
             raise ValueError(f"Got {len(answer_texts)} answers for {len(prompts)} prompts.")
         images_per_prompt = self._images_per_prompt(images, prompts)
@@ -184,9 +251,15 @@ class MosaicFuyuProcessor(ProcessorMixin):
                 )
             segments_per_prompt.append(segments)
         flat_images = [image for entry in images_per_prompt for image in entry]
-        processed = self.image_processor(flat_images) if flat_images else {"image_patches": [], "patch_grids": [], "image_sizes": []}
+        processed = (
+            self.image_processor(flat_images)
+            if flat_images
+            else {"image_patches": [], "patch_grids": [], "image_sizes": []}
+        )
         image_token_id, newline_id = self._token_id(self.image_token), self._token_id(self.image_newline_token)
         answer_id = self._token_id(self.begin_of_answer_token)
+        bos_id = self._special_id("bos", "starts every prompt")
+        eos_id = None if answer_texts is None else self._special_id("eos", "ends every answer")
         tokenizer = self.tokenizer
 
         sequences, label_sequences, patches = [], [], []
@@ -195,23 +268,23 @@ class MosaicFuyuProcessor(ProcessorMixin):
             pieces, bos_placed = [], False
             first_image_size = processed["image_sizes"][next_image] if prompt_images else None
             for position, segment in enumerate(segments):
-                if segment.strip() and not bos_placed:
-                    pieces.append(torch.tensor([tokenizer.bos_token_id]))
+                if segment and not bos_placed:
+                    pieces.append(torch.tensor([bos_id]))
                     bos_placed = True
-                if segment.strip():
-                    pieces.append(self._text_ids(segment.strip(), index, first_image_size))
+                if segment:
+                    pieces.append(torch.tensor(self._text_ids(segment, index, first_image_size), dtype=torch.long))
                 if position < len(prompt_images):
                     rows, cols = processed["patch_grids"][next_image]
                     pieces.append(image_token_layout(rows, cols, image_token_id, newline_id))
                     patches.append((index, processed["image_patches"][next_image]))
                     next_image += 1
             if not bos_placed:
-                pieces.append(torch.tensor([tokenizer.bos_token_id]))
+                pieces.append(torch.tensor([bos_id]))
             pieces.append(torch.tensor([answer_id]))
             prompt_ids = torch.cat(pieces)
             labels = torch.full_like(prompt_ids, IGNORE_INDEX)
             if answer_texts is not None:
-                answer_ids = tokenizer(answer_texts[index], add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+                answer_ids = tokenizer(answer_texts[index], add_special_tokens=False)["input_ids"] + [eos_id]
                 answer_ids = torch.tensor(answer_ids, dtype=torch.long)
                 prompt_ids, labels = torch.cat([prompt_ids, answer_ids]), torch.cat([labels, answer_ids])
             if len(prompt_ids) > tokenizer.model_max_length:
@@ -223,7 +296,11 @@ class MosaicFuyuProcessor(ProcessorMixin):
             label_sequences.append(labels)
 
         length = max(len(ids) for ids in sequences)
-        input_ids = torch.full((len(prompts), length), tokenizer.pad_token_id, dtype=torch.long)
+        # padding is masked out, so any id does: the pad token's, else EOS's (a tokenizer may have no pad token)
+        pad_id = next(
+            (token_id for token_id in (tokenizer.pad_token_id, tokenizer.eos_token_id) if token_id is not None), 0
+        )
+        input_ids = torch.full((len(prompts), length), pad_id, dtype=torch.long)
         attention_mask = torch.zeros(len(prompts), length, dtype=torch.long)
         label_ids = torch.full((len(prompts), length), IGNORE_INDEX, dtype=torch.long)
         for row, (ids, labels) in enumerate(zip(sequences, label_sequences)):
@@ -241,8 +318,9 @@ class MosaicFuyuProcessor(ProcessorMixin):
         self, generated_ids, skip_special_tokens: bool = True, image_sizes=None, **kwargs
     ) -> list[str]:
         """The generated answers only: each row decoded after its last begin-of-answer token. Boxes and points
-        come out as `<box>y1, x1, y2, x2</box>` / `<point>x, y</point>`; given `image_sizes` (the original
-        (height, width) of each row's image) they are mapped back to original pixels."""
+        (fuyu-8b's <0x00> y1 x1 y2 x2 <0x01> and <0x02> x y <0x03>) come out as `<box>y1, x1, y2, x2</box>` /
+        `<point>x, y</point>`; given `image_sizes` (the original (height, width) of each row's image) they are
+        mapped back to original pixels."""
         answer_id = self._token_id(self.begin_of_answer_token)
         rows = torch.as_tensor(generated_ids)
         if image_sizes is not None and len(image_sizes) != len(rows):
@@ -251,26 +329,31 @@ class MosaicFuyuProcessor(ProcessorMixin):
         for row_index, row in enumerate(rows):
             positions = (row == answer_id).nonzero()
             start = int(positions[-1]) + 1 if len(positions) else 0
-            scale = None if image_sizes is None else self._scale(tuple(image_sizes[row_index]))
+            scale = None if image_sizes is None else self._fit_scale(tuple(image_sizes[row_index]))
             answers.append(self._decode_with_coordinates(row[start:].tolist(), scale, skip_special_tokens))
         return answers
 
     def _decode_with_coordinates(self, ids: list[int], scale: float | None, skip_special_tokens: bool) -> str:
         """Decodes ids, writing each well-formed open ... close coordinate span as a `<box>` or `<point>` tag,
         mapped back to original pixels when `scale` is given."""
-        spans = {self._token_id(opening): (kind, self._token_id(closing)) for kind, (opening, closing) in COORDINATE_TOKENS.items()}
+        spans = {
+            self._token_id(opening): (kind, self._token_id(closing))
+            for kind, (opening, closing) in COORDINATE_TOKENS.items()
+        }
         pieces, plain, position = [], [], 0
         while position < len(ids):
             kind, close_id = spans.get(ids[position], (None, None))
             end = ids.index(close_id, position + 1) if close_id in ids[position + 1 :] else None
-            numbers = [] if end is None else re.findall(r"\d+", self.tokenizer.decode(ids[position + 1 : end]))
-            if end is None or len(numbers) != COORDINATE_COUNT[kind]:  # plain text, or a malformed span
+            values = [] if end is None else self._coordinate_values(ids[position + 1 : end])
+            if end is None or len(values) != COORDINATE_COUNT[kind]:  # plain text, or a malformed span
                 plain.append(ids[position])
                 position += 1
                 continue
-            values = [int(number) for number in numbers]
             values = values if scale is None else to_original_coordinates(values, scale)
-            pieces += [self.tokenizer.decode(plain, skip_special_tokens=skip_special_tokens), f"<{kind}>{', '.join(map(str, values))}</{kind}>"]
+            pieces += [
+                self.tokenizer.decode(plain, skip_special_tokens=skip_special_tokens),
+                f"<{kind}>{', '.join(map(str, values))}</{kind}>",
+            ]
             plain, position = [], end + 1
         pieces.append(self.tokenizer.decode(plain, skip_special_tokens=skip_special_tokens))
         return " ".join(piece.strip() for piece in pieces if piece.strip())

@@ -4,9 +4,10 @@ import numpy as np
 import PIL.Image
 import pytest
 import torch
-from mosaic_vlm.processing import MosaicClipImageProcessor, MosaicClipProcessor
 from transformers import AutoProcessor
 from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
+
+from mosaic_vlm.processing import MosaicClipImageProcessor, MosaicClipProcessor
 
 SETTINGS = [{}, {"size": {"shortest_edge": 64}, "crop_size": {"height": 48, "width": 48}}]
 
@@ -81,6 +82,7 @@ def test_bad_images_raise_one_clear_error(images, error, message):
 
 def test_processor_texts_images_and_round_trip(clip_processor, photos, tmp_path):
     from conftest import tiny_clip_config
+
     from mosaic_vlm.modeling import MosaicClipModel
 
     both = clip_processor(images=[photos["cat"], photos["coffee"]], text=["a photo of a cat", "a cup of coffee"])
