@@ -391,6 +391,19 @@ def load_openai_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         raise ValueError(f"{path} is not a readable safetensors file: {error}") from error
 
 
+# keys only OpenAI's / open_clip's ResNet image towers (RN50, RN101, RN50x4, ...) have
+_RESNET_KEYS = ("visual.layer1.0.conv1.weight", "visual.attnpool.positional_embedding", "visual.attnpool.c_proj.weight")
+
+
+def require_vit_towers(state_dict: Mapping[str, torch.Tensor]) -> None:
+    """Refuse a ResNet image tower by its keys, before anything else is read."""
+    if any(key in state_dict for key in _RESNET_KEYS):
+        raise ValueError(
+            "This state dict has a ResNet image tower (RN50-style: visual.layer1..., visual.attnpool...); "
+            "MosaicClipModel converts ViT towers only."
+        )
+
+
 def infer_openai_config(state_dict: Mapping[str, torch.Tensor], hidden_act: str = "quick_gelu") -> MosaicClipConfig:
     """The MosaicClipConfig of an OpenAI / open_clip ViT state dict, read from its shapes.
 
@@ -399,6 +412,7 @@ def infer_openai_config(state_dict: Mapping[str, torch.Tensor], hidden_act: str 
     EOS = vocab_size - 1 and BOS = vocab_size - 2 (OpenAI's <|endoftext|>, <|startoftext|>), pad 0
     (OpenAI's tokenize pads with 0); `logit_bias` present -> loss_type "siglip". The activation is not
     in the weights: quick_gelu for OpenAI's models, gelu for most open_clip models trained by LAION."""
+    require_vit_towers(state_dict)
 
     def shape(key: str, ndim: int) -> tuple[int, ...]:
         if key not in state_dict:
@@ -555,6 +569,7 @@ def clip_from_openai(
         state_dict = load_openai_state_dict(state_dict_or_path)
     else:
         state_dict = dict(state_dict_or_path)
+    require_vit_towers(state_dict)
     _require_float_weights(state_dict)
     config = infer_openai_config(state_dict) if config is None else config
     require_openai_compatible(config)

@@ -96,9 +96,16 @@ def check_inputs(config: MosaicFuyuConfig) -> tuple[torch.Tensor, torch.Tensor]:
     return input_ids, patches
 
 
+@torch.no_grad()
 def _check(reference, converted, reference_inputs: dict, converted_inputs: dict, name: str) -> None:
     """Logits within LOGIT_ATOL and greedy tokens equal, or raise."""
     require_close(reference(**reference_inputs).logits, converted(**converted_inputs).logits, name)
+    _check_tokens(reference, converted, reference_inputs, converted_inputs, name)
+
+
+@torch.no_grad()
+def _check_tokens(reference, converted, reference_inputs: dict, converted_inputs: dict, name: str) -> None:
+    """Greedy tokens equal, or raise."""
     settings = dict(max_new_tokens=CHECK_NEW_TOKENS, min_new_tokens=CHECK_NEW_TOKENS, do_sample=False, pad_token_id=0)
     expected = reference.generate(**reference_inputs, **settings)
     generated = converted.generate(**converted_inputs, **settings)
@@ -225,7 +232,7 @@ def convert_fuyu_checkpoint(
             converted_inputs = _model_inputs(target_class, input_ids, patches)
             verify_offloaded(reference, converted, lambda model: model(**reference_inputs).logits,
                              lambda model: model(**converted_inputs).logits, reference_class.__name__)
-            _check(reference, converted, reference_inputs, converted_inputs, reference_class.__name__)
+            _check_tokens(reference, converted, reference_inputs, converted_inputs, reference_class.__name__)
             release(reference, converted)
         finally:
             converted_checkpoint.close()

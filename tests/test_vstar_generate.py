@@ -133,3 +133,14 @@ def test_the_benchmark_takes_both_models_or_neither(trained):
 
     with pytest.raises(ValueError, match="both models"):
         bench_vstar.run_vstar_benchmark(trained, None, questions=1, exhaustive=0)
+
+
+def test_a_string_names_one_target_and_empty_names_are_refused(trained):
+    model, processor = trained
+    question = benchmark_questions(1, seed=5)[0]
+    image = question.scene.render()
+    output = vstar_generate(model, processor, image, question.question, targets="digit",
+                            search_config=SearchConfig(min_size=512, max_calls=6), **GENERATE)
+    assert output.targets == ["digit"] and list(output.searches) == ["digit"]
+    with pytest.raises(ValueError, match="targets must be non-empty strings"):
+        vstar_generate(model, processor, image, question.question, targets=["digit", " "], **GENERATE)

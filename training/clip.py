@@ -141,7 +141,7 @@ def main(argv=None) -> dict:
             json.dump(metrics, file, indent=2)
         accuracy = metrics["eval_zero_shot_accuracy"]
         processes = trainer.args.world_size
-        print(f"zero-shot accuracy on {len(trainer.eval_dataset)} held-out digits: {accuracy:.1%} ({processes} processes)")
+        print(f"zero-shot accuracy on {len(trainer.eval_dataset)} held-out digits: {accuracy:.1%} ({processes} processes{', FSDP' if trainer.is_fsdp_enabled else ''})")
     if training_args.push_to_hub:
         trainer.push_to_hub()
     return metrics

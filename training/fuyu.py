@@ -125,7 +125,7 @@ def main(argv=None) -> dict:
             json.dump(metrics, file, indent=2)
         print(
             f"'{DIGIT_QUESTION}' answered right on {metrics['generated_accuracy']:.1%} of {len(trainer.eval_dataset)} "
-            f"held-out digits ({trainer.args.world_size} processes)"
+            f"held-out digits ({trainer.args.world_size} processes{', FSDP' if trainer.is_fsdp_enabled else ''})"
         )
     if training_args.push_to_hub:
         trainer.push_to_hub()
