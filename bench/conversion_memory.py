@@ -105,9 +105,7 @@ def run_conversion_memory_benchmark(quick: bool = False) -> dict:
         sources = make_checkpoints(work, quick)
         cases = []
         for family, source in sources.items():
-            checkpoint = LazyCheckpoint(source)
-            size = checkpoint.nbytes
-            checkpoint.close()
+            size = LazyCheckpoint(source).nbytes
             peaks = {}
             for mode in ("in-memory", "streaming"):
                 (work / f"{family}-{mode}").mkdir()

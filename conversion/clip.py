@@ -697,22 +697,19 @@ def convert_clip_checkpoint(
     table = {"openai": OPENAI_KEY_TABLE}.get(source_layout) or (invert(OPENAI_KEY_TABLE) if target_layout == "openai" else None)
     ignored = OPENAI_IGNORED_KEYS if source_layout == "openai" else ()
     target = _layout_of(target_layout, config)
-    try:
-        if target is None:
-            expected = {row.targets[0]: shape for row, shape in _openai_shapes(config)}
-        else:
-            expected = expected_shapes(*target)
-            save_model_files(*target, output, dtype or checkpoint.floating_dtype())  # before the weights: it prunes files
-            if processor is not None:
-                processor.save_pretrained(output)
-        files = stream_tensors(checkpoint, output, table, expected, f"{source_layout} CLIP ({source})",
-                               f"the {target_layout} layout", ignored=ignored, dtype=dtype,
-                               max_shard_size=max_shard_size if target is not None else 2**62, round_trip=True)
-        if target is None:
-            os.rename(files[0], output / OPENAI_WEIGHTS_NAME)
-        _verify_clip(checkpoint, output, source_layout, target_layout, config, dtype)
-    finally:
-        checkpoint.close()
+    if target is None:
+        expected = {row.targets[0]: shape for row, shape in _openai_shapes(config)}
+    else:
+        expected = expected_shapes(*target)
+        save_model_files(*target, output, dtype or checkpoint.floating_dtype())  # before the weights: it prunes files
+        if processor is not None:
+            processor.save_pretrained(output)
+    files = stream_tensors(checkpoint, output, table, expected, f"{source_layout} CLIP ({source})",
+                           f"the {target_layout} layout", ignored=ignored, dtype=dtype,
+                           max_shard_size=max_shard_size if target is not None else 2**62, round_trip=True)
+    if target is None:
+        os.rename(files[0], output / OPENAI_WEIGHTS_NAME)
+    _verify_clip(checkpoint, output, source_layout, target_layout, config, dtype)
     if target_layout != "openai" and processor is None:
         logger.warning("No processor was written (%s carries none). Add one to the output folder before "
                        "`mosaic-vlm zero-shot`: MosaicClipProcessor(image_processor=MosaicClipImageProcessor(...), "
@@ -734,20 +731,17 @@ def _verify_clip(checkpoint, output: Path, source_layout: str, target_layout: st
     every layer and the logits when both have a model class, else the logits."""
     inputs = check_inputs(config)
     converted_checkpoint = LazyCheckpoint(output / OPENAI_WEIGHTS_NAME if target_layout == "openai" else output)
-    try:
-        source_model, target_model = _layout_of(source_layout, config), _layout_of(target_layout, config)
-        if source_model is not None and target_model is not None:
-            reference = offloaded_model(*source_model, checkpoint, rounded_to=dtype)
-            converted = offloaded_model(*target_model, converted_checkpoint)
-            run = lambda model: model(input_ids=inputs[0], pixel_values=inputs[1]).logits_per_image  # noqa: E731
-            verify_offloaded(reference, converted, run, run, source_model[0].__name__)
-            release(reference, converted)
-        else:
-            reference_logits = _checkpoint_logits(source_model, checkpoint, config, inputs, rounded_to=dtype)
-            converted_logits = _checkpoint_logits(target_model, converted_checkpoint, config, inputs)
-            require_close(reference_logits, converted_logits, f"the {source_layout} source")
-    finally:
-        converted_checkpoint.close()
+    source_model, target_model = _layout_of(source_layout, config), _layout_of(target_layout, config)
+    if source_model is not None and target_model is not None:
+        reference = offloaded_model(*source_model, checkpoint, rounded_to=dtype)
+        converted = offloaded_model(*target_model, converted_checkpoint)
+        run = lambda model: model(input_ids=inputs[0], pixel_values=inputs[1]).logits_per_image  # noqa: E731
+        verify_offloaded(reference, converted, run, run, source_model[0].__name__)
+        release(reference, converted)
+    else:
+        reference_logits = _checkpoint_logits(source_model, checkpoint, config, inputs, rounded_to=dtype)
+        converted_logits = _checkpoint_logits(target_model, converted_checkpoint, config, inputs)
+        require_close(reference_logits, converted_logits, f"the {source_layout} source")
 
 
 def _checkpoint_logits(model_and_config, checkpoint, config, inputs, rounded_to=None) -> torch.Tensor:

@@ -129,9 +129,9 @@ def fuyu_from_transformers(
     config = config_from_transformers(source.config, image_newline_token_id)
     model = build(MosaicFuyuForCausalLM, config, source.state_dict(), "transformers Fuyu")
     input_ids, patches = check_inputs(config)
+    inputs = {"input_ids": input_ids, "pixel_values": patches}
     with float32_eval(source) as reference:
-        _check(reference, model, {"input_ids": input_ids, "pixel_values": patches},
-               {"input_ids": input_ids, "image_patches": patches}, "FuyuForCausalLM")
+        _check(reference, model, inputs, inputs, "FuyuForCausalLM")
     return model.to(device=source.device, dtype=source.dtype)
 
 
@@ -141,8 +141,8 @@ def fuyu_to_transformers(model: MosaicFuyuForCausalLM) -> FuyuForCausalLM:
     exported = build(FuyuForCausalLM, config, model.state_dict(), "MosaicFuyu")
     input_ids, patches = check_inputs(model.config)
     with float32_eval(model) as reference:
-        _check(reference, exported, {"input_ids": input_ids, "image_patches": patches},
-               {"input_ids": input_ids, "pixel_values": patches}, "MosaicFuyuForCausalLM")
+        inputs = {"input_ids": input_ids, "pixel_values": patches}
+        _check(reference, exported, inputs, inputs, "MosaicFuyuForCausalLM")
     return exported.to(device=model.device, dtype=model.dtype)
 
 
@@ -212,40 +212,27 @@ def convert_fuyu_checkpoint(
         reference_class, target_class, target_config = MosaicFuyuForCausalLM, FuyuForCausalLM, config_to_transformers(config)
         reference_table, table, converted_table = None, invert(TRANSFORMERS_FILE_KEY_TABLE), TRANSFORMERS_FILE_KEY_TABLE
     checkpoint = LazyCheckpoint(source)
-    try:
-        expected = expected_shapes(target_class, target_config)
-        if to == "transformers":  # the files hold adept/fuyu-8b's names
-            expected = {row.targets[0]: expected[row.sources[0]] for row in plan_keys(expected, table)[0]}
-        # save_pretrained removes weight files it did not write: the config and code go first
-        save_model_files(target_class, target_config, output, dtype or checkpoint.floating_dtype())
-        if processor is not None:
-            processor.save_pretrained(output)
-        stream_tensors(checkpoint, output, table, expected, f"{reference_class.__name__} ({source})",
-                       target_class.__name__, dtype=dtype, max_shard_size=max_shard_size)
-        converted_checkpoint = LazyCheckpoint(output)
-        try:
-            reference_config = source_config if to == "mosaic" else config
-            reference = offloaded_model(reference_class, reference_config, checkpoint, reference_table, rounded_to=dtype)
-            converted = offloaded_model(target_class, target_config, converted_checkpoint, converted_table)
-            input_ids, patches = check_inputs(config)
-            reference_inputs = _model_inputs(reference_class, input_ids, patches)
-            converted_inputs = _model_inputs(target_class, input_ids, patches)
-            verify_offloaded(reference, converted, lambda model: model(**reference_inputs).logits,
-                             lambda model: model(**converted_inputs).logits, reference_class.__name__)
-            _check_tokens(reference, converted, reference_inputs, converted_inputs, reference_class.__name__)
-            release(reference, converted)
-        finally:
-            converted_checkpoint.close()
-    finally:
-        checkpoint.close()
+    expected = expected_shapes(target_class, target_config)
+    if to == "transformers":  # the files hold adept/fuyu-8b's names
+        expected = {row.targets[0]: expected[row.sources[0]] for row in plan_keys(expected, table)[0]}
+    # save_pretrained removes weight files it did not write: the config and code go first
+    save_model_files(target_class, target_config, output, dtype or checkpoint.floating_dtype())
+    if processor is not None:
+        processor.save_pretrained(output)
+    stream_tensors(checkpoint, output, table, expected, f"{reference_class.__name__} ({source})",
+                   target_class.__name__, dtype=dtype, max_shard_size=max_shard_size)
+    reference_config = source_config if to == "mosaic" else config
+    reference = offloaded_model(reference_class, reference_config, checkpoint, reference_table, rounded_to=dtype)
+    converted = offloaded_model(target_class, target_config, LazyCheckpoint(output), converted_table)
+    input_ids, patches = check_inputs(config)
+    inputs = {"input_ids": input_ids, "pixel_values": patches}
+    run = lambda model: model(**inputs).logits  # noqa: E731
+    verify_offloaded(reference, converted, run, run, reference_class.__name__)
+    _check_tokens(reference, converted, inputs, inputs, reference_class.__name__)
+    release(reference, converted)
     if to == "mosaic" and processor is None:
         logger.warning("%s has no tokenizer: no processor was written. Add one to the output folder before "
                        "`mosaic-vlm ask`: MosaicFuyuProcessor(image_processor, tokenizer).save_pretrained(folder).", source)
-
-
-def _model_inputs(model_class, input_ids: torch.Tensor, patches: torch.Tensor) -> dict:
-    patches_name = "pixel_values" if model_class is FuyuForCausalLM else "image_patches"
-    return {"input_ids": input_ids, patches_name: patches}
 
 
 def _source_tokenizer(folder: Path):

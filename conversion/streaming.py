@@ -16,7 +16,6 @@ import logging
 import os
 import re
 from collections.abc import Callable, Iterator, Mapping
-from contextlib import ExitStack
 from pathlib import Path
 
 import safetensors.torch
@@ -76,35 +75,34 @@ class LazyCheckpoint(Mapping):
             files = None
         self._files: dict[str, Path] = {}
         self._headers: dict[str, tuple[tuple[int, ...], torch.dtype]] = {}
-        self._stack = ExitStack()
-        self._handles = {}
         for file in sorted(set(files.values())) if files is not None else [path]:
             if file.suffix != ".safetensors":
                 raise ValueError(f"{file} is not a .safetensors file; weights are read only from safetensors.")
             if not file.is_file():
                 raise ValueError(f"The shard index names {file.name}, which is not in {file.parent}.")
-            handle = self._open(file)
-            for key in handle.keys():
-                tensor_slice = handle.get_slice(key)
-                self._files[key] = file
-                self._headers[key] = (tuple(tensor_slice.get_shape()), _SAFETENSORS_DTYPES[tensor_slice.get_dtype()])
+            with self._open(file) as handle:
+                for key in handle.keys():
+                    tensor_slice = handle.get_slice(key)
+                    self._files[key] = file
+                    self._headers[key] = (tuple(tensor_slice.get_shape()), _SAFETENSORS_DTYPES[tensor_slice.get_dtype()])
         if files is not None:
             missing = sorted(key for key, file in files.items() if self._files.get(key) != file)
             if missing:
                 raise ValueError(f"The shard index lists tensors its shards do not hold: {missing[:5]}.")
-        self.metadata = self._handles[next(iter(self._handles))].metadata() or {}
 
-    def _open(self, file: Path):
+    @staticmethod
+    def _open(file: Path):
+        """The file opened (memory-mapped) by safetensors. Each read opens it anew: the map lives only as long as
+        the tensors read from it, so resident memory holds what is in use, not every page read so far."""
         try:  # safetensors checks that the header covers the whole file: a truncated file fails here
-            handle = self._stack.enter_context(safe_open(file, framework="pt"))
+            return safe_open(file, framework="pt")
         except (SafetensorError, OSError) as error:
             raise ValueError(f"{file} is not a readable safetensors file (truncated or corrupted?): {error}") from error
-        self._handles[file] = handle
-        return handle
 
     def __getitem__(self, key: str) -> torch.Tensor:
         try:
-            return self._handles[self._files[key]].get_tensor(key)
+            with self._open(self._files[key]) as handle:
+                return handle.get_tensor(key)
         except SafetensorError as error:
             raise ValueError(f"{self._files[key]}: tensor {key} cannot be read (truncated file?): {error}") from error
 
@@ -135,9 +133,6 @@ class LazyCheckpoint(Mapping):
             names(key): {"safetensors_file": str(file), "weight_name": key, "dtype": str(self.dtype(key)).split(".")[1]}
             for key, file in self._files.items()
         }
-
-    def close(self) -> None:
-        self._stack.close()
 
 
 class ShardedWriter:

@@ -1,7 +1,8 @@
 """Configs of the CLIP-style dual encoder: a ViT image tower and a causal text tower.
 
 Defaults are the ViT-B/32 shapes of openai/clip-vit-base-patch32. Every config checks its values at
-construction and raises one ValueError that names the field, the value and what is accepted.
+construction and raises one ValueError that names the field, the value and what is accepted; special-token
+ids outside the vocabulary only warn (transformers' validation), as in transformers' configs.
 """
 
 from typing import Literal
@@ -55,11 +56,7 @@ class MosaicClipTextConfig(PreTrainedConfig):
         require_heads_divide_width(self)
         require_known_activation(self)
         require_fraction(self, "attention_dropout")
-        if not 0 <= self.eos_token_id < self.vocab_size:
-            raise ValueError(
-                f"MosaicClipTextConfig.eos_token_id={self.eos_token_id} must be a token id in [0, {self.vocab_size})."
-            )
-        super().__post_init__(**kwargs)
+        super().__post_init__(**kwargs)  # warns of special-token ids outside the vocabulary, as transformers does
 
 
 @strict

@@ -2,7 +2,9 @@
 
 Parameter names follow transformers' CLIP, so CLIPModel checkpoints load strictly without remapping.
 Attention is switched in one place (`MosaicClipAttention`) through transformers' attention registry;
-`eager_attention_forward` below is the reference every other backend is tested against.
+`eager_attention_forward` below is the reference every other backend is tested against. Hidden states and
+attentions are recorded by transformers' output-capturing hooks (`_can_record_outputs`); under sdpa, as in
+transformers, there are no attention weights to return (a warning says so).
 """
 
 from collections.abc import Callable
@@ -15,15 +17,19 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import initialization as init
 from transformers.activations import ACT2FN
+from transformers.conversion_mapping import register_checkpoint_conversion_mapping
+from transformers.core_model_loading import PrefixChange
 from transformers.masking_utils import create_causal_mask
 from transformers.modeling_layers import GradientCheckpointingLayer
-from transformers.modeling_outputs import BaseModelOutput, BaseModelOutputWithPooling
+from transformers.modeling_outputs import BaseModelOutputWithPooling
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
-from transformers.utils import ModelOutput
+from transformers.processing_utils import Unpack
+from transformers.utils import ModelOutput, TransformersKwargs, torch_compilable_check
 from transformers.utils.generic import can_return_tuple
+from transformers.utils.output_capturing import capture_outputs
 
 from .configuration_mosaic_clip import MosaicClipConfig, MosaicClipTextConfig, MosaicClipVisionConfig
-from .mosaic_pretrained import MosaicPreTrainedModel
+from .mosaic_pretrained import MosaicPreTrainedModel, check_token_ids, output_flags_default_to_config
 
 
 @dataclass
@@ -91,7 +97,8 @@ class MosaicClipVisionEmbeddings(nn.Module):
 
     def interpolated_positions(self, height: int, width: int) -> torch.Tensor:
         """Position table resized bicubically to a `height x width` image: (1, 1 + patches, dim)."""
-        table = self.position_embedding.weight
+        # read through the module, not its weight: offload hooks (device_map with disk) load weights on a call
+        table = self.position_embedding(torch.arange(self.num_positions, device=self.class_embedding.device))
         class_position, patch_positions = table[:1], table[1:]
         grid_h, grid_w = height // self.patch_size, width // self.patch_size
         if (grid_h, grid_w) == (self.grid_size, self.grid_size):
@@ -154,6 +161,7 @@ class MosaicClipTextEmbeddings(nn.Module):
                 f"Text of {seq_length} tokens is longer than max_position_embeddings={max_positions}; "
                 "tokenize with truncation=True and max_length at most that."
             )
+        check_token_ids(input_ids, self.token_embedding.num_embeddings)
         if position_ids is None:
             position_ids = torch.arange(seq_length, device=input_ids.device).unsqueeze(0)
         return self.token_embedding(input_ids) + self.position_embedding(position_ids)
@@ -218,13 +226,10 @@ class MosaicClipEncoderLayer(GradientCheckpointingLayer):
         self.mlp = MosaicClipMLP(config)
         self.layer_norm2 = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
 
-    def forward(self, hidden_states, attention_mask=None, output_attentions: bool = False):
-        attn_output, attn_weights = self.self_attn(
-            self.layer_norm1(hidden_states), attention_mask, output_attentions=output_attentions
-        )
+    def forward(self, hidden_states, attention_mask=None, **kwargs: Unpack[TransformersKwargs]) -> torch.Tensor:
+        attn_output, _ = self.self_attn(self.layer_norm1(hidden_states), attention_mask, **kwargs)
         hidden_states = hidden_states + attn_output
-        hidden_states = hidden_states + self.mlp(self.layer_norm2(hidden_states))
-        return hidden_states, attn_weights
+        return hidden_states + self.mlp(self.layer_norm2(hidden_states))
 
 
 class MosaicClipEncoder(nn.Module):
@@ -235,24 +240,16 @@ class MosaicClipEncoder(nn.Module):
             [MosaicClipEncoderLayer(config, is_causal=is_causal) for _ in range(config.num_hidden_layers)]
         )
 
-    def forward(self, hidden_states, attention_mask=None, output_attentions=False, output_hidden_states=False):
-        if output_attentions and self.config._attn_implementation != "eager":
-            raise ValueError(
-                f"output_attentions=True needs the eager attention, but the model runs "
-                f"{self.config._attn_implementation!r}; load it with attn_implementation='eager' or call "
-                "model.set_attn_implementation('eager')."
-            )
-        all_hidden_states = (hidden_states,) if output_hidden_states else None
-        all_attentions = () if output_attentions else None
+    def forward(self, hidden_states, attention_mask=None, **kwargs: Unpack[TransformersKwargs]) -> torch.Tensor:
         for layer in self.layers:
-            hidden_states, attn_weights = layer(hidden_states, attention_mask, output_attentions=output_attentions)
-            if output_hidden_states:
-                all_hidden_states += (hidden_states,)
-            if output_attentions:
-                all_attentions += (attn_weights,)
-        return BaseModelOutput(
-            last_hidden_state=hidden_states, hidden_states=all_hidden_states, attentions=all_attentions
-        )
+            hidden_states = layer(hidden_states, attention_mask, **kwargs)
+        return hidden_states
+
+
+def _init_child_weight(child: nn.Module, std: float) -> None:
+    """Normal(0, std) into `child.weight` where the child still has one (quantization may replace it with None)."""
+    if getattr(child, "weight", None) is not None:
+        init.normal_(child.weight, std=std)
 
 
 class MosaicClipPreTrainedModel(MosaicPreTrainedModel):
@@ -263,6 +260,8 @@ class MosaicClipPreTrainedModel(MosaicPreTrainedModel):
     _no_split_modules = ["MosaicClipTextEmbeddings", "MosaicClipEncoderLayer", "MosaicClipVisionEmbeddings"]
     _supports_sdpa = True
     _supports_attention_backend = True
+    # hidden states and attentions are recorded by hooks on these modules (transformers' `capture_outputs`)
+    _can_record_outputs = {"hidden_states": MosaicClipEncoderLayer, "attentions": MosaicClipAttention}
 
     @torch.no_grad()
     def _init_weights(self, module):
@@ -271,34 +270,32 @@ class MosaicClipPreTrainedModel(MosaicPreTrainedModel):
         super()._init_weights(module)
         factor = self.config.initializer_factor
         if isinstance(module, MosaicClipTextEmbeddings):
-            init.normal_(module.token_embedding.weight, std=0.02 * factor)
-            init.normal_(module.position_embedding.weight, std=0.01 * factor)
+            _init_child_weight(module.token_embedding, 0.02 * factor)
+            _init_child_weight(module.position_embedding, 0.01 * factor)
         elif isinstance(module, MosaicClipVisionEmbeddings):
             init.normal_(module.class_embedding, std=module.embed_dim**-0.5 * factor)
-            init.normal_(module.patch_embedding.weight, std=module.config.initializer_range * factor)
-            init.normal_(module.position_embedding.weight, std=module.config.initializer_range * factor)
+            _init_child_weight(module.patch_embedding, module.config.initializer_range * factor)
+            _init_child_weight(module.position_embedding, module.config.initializer_range * factor)
         elif isinstance(module, MosaicClipAttention):
             config = module.config
             in_proj_std = module.embed_dim**-0.5 * (2 * config.num_hidden_layers) ** -0.5 * factor
             for projection in (module.q_proj, module.k_proj, module.v_proj):
-                init.normal_(projection.weight, std=in_proj_std)
-            init.normal_(module.out_proj.weight, std=module.embed_dim**-0.5 * factor)
+                _init_child_weight(projection, in_proj_std)
+            _init_child_weight(module.out_proj, module.embed_dim**-0.5 * factor)
         elif isinstance(module, MosaicClipMLP):
             config = module.config
-            init.normal_(module.fc1.weight, std=(2 * config.hidden_size) ** -0.5 * factor)
-            init.normal_(
-                module.fc2.weight, std=config.hidden_size**-0.5 * (2 * config.num_hidden_layers) ** -0.5 * factor
-            )
+            _init_child_weight(module.fc1, (2 * config.hidden_size) ** -0.5 * factor)
+            _init_child_weight(module.fc2, config.hidden_size**-0.5 * (2 * config.num_hidden_layers) ** -0.5 * factor)
         elif isinstance(module, MosaicClipModel):
-            init.normal_(module.text_projection.weight, std=module.text_model.config.hidden_size**-0.5 * factor)
-            init.normal_(module.visual_projection.weight, std=module.vision_model.config.hidden_size**-0.5 * factor)
+            _init_child_weight(module.text_projection, module.text_model.config.hidden_size**-0.5 * factor)
+            _init_child_weight(module.visual_projection, module.vision_model.config.hidden_size**-0.5 * factor)
             init.constant_(module.logit_scale, self.config.logit_scale_init_value)
             if module.logit_bias is not None:
                 init.constant_(module.logit_bias, self.config.logit_bias_init_value)
         elif isinstance(module, MosaicClipTextModelWithProjection):
-            init.normal_(module.text_projection.weight, std=self.config.hidden_size**-0.5 * factor)
+            _init_child_weight(module.text_projection, self.config.hidden_size**-0.5 * factor)
         elif isinstance(module, MosaicClipVisionModelWithProjection):
-            init.normal_(module.visual_projection.weight, std=self.config.hidden_size**-0.5 * factor)
+            _init_child_weight(module.visual_projection, self.config.hidden_size**-0.5 * factor)
 
 
 class MosaicClipTextModel(MosaicClipPreTrainedModel):
@@ -306,6 +303,7 @@ class MosaicClipTextModel(MosaicClipPreTrainedModel):
 
     config: MosaicClipTextConfig
     input_modalities = ("text",)
+    _input_embed_layer = "token_embedding"  # self.embeddings.token_embedding, for get/set_input_embeddings
 
     def __init__(self, config: MosaicClipTextConfig):
         super().__init__(config)
@@ -314,50 +312,32 @@ class MosaicClipTextModel(MosaicClipPreTrainedModel):
         self.final_layer_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.post_init()
 
-    def get_input_embeddings(self) -> nn.Module:
-        return self.embeddings.token_embedding
-
-    def set_input_embeddings(self, value: nn.Module):
-        self.embeddings.token_embedding = value
-
-    @can_return_tuple
+    @output_flags_default_to_config
+    @capture_outputs(tie_last_hidden_states=False)
     def forward(
         self,
         input_ids: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.Tensor | None = None,
-        output_attentions: bool | None = None,
-        output_hidden_states: bool | None = None,
-        **kwargs,
+        **kwargs: Unpack[TransformersKwargs],
     ) -> BaseModelOutputWithPooling:
         if input_ids is None or input_ids.ndim != 2 or input_ids.shape[0] == 0:
             shape = None if input_ids is None else tuple(input_ids.shape)
             raise ValueError(f"input_ids must be a non-empty (batch, sequence) tensor of token ids, got {shape}.")
         eos_positions = input_ids == self.config.eos_token_id
-        if not eos_positions.any(dim=-1).all():
-            raise ValueError(
-                f"Every text must contain the EOS token (id {self.config.eos_token_id}), where the text tower "
-                "pools; tokenize with the model's tokenizer, which appends it."
-            )
+        torch_compilable_check(
+            eos_positions.any(dim=-1),
+            f"Every text must contain the EOS token (id {self.config.eos_token_id}), where the text tower pools; "
+            "tokenize with the model's tokenizer, which appends it.",
+        )
         hidden_states = self.embeddings(input_ids, position_ids)
         causal_mask = create_causal_mask(
             config=self.config, inputs_embeds=hidden_states, attention_mask=attention_mask, past_key_values=None
         )
-        encoder_outputs = self.encoder(
-            hidden_states,
-            causal_mask,
-            output_attentions=bool(output_attentions),
-            output_hidden_states=bool(output_hidden_states),
-        )
-        last_hidden_state = self.final_layer_norm(encoder_outputs.last_hidden_state)
+        last_hidden_state = self.final_layer_norm(self.encoder(hidden_states, causal_mask, **kwargs))
         batch_index = torch.arange(input_ids.shape[0], device=input_ids.device)
         pooled_output = last_hidden_state[batch_index, eos_positions.int().argmax(dim=-1)]
-        return BaseModelOutputWithPooling(
-            last_hidden_state=last_hidden_state,
-            pooler_output=pooled_output,
-            hidden_states=encoder_outputs.hidden_states,
-            attentions=encoder_outputs.attentions,
-        )
+        return BaseModelOutputWithPooling(last_hidden_state=last_hidden_state, pooler_output=pooled_output)
 
 
 class MosaicClipVisionModel(MosaicClipPreTrainedModel):
@@ -366,6 +346,7 @@ class MosaicClipVisionModel(MosaicClipPreTrainedModel):
     config: MosaicClipVisionConfig
     main_input_name = "pixel_values"
     input_modalities = ("image",)
+    _input_embed_layer = "patch_embedding"  # self.embeddings.patch_embedding, for get_input_embeddings
 
     def __init__(self, config: MosaicClipVisionConfig):
         super().__init__(config)
@@ -375,32 +356,20 @@ class MosaicClipVisionModel(MosaicClipPreTrainedModel):
         self.post_layernorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.post_init()
 
-    def get_input_embeddings(self) -> nn.Module:
-        return self.embeddings.patch_embedding
-
-    @can_return_tuple
+    @output_flags_default_to_config
+    @capture_outputs(tie_last_hidden_states=False)
     def forward(
         self,
         pixel_values: torch.Tensor | None = None,
         interpolate_pos_encoding: bool = False,
-        output_attentions: bool | None = None,
-        output_hidden_states: bool | None = None,
-        **kwargs,
+        **kwargs: Unpack[TransformersKwargs],
     ) -> BaseModelOutputWithPooling:
         if pixel_values is None:
             raise ValueError("pixel_values is required: a (batch, channels, height, width) tensor.")
         hidden_states = self.pre_layrnorm(self.embeddings(pixel_values, interpolate_pos_encoding))
-        encoder_outputs = self.encoder(
-            hidden_states,
-            output_attentions=bool(output_attentions),
-            output_hidden_states=bool(output_hidden_states),
-        )
-        last_hidden_state = encoder_outputs.last_hidden_state
+        last_hidden_state = self.encoder(hidden_states, **kwargs)
         return BaseModelOutputWithPooling(
-            last_hidden_state=last_hidden_state,
-            pooler_output=self.post_layernorm(last_hidden_state[:, 0]),
-            hidden_states=encoder_outputs.hidden_states,
-            attentions=encoder_outputs.attentions,
+            last_hidden_state=last_hidden_state, pooler_output=self.post_layernorm(last_hidden_state[:, 0])
         )
 
     def project_patches(self, last_hidden_state: torch.Tensor, projection: nn.Linear) -> torch.Tensor:
@@ -446,15 +415,22 @@ class MosaicClipModel(MosaicClipPreTrainedModel):
     def get_input_embeddings(self) -> nn.Module:
         return self.text_model.get_input_embeddings()
 
+    def set_input_embeddings(self, value: nn.Module):
+        self.text_model.set_input_embeddings(value)
+
     @can_return_tuple
-    def get_text_features(self, input_ids, attention_mask=None, position_ids=None, **kwargs):
+    def get_text_features(
+        self, input_ids, attention_mask=None, position_ids=None, **kwargs: Unpack[TransformersKwargs]
+    ):
         """Text tower output whose `pooler_output` is the projected (unnormalised) text embedding."""
         text_outputs = self.text_model(input_ids, attention_mask, position_ids, return_dict=True, **kwargs)
         text_outputs.pooler_output = self.text_projection(text_outputs.pooler_output)
         return text_outputs
 
     @can_return_tuple
-    def get_image_features(self, pixel_values, interpolate_pos_encoding: bool = False, **kwargs):
+    def get_image_features(
+        self, pixel_values, interpolate_pos_encoding: bool = False, **kwargs: Unpack[TransformersKwargs]
+    ):
         """Image tower output whose `pooler_output` is the projected (unnormalised) image embedding."""
         vision_outputs = self.vision_model(pixel_values, interpolate_pos_encoding, return_dict=True, **kwargs)
         vision_outputs.pooler_output = self.visual_projection(vision_outputs.pooler_output)
@@ -489,14 +465,12 @@ class MosaicClipModel(MosaicClipPreTrainedModel):
         position_ids: torch.LongTensor | None = None,
         return_loss: bool | None = None,
         interpolate_pos_encoding: bool = False,
-        output_attentions: bool | None = None,
-        output_hidden_states: bool | None = None,
         output_patch_embeds: bool = False,
-        **kwargs,
+        **kwargs: Unpack[TransformersKwargs],
     ) -> MosaicClipOutput:
-        outputs_requested = {"output_attentions": output_attentions, "output_hidden_states": output_hidden_states}
-        vision_outputs = self.vision_model(pixel_values, interpolate_pos_encoding, **outputs_requested)
-        text_outputs = self.text_model(input_ids, attention_mask, position_ids, **outputs_requested)
+        # the towers record hidden states and attentions on request (output_* in kwargs, or each tower's config)
+        vision_outputs = self.vision_model(pixel_values, interpolate_pos_encoding, return_dict=True, **kwargs)
+        text_outputs = self.text_model(input_ids, attention_mask, position_ids, return_dict=True, **kwargs)
         image_embeds = self.visual_projection(vision_outputs.pooler_output)
         text_embeds = self.text_projection(text_outputs.pooler_output)
         image_embeds = image_embeds / image_embeds.norm(dim=-1, keepdim=True)
@@ -518,8 +492,16 @@ class MosaicClipModel(MosaicClipPreTrainedModel):
         )
 
 
+# As transformers' CLIP towers: a tower loads the `text_model.` / `vision_model.` weights of a saved
+# MosaicClipModel or *WithProjection checkpoint (their prefix is dropped on load; the tower saves without one).
+# Registered here rather than at package import, so that the model file also does it when loaded as remote code.
+for _tower, _prefix in (("MosaicClipTextModel", "text_model"), ("MosaicClipVisionModel", "vision_model")):
+    register_checkpoint_conversion_mapping(_tower, [PrefixChange(prefix_to_remove=_prefix)], overwrite=True)
+
+
 class MosaicClipTextModelWithProjection(MosaicClipPreTrainedModel):
     config: MosaicClipTextConfig
+    base_model_prefix = "text_model"  # as CLIP: a saved MosaicClipTextModel loads into `text_model`, and back
     input_modalities = ("text",)
 
     def __init__(self, config: MosaicClipTextConfig):
@@ -528,22 +510,15 @@ class MosaicClipTextModelWithProjection(MosaicClipPreTrainedModel):
         self.text_projection = nn.Linear(config.hidden_size, config.projection_dim, bias=False)
         self.post_init()
 
-    def get_input_embeddings(self) -> nn.Module:
-        return self.text_model.get_input_embeddings()
-
     @can_return_tuple
     def forward(
         self,
-        input_ids=None,
-        attention_mask=None,
-        position_ids=None,
-        output_attentions=None,
-        output_hidden_states=None,
-        **kwargs,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        **kwargs: Unpack[TransformersKwargs],
     ) -> MosaicClipTextModelOutput:
-        text_outputs = self.text_model(
-            input_ids, attention_mask, position_ids, output_attentions, output_hidden_states
-        )
+        text_outputs = self.text_model(input_ids, attention_mask, position_ids, return_dict=True, **kwargs)
         return MosaicClipTextModelOutput(
             text_embeds=self.text_projection(text_outputs.pooler_output),
             last_hidden_state=text_outputs.last_hidden_state,
@@ -554,6 +529,7 @@ class MosaicClipTextModelWithProjection(MosaicClipPreTrainedModel):
 
 class MosaicClipVisionModelWithProjection(MosaicClipPreTrainedModel):
     config: MosaicClipVisionConfig
+    base_model_prefix = "vision_model"  # as CLIP: a saved MosaicClipVisionModel loads into `vision_model`, and back
     main_input_name = "pixel_values"
     input_modalities = ("image",)
 
@@ -563,22 +539,15 @@ class MosaicClipVisionModelWithProjection(MosaicClipPreTrainedModel):
         self.visual_projection = nn.Linear(config.hidden_size, config.projection_dim, bias=False)
         self.post_init()
 
-    def get_input_embeddings(self) -> nn.Module:
-        return self.vision_model.get_input_embeddings()
-
     @can_return_tuple
     def forward(
         self,
-        pixel_values=None,
+        pixel_values: torch.Tensor | None = None,
         interpolate_pos_encoding: bool = False,
-        output_attentions=None,
-        output_hidden_states=None,
         output_patch_embeds: bool = False,
-        **kwargs,
+        **kwargs: Unpack[TransformersKwargs],
     ) -> MosaicClipVisionModelOutput:
-        vision_outputs = self.vision_model(
-            pixel_values, interpolate_pos_encoding, output_attentions, output_hidden_states
-        )
+        vision_outputs = self.vision_model(pixel_values, interpolate_pos_encoding, return_dict=True, **kwargs)
         patch_embeds = None
         if output_patch_embeds:
             patch_embeds = self.vision_model.project_patches(vision_outputs.last_hidden_state, self.visual_projection)

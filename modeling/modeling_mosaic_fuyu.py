@@ -3,13 +3,18 @@ positions of a Persimmon-compatible decoder. There is no vision encoder.
 
 Parameter names follow transformers' FuyuForCausalLM (`model.language_model.*`, `model.vision_embed_tokens`,
 `lm_head`), so its checkpoints load strictly. Attention is switched in one place (`MosaicFuyuAttention`)
-through transformers' attention registry, with `eager_attention_forward` as the reference.
+through transformers' attention registry, with `eager_attention_forward` as the reference. Hidden states and
+attentions are recorded by transformers' output-capturing hooks (`_can_record_outputs`).
 
 Image inputs (batch-first, so generation can expand them for beams):
-- `image_patches`: (batch, max_patches, patch_size * patch_size * channels), each sample's patches in the
-  order its image tokens appear, zero-padded at the end;
-- `image_patches_mask`: (batch, max_patches) bool, True on real patches. Each sample must hold exactly
-  as many real patches as image tokens.
+- `pixel_values`: (batch, max_patches, patch_size * patch_size * channels), each sample's patches in the order
+  its image tokens appear, then zero padding (`image_patches` is the deprecated name of the same input);
+- `image_patches_mask`: (batch, max_patches) bool, True on the real patches, which come first. Without it every
+  patch is real. Each sample must hold exactly as many real patches as image tokens.
+The image tokens are found in `input_ids`, or, when only `inputs_embeds` is given, as the positions whose
+embedding equals the image token's (as transformers' Fuyu does). A forward that continues from a cache and sees
+no image token (generation after the prompt, or a prompt continued from a cached prefix that holds the image)
+ignores the patches: they were placed when the cache was filled.
 """
 
 from collections.abc import Callable
@@ -18,17 +23,21 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers import GenerationMixin
-from transformers import initialization as init
 from transformers.activations import ACT2FN
 from transformers.cache_utils import Cache, DynamicCache
 from transformers.masking_utils import create_causal_mask
 from transformers.modeling_layers import GradientCheckpointingLayer
-from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
+from transformers.modeling_outputs import BaseModelOutputWithPast, BaseModelOutputWithPooling, CausalLMOutputWithPast
+from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS, dynamic_rope_update
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
-from transformers.utils.generic import can_return_tuple
+from transformers.processing_utils import Unpack
+from transformers.utils import TransformersKwargs, torch_compilable_check
+from transformers.utils.deprecation import deprecate_kwarg
+from transformers.utils.generic import can_return_tuple, merge_with_config_defaults
+from transformers.utils.output_capturing import capture_outputs
 
 from .configuration_mosaic_fuyu import MosaicFuyuConfig
-from .mosaic_pretrained import MosaicPreTrainedModel
+from .mosaic_pretrained import OUTPUT_FLAGS, MosaicPreTrainedModel, check_token_ids, output_flags_default_to_config
 
 
 def eager_attention_forward(module, query, key, value, attention_mask, scaling, dropout=0.0, **kwargs):
@@ -43,19 +52,36 @@ def eager_attention_forward(module, query, key, value, attention_mask, scaling, 
 
 
 class MosaicFuyuRotaryEmbedding(nn.Module):
-    """Rotary angles for the first `head_dim * partial_rotary_factor` channels of each head."""
+    """Rotary angles for the first `head_dim * partial_rotary_factor` channels of each head, for any rope type of
+    transformers' rope utilities (`config.rope_parameters`), as Persimmon's rotary embedding."""
 
     def __init__(self, config: MosaicFuyuConfig):
         super().__init__()
-        rotary_dim = int(config.head_dim * config.partial_rotary_factor)
-        inv_freq = 1.0 / (config.rope_theta ** (torch.arange(0, rotary_dim, 2, dtype=torch.float) / rotary_dim))
+        self.config = config
+        self.max_seq_len_cached = self.original_max_seq_len = config.max_position_embeddings  # for "dynamic"
+        self.rope_type = config.rope_parameters["rope_type"]
+        rope_init_fn = self.compute_default_rope_parameters
+        if self.rope_type != "default":
+            rope_init_fn = ROPE_INIT_FUNCTIONS[self.rope_type]
+        inv_freq, self.attention_scaling = rope_init_fn(config)
         self.inv_freq = nn.Buffer(inv_freq, persistent=False)
+        self.original_inv_freq = nn.Buffer(inv_freq.clone(), persistent=False)
+
+    @staticmethod
+    def compute_default_rope_parameters(config: MosaicFuyuConfig, device=None, **kwargs) -> tuple[torch.Tensor, float]:
+        """Inverse frequencies of the original RoPE over the rotary channels; no attention scaling."""
+        base = config.rope_parameters["rope_theta"]
+        rotary_dim = int(config.head_dim * config.rope_parameters.get("partial_rotary_factor", 1.0))
+        exponents = torch.arange(0, rotary_dim, 2, dtype=torch.float, device=device) / rotary_dim
+        return 1.0 / (base**exponents), 1.0
 
     @torch.no_grad()
+    @dynamic_rope_update  # "dynamic" and "longrope" recompute inv_freq from the positions seen
     def forward(self, hidden_states: torch.Tensor, position_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        freqs = position_ids[..., None].float() * self.inv_freq  # (B, T, rotary_dim / 2)
+        freqs = position_ids[..., None].float() * self.inv_freq.to(hidden_states.device)  # (B, T, rotary_dim / 2)
         angles = torch.cat((freqs, freqs), dim=-1)  # (B, T, rotary_dim)
-        return angles.cos().to(hidden_states.dtype), angles.sin().to(hidden_states.dtype)
+        cos, sin = angles.cos() * self.attention_scaling, angles.sin() * self.attention_scaling
+        return cos.to(hidden_states.dtype), sin.to(hidden_states.dtype)
 
 
 def rotate_half(x: torch.Tensor) -> torch.Tensor:
@@ -87,7 +113,13 @@ class MosaicFuyuAttention(nn.Module):
             self.k_layernorm = nn.LayerNorm(self.head_dim, eps=config.layer_norm_eps)
 
     def forward(
-        self, hidden_states, position_embeddings, attention_mask=None, past_key_values=None, queries_to_keep=0, **kwargs
+        self,
+        hidden_states,
+        position_embeddings,
+        attention_mask=None,
+        past_key_values=None,
+        queries_to_keep=0,
+        **kwargs: Unpack[TransformersKwargs],
     ):
         """`queries_to_keep` > 0 attends from the last that many positions only; every position's key and value
         is still computed and cached."""
@@ -153,37 +185,39 @@ class MosaicFuyuDecoderLayer(GradientCheckpointingLayer):
         self.dropout = nn.Dropout(config.hidden_dropout)
 
     def forward(
-        self, hidden_states, position_embeddings, attention_mask=None, past_key_values=None, queries_to_keep=0, **kwargs
-    ):
+        self,
+        hidden_states,
+        position_embeddings,
+        attention_mask=None,
+        past_key_values=None,
+        queries_to_keep=0,
+        **kwargs: Unpack[TransformersKwargs],
+    ) -> torch.Tensor:
         """`queries_to_keep` > 0 returns the last that many positions only (see `MosaicFuyuAttention`)."""
-        attn_output, attn_weights = self.self_attn(
+        attn_output, _ = self.self_attn(
             self.input_layernorm(hidden_states), position_embeddings, attention_mask, past_key_values, queries_to_keep,
             **kwargs,
         )
         if queries_to_keep:
             hidden_states = hidden_states[:, -queries_to_keep:]
         hidden_states = hidden_states + self.dropout(attn_output)
-        hidden_states = hidden_states + self.dropout(self.mlp(self.post_attention_layernorm(hidden_states)))
-        return hidden_states, attn_weights
+        return hidden_states + self.dropout(self.mlp(self.post_attention_layernorm(hidden_states)))
 
 
 class MosaicFuyuPreTrainedModel(MosaicPreTrainedModel):
+    """Initialisation is transformers' default: Normal(0, initializer_range) for linear and embedding weights, zero
+    biases, unit LayerNorms, and the rotary frequencies of the configured rope type."""
+
     config: MosaicFuyuConfig
     base_model_prefix = "model"
     input_modalities = ("image", "text")
     supports_gradient_checkpointing = True
     _no_split_modules = ["MosaicFuyuDecoderLayer"]
+    _skip_keys_device_placement = ["past_key_values"]
     _supports_sdpa = True
     _supports_attention_backend = True
-    _can_compile_fullgraph = False
-
-    @torch.no_grad()
-    def _init_weights(self, module):
-        """Normal(0, initializer_range) for linear and embedding weights, zero biases, unit LayerNorms."""
-        super()._init_weights(module)
-        if isinstance(module, MosaicFuyuRotaryEmbedding):
-            rotary = MosaicFuyuRotaryEmbedding(self.config)
-            init.copy_(module.inv_freq, rotary.inv_freq)
+    # hidden states and attentions are recorded by hooks on these modules (transformers' `capture_outputs`)
+    _can_record_outputs = {"hidden_states": MosaicFuyuDecoderLayer, "attentions": MosaicFuyuAttention}
 
 
 class MosaicFuyuDecoder(MosaicFuyuPreTrainedModel):
@@ -197,31 +231,20 @@ class MosaicFuyuDecoder(MosaicFuyuPreTrainedModel):
         self.rotary_emb = MosaicFuyuRotaryEmbedding(config)
         self.post_init()
 
-    def get_input_embeddings(self) -> nn.Module:
-        return self.embed_tokens
-
-    def set_input_embeddings(self, value: nn.Module):
-        self.embed_tokens = value
-
+    @output_flags_default_to_config
+    @capture_outputs
     def forward(
         self,
         inputs_embeds: torch.Tensor,
         attention_mask: torch.Tensor | None,
         position_ids: torch.Tensor,
         past_key_values: Cache | None,
-        output_attentions: bool = False,
-        output_hidden_states: bool = False,
         positions_to_keep: int = 0,
-        **kwargs,
+        **kwargs: Unpack[TransformersKwargs],
     ) -> BaseModelOutputWithPast:
-        """`positions_to_keep` > 0 (generation's prefill wants 1) returns the last that many positions only. Where
-        it can, the last layer then runs its queries, dense and MLP on those positions alone (it still caches
-        every key and value)."""
-        if output_attentions and self.config._attn_implementation != "eager":
-            raise ValueError(
-                f"output_attentions=True needs the eager attention, but the model runs "
-                f"{self.config._attn_implementation!r}; load it with attn_implementation='eager'."
-            )
+        """`positions_to_keep` > 0 (generation's prefill wants 1) lets the last layer run its queries, dense and MLP
+        on the last that many positions alone (it still caches every key and value), when no layer output is
+        recorded; `last_hidden_state` then holds those positions only."""
         causal_mask = create_causal_mask(
             config=self.config,
             inputs_embeds=inputs_embeds,
@@ -230,19 +253,15 @@ class MosaicFuyuDecoder(MosaicFuyuPreTrainedModel):
             position_ids=position_ids,
         )
         position_embeddings = self.rotary_emb(inputs_embeds, position_ids)
+        recording = any(kwargs.get(flag, getattr(self.config, flag)) for flag in OUTPUT_FLAGS)
         # Pruning the last layer needs a mask whose rows can be cut; without a mask, attention would align a
         # shorter causal query block to the first keys, which is right for one query only.
-        last_layer_queries = positions_to_keep if (
-            positions_to_keep
-            and not (output_hidden_states or output_attentions)
-            and (isinstance(causal_mask, torch.Tensor) or (causal_mask is None and positions_to_keep == 1))
-        ) else 0
+        prunable_mask = isinstance(causal_mask, torch.Tensor) or (causal_mask is None and positions_to_keep == 1)
+        last_layer_queries = positions_to_keep if positions_to_keep and not recording and prunable_mask else 0
         hidden_states = inputs_embeds
-        all_hidden_states = (hidden_states,) if output_hidden_states else None
-        all_attentions = () if output_attentions else None
         for index, layer in enumerate(self.layers):
             # keywords, so that activation checkpointing can drop the cache during training
-            hidden_states, attn_weights = layer(
+            hidden_states = layer(
                 hidden_states,
                 position_embeddings,
                 attention_mask=causal_mask,
@@ -250,20 +269,8 @@ class MosaicFuyuDecoder(MosaicFuyuPreTrainedModel):
                 queries_to_keep=last_layer_queries if index == len(self.layers) - 1 else 0,
                 **kwargs,
             )
-            if output_hidden_states:
-                all_hidden_states += (hidden_states,)
-            if output_attentions:
-                all_attentions += (attn_weights,)
-        hidden_states = self.final_layernorm(hidden_states)
-        if output_hidden_states:
-            all_hidden_states = all_hidden_states[:-1] + (hidden_states,)
-        if positions_to_keep:
-            hidden_states = hidden_states[:, -positions_to_keep:]  # a no-op when the last layer ran those only
         return BaseModelOutputWithPast(
-            last_hidden_state=hidden_states,
-            past_key_values=past_key_values,
-            hidden_states=all_hidden_states,
-            attentions=all_attentions,
+            last_hidden_state=self.final_layernorm(hidden_states), past_key_values=past_key_values
         )
 
 
@@ -282,79 +289,106 @@ class MosaicFuyuModel(MosaicFuyuPreTrainedModel):
     def set_input_embeddings(self, value: nn.Module):
         self.language_model.set_input_embeddings(value)
 
-    def embed_inputs(self, input_ids, image_patches=None, image_patches_mask=None) -> torch.Tensor:
-        """Token embeddings with each image token's embedding replaced by its projected patch."""
-        inputs_embeds = self.language_model.embed_tokens(input_ids)
-        if image_patches is None:
-            return inputs_embeds
-        if image_patches.ndim != 3 or image_patches.shape[0] != input_ids.shape[0]:
+    @can_return_tuple
+    def get_image_features(self, pixel_values: torch.Tensor, **kwargs) -> BaseModelOutputWithPooling:
+        """Every patch projected into the decoder's embedding space: `last_hidden_state` (batch, patches, hidden)."""
+        weight = self.vision_embed_tokens.weight
+        return BaseModelOutputWithPooling(last_hidden_state=self.vision_embed_tokens(pixel_values.to(weight.dtype)))
+
+    def image_token_mask(self, input_ids: torch.Tensor | None, inputs_embeds: torch.Tensor) -> torch.Tensor:
+        """(B, T) True at the image tokens: from `input_ids`, or, without them, where the embedding is the image
+        token's (as transformers' Fuyu finds its placeholders)."""
+        if input_ids is not None:
+            return input_ids == self.config.image_token_id
+        image_token = torch.tensor(self.config.image_token_id, device=inputs_embeds.device)
+        return (inputs_embeds == self.get_input_embeddings()(image_token)).all(dim=-1)
+
+    def place_patches(
+        self,
+        inputs_embeds: torch.Tensor,
+        image_token_mask: torch.Tensor,
+        pixel_values: torch.Tensor,
+        image_patches_mask: torch.Tensor | None,
+    ) -> torch.Tensor:
+        """`inputs_embeds` with the k-th image token of each sample replaced by that sample's k-th projected patch.
+        Static shapes throughout (a gather, not a boolean index), so it compiles without graph breaks."""
+        batch_size, num_patches = inputs_embeds.shape[0], pixel_values.shape[1]
+        if pixel_values.ndim != 3 or pixel_values.shape[0] != batch_size:
             raise ValueError(
-                f"image_patches must have shape (batch={input_ids.shape[0]}, patches, {self.config.patch_dim}), "
-                f"got {tuple(image_patches.shape)}."
+                f"pixel_values must have shape (batch={batch_size}, patches, {self.config.patch_dim}), "
+                f"got {tuple(pixel_values.shape)}."
             )
-        if image_patches.shape[-1] != self.config.patch_dim:
+        if pixel_values.shape[-1] != self.config.patch_dim:
             raise ValueError(
                 f"Each patch must hold patch_size * patch_size * channels = {self.config.patch_dim} values, "
-                f"got {image_patches.shape[-1]}."
+                f"got {pixel_values.shape[-1]}."
             )
+        tokens_per_sample = image_token_mask.sum(-1)  # (B,)
         if image_patches_mask is None:
-            image_patches_mask = torch.ones(image_patches.shape[:2], dtype=torch.bool, device=image_patches.device)
-        image_token_mask = input_ids == self.config.image_token_id  # (B, T)
-        tokens_per_sample, patches_per_sample = image_token_mask.sum(-1), image_patches_mask.sum(-1)
-        if not torch.equal(tokens_per_sample, patches_per_sample):
-            raise ValueError(
+            patches_per_sample = torch.full_like(tokens_per_sample, num_patches)
+        else:
+            patches_per_sample = image_patches_mask.sum(-1)
+            first_patches = torch.arange(num_patches, device=pixel_values.device) < patches_per_sample[:, None]
+            torch_compilable_check(
+                image_patches_mask.bool() == first_patches,
+                "image_patches_mask must mark each sample's real patches first, then its padding.",
+            )
+        torch_compilable_check(
+            tokens_per_sample == patches_per_sample,
+            lambda: (
                 f"Each sample needs one patch per image token: image tokens per sample {tokens_per_sample.tolist()}, "
                 f"patches per sample {patches_per_sample.tolist()}."
-            )
-        weight = self.vision_embed_tokens.weight
-        patch_embeds = self.vision_embed_tokens(image_patches[image_patches_mask].to(weight.dtype))  # (N, hidden)
-        # row-major over (B, T) on both sides: sample 0's image tokens take sample 0's patches, in order
-        return inputs_embeds.masked_scatter(image_token_mask.unsqueeze(-1), patch_embeds.to(inputs_embeds.dtype))
+            ),
+        )
+        if num_patches == 0:
+            return inputs_embeds
+        patch_embeds = self.get_image_features(pixel_values).last_hidden_state.to(inputs_embeds.dtype)  # (B, N, hid)
+        # index of each position's patch among its sample's image tokens: 0, 1, ... in order (clamped off them)
+        patch_index = (image_token_mask.cumsum(-1) - 1).clamp(0, num_patches - 1)  # (B, T)
+        gathered = patch_embeds.gather(1, patch_index.unsqueeze(-1).expand(-1, -1, patch_embeds.shape[-1]))
+        return torch.where(image_token_mask.unsqueeze(-1), gathered, inputs_embeds)  # (B, T, hidden)
 
     @can_return_tuple
+    @deprecate_kwarg("image_patches", version="5.24", new_name="pixel_values")
+    @merge_with_config_defaults
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
-        image_patches: torch.Tensor | None = None,
+        pixel_values: torch.Tensor | None = None,
         image_patches_mask: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.LongTensor | None = None,
         past_key_values: Cache | None = None,
         inputs_embeds: torch.Tensor | None = None,
         use_cache: bool | None = None,
-        output_attentions: bool | None = None,
-        output_hidden_states: bool | None = None,
         positions_to_keep: int = 0,
-        **kwargs,
+        **kwargs: Unpack[TransformersKwargs],
     ) -> BaseModelOutputWithPast:
-        """`positions_to_keep` > 0 returns the last that many positions only; see `MosaicFuyuDecoder`."""
+        """`positions_to_keep` > 0 may return the last that many positions only; see `MosaicFuyuDecoder`."""
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("Pass exactly one of input_ids and inputs_embeds.")
         if inputs_embeds is None:
             if input_ids.ndim != 2 or input_ids.shape[0] == 0:
                 raise ValueError(f"input_ids must be a non-empty (batch, sequence) tensor, got {tuple(input_ids.shape)}.")
-            inputs_embeds = self.embed_inputs(input_ids, image_patches, image_patches_mask)
-        elif image_patches is not None:
-            raise ValueError("image_patches can only be combined with input_ids, which mark where they go.")
+            check_token_ids(input_ids, self.get_input_embeddings().num_embeddings)
+            inputs_embeds = self.get_input_embeddings()(input_ids)
         past_length = past_key_values.get_seq_length() if past_key_values is not None else 0
-        seq_length = inputs_embeds.shape[1]
-        if past_length + seq_length > self.config.max_position_embeddings:
-            raise ValueError(
-                f"The sequence of {past_length + seq_length} tokens exceeds max_position_embeddings="
-                f"{self.config.max_position_embeddings}."
-            )
-        use_cache = self.config.use_cache if use_cache is None else use_cache
+        if pixel_values is not None:
+            image_token_mask = self.image_token_mask(input_ids, inputs_embeds)
+            # continuing from a cache whose tokens hold the image: its patches were placed when the cache was filled
+            if past_length == 0 or image_token_mask.any():
+                inputs_embeds = self.place_patches(inputs_embeds, image_token_mask, pixel_values, image_patches_mask)
         if use_cache and past_key_values is None:
             past_key_values = DynamicCache(config=self.config)
         if position_ids is None:
-            position_ids = self.position_ids_from(attention_mask, past_length, seq_length, inputs_embeds.device)
+            position_ids = self.position_ids_from(
+                attention_mask, past_length, inputs_embeds.shape[1], inputs_embeds.device
+            )
         return self.language_model(
             inputs_embeds,
             attention_mask,
             position_ids,
             past_key_values if use_cache else None,
-            output_attentions=bool(output_attentions),
-            output_hidden_states=bool(output_hidden_states),
             positions_to_keep=positions_to_keep,
             **kwargs,
         )
@@ -391,10 +425,11 @@ class MosaicFuyuForCausalLM(MosaicFuyuPreTrainedModel, GenerationMixin):
         self.lm_head = value
 
     @can_return_tuple
+    @deprecate_kwarg("image_patches", version="5.24", new_name="pixel_values")
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
-        image_patches: torch.Tensor | None = None,
+        pixel_values: torch.Tensor | None = None,
         image_patches_mask: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.LongTensor | None = None,
@@ -402,32 +437,35 @@ class MosaicFuyuForCausalLM(MosaicFuyuPreTrainedModel, GenerationMixin):
         inputs_embeds: torch.Tensor | None = None,
         labels: torch.LongTensor | None = None,
         use_cache: bool | None = None,
-        output_attentions: bool | None = None,
-        output_hidden_states: bool | None = None,
         logits_to_keep: int = 0,
-        **kwargs,
+        image_patches: torch.Tensor | None = None,
+        **kwargs: Unpack[TransformersKwargs],
     ) -> CausalLMOutputWithPast:
-        """`labels` are the input ids with -100 wherever no loss is wanted; the shift happens inside.
-        `num_items_in_batch` (passed by Trainer) makes the loss exact under gradient accumulation."""
-        loss_kwargs = {name: kwargs.pop(name) for name in ("num_items_in_batch", "ignore_index") if name in kwargs}
+        """`labels` are the input ids with -100 wherever no loss is wanted; the shift happens inside, unless
+        `shift_labels` (already aligned with the logits, as sequence-parallel training passes them) are given.
+        `num_items_in_batch` (passed by Trainer) makes the loss exact under gradient accumulation.
+
+        `image_patches` is the deprecated name of `pixel_values`: the decorator moves it there with a FutureWarning,
+        so it is always None here. It stays in the signature because generate() accepts only the inputs it names."""
         outputs = self.model(
-            input_ids,
-            image_patches,
-            image_patches_mask,
-            attention_mask,
-            position_ids,
-            past_key_values,
-            inputs_embeds,
-            use_cache,
-            output_attentions,
-            output_hidden_states,
+            input_ids=input_ids,
+            pixel_values=pixel_values,
+            image_patches_mask=image_patches_mask,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            past_key_values=past_key_values,
+            inputs_embeds=inputs_embeds,
+            use_cache=use_cache,
             positions_to_keep=logits_to_keep,
             **kwargs,
         )
-        logits = self.lm_head(outputs.last_hidden_state)  # only the last `logits_to_keep` positions when set
+        hidden_states = outputs.last_hidden_state
+        if logits_to_keep:
+            hidden_states = hidden_states[:, -logits_to_keep:]  # a no-op when the decoder ran those positions only
+        logits = self.lm_head(hidden_states)
         loss = None
         if labels is not None:
-            loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size, **loss_kwargs)
+            loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size, **kwargs)
         return CausalLMOutputWithPast(
             loss=loss,
             logits=logits,

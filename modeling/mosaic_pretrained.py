@@ -1,11 +1,42 @@
-"""The base both model families share: remote-code auto_map, the Hub model card and the
-weight-initialisation dispatch."""
+"""The base both model families share: remote-code auto_map, the Hub model card, the weight-initialisation
+dispatch, and two helpers for their forward passes."""
 
+import functools
 import os
 
+import torch
 from transformers import PreTrainedModel
+from transformers.utils import torch_compilable_check
 
 from .hub_card import model_card
+
+OUTPUT_FLAGS = ("output_attentions", "output_hidden_states")
+
+
+def output_flags_default_to_config(forward):
+    """Put outside `capture_outputs`: an output flag passed as None means "as the config says", as when it is left
+    out (`capture_outputs` reads an explicit None as False, which would ignore `config.output_hidden_states`)."""
+
+    @functools.wraps(forward)
+    def wrapper(self, *args, **kwargs):
+        for flag in OUTPUT_FLAGS:
+            if flag in kwargs and kwargs[flag] is None:
+                del kwargs[flag]
+        return forward(self, *args, **kwargs)
+
+    return wrapper
+
+
+def check_token_ids(input_ids: torch.Tensor, vocab_size: int) -> None:
+    """A clear ValueError for token ids outside [0, vocab_size) (torch's embedding lookup raises an IndexError that
+    names neither), checked without a host sync under torch.compile."""
+    torch_compilable_check(
+        (input_ids >= 0) & (input_ids < vocab_size),
+        lambda: (
+            f"input_ids holds token id {input_ids[(input_ids < 0) | (input_ids >= vocab_size)][0].item()}, outside "
+            f"the vocabulary of {vocab_size} tokens (ids 0 to {vocab_size - 1})."
+        ),
+    )
 
 
 class MosaicPreTrainedModel(PreTrainedModel):
@@ -23,13 +54,17 @@ class MosaicPreTrainedModel(PreTrainedModel):
         return super().save_pretrained(save_directory, *args, **kwargs)
 
     def _upload_modified_files(self, working_dir, repo_id: str, *args, **kwargs):
-        # push_to_hub's last step, after save_pretrained: our model card replaces transformers' generic one
+        # Private hook, kept because no public one exists: push_to_hub saves into a scratch folder, writes
+        # transformers' generic card there, then calls this upload step; our card has to replace the generic one in
+        # between. Overriding the public push_to_hub instead would mean copying its repo, tagging and commit logic.
         model_card(self, repo_id).save(os.path.join(working_dir, "README.md"))
         return super()._upload_modified_files(working_dir, repo_id, *args, **kwargs)
 
     def _initialize_weights(self, module, is_custom_code: bool = False):
-        # For custom code transformers skips every module without parameters of its own (`all()` over none
-        # is True), which would skip `_init_weights` branches for container modules (attention, MLP). Our
-        # `_init_weights` only writes through `transformers.initialization`, which leaves loaded weights
-        # alone, so the guard is not needed.
+        # Private hook, kept because no public one exists: for custom code (any class outside transformers)
+        # transformers skips every module without parameters of its own (`all()` over none is True), so the
+        # `_init_weights` branches of container modules (attention, MLP) would never run. Our `_init_weights` writes
+        # only through `transformers.initialization`, which leaves loaded weights alone, so that guard is not needed.
+        # The public `is_custom_code()` also gates from_pretrained's handling of module-tied weights, so overriding it
+        # would change more than initialisation.
         super()._initialize_weights(module, is_custom_code=False)

@@ -31,7 +31,7 @@ def test_round_trip_through_transformers_is_bit_exact_with_equal_logits_and_toke
         ours = mosaic_model(**inputs).logits
         real = inputs["attention_mask"].bool()
         theirs = exported(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"],
-                          pixel_values=inputs["image_patches"][inputs["image_patches_mask"]][None],
+                          pixel_values=inputs["pixel_values"][inputs["image_patches_mask"]][None],
                           position_ids=(inputs["attention_mask"].cumsum(-1) - 1).clamp(min=0)).logits
     assert (ours[real] - theirs[real]).abs().max() <= 1e-4
     exported.save_pretrained(tmp_path)

@@ -1,5 +1,8 @@
+import logging
+
 import pytest
 import torch
+import transformers
 from conftest import tiny_clip_config
 from model_tester_mixin import ModelTesterMixin
 
@@ -110,10 +113,45 @@ class TestMosaicClipModel(ModelTesterMixin):
         assert outputs.patch_embeds.shape == (2, 16, 16)
         torch.testing.assert_close(outputs.patch_embeds, model.get_patch_features(inputs["pixel_values"]))
 
-    def test_attentions_refused_on_fused_kernel(self):
+    def test_attentions_under_sdpa_behave_as_transformers(self):
+        """transformers' CLIPModel under sdpa returns no attention weights (sdpa computes none) and logs a warning."""
         model = self.build(MosaicClipModel, attn_implementation="sdpa")
-        with pytest.raises(ValueError, match="needs the eager attention"):
-            model(**self.make_inputs(model.config, 2), output_attentions=True)
+        inputs = self.make_inputs(model.config, 2)
+        with torch.no_grad():
+            outputs = model(**inputs, output_attentions=True)
+            expected = model(**inputs)
+        assert outputs.text_model_output.attentions == () and outputs.vision_model_output.attentions == ()
+        torch.testing.assert_close(outputs.logits_per_image, expected.logits_per_image)
+
+    def test_output_flags_passed_as_none_follow_the_config(self):
+        """Each tower reads its own config (as in transformers' CLIPModel); None means "as configured"."""
+        on = {"output_hidden_states": True}
+        config = tiny_clip_config(text_config=on, vision_config=on)
+        config.vision_config.output_attentions = True  # eager (set before the model picks an attention kernel)
+        model = self.build(MosaicClipModel, config=config)
+        inputs = self.make_inputs(model.config, 2)
+        with torch.no_grad():
+            for flags in ({}, {"output_hidden_states": None, "output_attentions": None}):
+                outputs = model(**inputs, **flags)
+                assert len(outputs.text_model_output.hidden_states) == 3
+                assert len(outputs.vision_model_output.hidden_states) == 3
+                assert len(outputs.vision_model_output.attentions) == 2
+                assert outputs.text_model_output.attentions is None
+                tower = model.vision_model(inputs["pixel_values"], output_hidden_states=None)
+                assert len(tower.hidden_states) == 3
+            outputs = model(**inputs, output_hidden_states=False)
+        assert outputs.text_model_output.hidden_states is None and outputs.vision_model_output.hidden_states is None
+
+    def test_init_weights_skips_children_without_weight(self):
+        """Quantization can leave a child with `weight = None`: initialisation passes over it."""
+        model = self.build(MosaicClipModel)
+        layer = model.text_model.encoder.layers[0]
+        token_embedding = model.text_model.embeddings.token_embedding
+        for child in (layer.self_attn.q_proj, layer.mlp.fc1, model.text_projection, token_embedding):
+            del child.weight
+            child.weight = None
+        for module in (layer.self_attn, layer.mlp, model, model.text_model.embeddings):
+            model._init_weights(module)
 
     def test_features_agree_with_forward(self):
         model = self.build(MosaicClipModel)
@@ -206,6 +244,8 @@ class TestMosaicClipModel(ModelTesterMixin):
             (dict(input_ids=input_ids[:, :-3] + 4, pixel_values=pixels), "must contain the EOS token"),
             (dict(input_ids=input_ids[:0], pixel_values=pixels), "non-empty"),
             (dict(input_ids=torch.full((2, 30), EOS), pixel_values=pixels), "longer than max_position_embeddings=24"),
+            (dict(input_ids=input_ids.masked_fill(input_ids == 0, 128), pixel_values=pixels),
+             "token id 128, outside the vocabulary of 128 tokens"),
             (dict(input_ids=input_ids, pixel_values=pixels[:1], return_loss=True), "one text per image"),
         ]
         for inputs, message in cases:
@@ -276,7 +316,6 @@ def test_text_padding_does_not_change_the_pooled_embedding():
         (MosaicClipTextConfig, {"hidden_size": 30, "num_attention_heads": 4}, "multiple of num_attention_heads"),
         (MosaicClipTextConfig, {"num_hidden_layers": 0}, "num_hidden_layers must be a positive"),
         (MosaicClipTextConfig, {"hidden_act": "swishy"}, "hidden_act='swishy' is unknown"),
-        (MosaicClipTextConfig, {"eos_token_id": 70000}, "eos_token_id=70000"),
         (MosaicClipTextConfig, {"attention_dropout": 1.5}, r"attention_dropout must lie in \[0, 1\)"),
         (MosaicClipVisionConfig, {"image_size": 100, "patch_size": 32}, "multiple of patch_size"),
         (MosaicClipVisionConfig, {"patch_dropout": -0.1}, "patch_dropout must lie"),
@@ -287,6 +326,38 @@ def test_text_padding_does_not_change_the_pooled_embedding():
 def test_bad_config_values_raise_value_error(config_class, overrides, message):
     with pytest.raises(ValueError, match=message):
         config_class(**overrides)
+
+
+def test_special_token_ids_outside_the_vocabulary_warn_as_transformers(caplog):
+    """As transformers' configs: a config with an out-of-vocabulary special id builds, with a warning."""
+    transformers.logging.get_logger("transformers.configuration_utils").warning_once.cache_clear()
+    with caplog.at_level(logging.WARNING, logger="transformers.configuration_utils"):
+        config = MosaicClipTextConfig(vocab_size=20)
+    assert config.eos_token_id == 49407
+    assert "eos_token_id must be `None` or an integer within the vocabulary" in caplog.text
+
+
+@pytest.mark.parametrize(
+    "tower_class, projection_class, config_key",
+    [
+        (MosaicClipTextModel, MosaicClipTextModelWithProjection, "text_config"),
+        (MosaicClipVisionModel, MosaicClipVisionModelWithProjection, "vision_config"),
+    ],
+)
+def test_towers_and_their_projection_models_load_each_other(tmp_path, tower_class, projection_class, config_key):
+    """As transformers' CLIP: a saved tower loads into the model with projection (all but the projection), and back."""
+    config = getattr(tiny_clip_config(), config_key)
+    tower, with_projection = tower_class._from_config(config), projection_class._from_config(config)
+    tower.save_pretrained(tmp_path / "tower")
+    with_projection.save_pretrained(tmp_path / "projection")
+    loaded, info = projection_class.from_pretrained(tmp_path / "tower", output_loading_info=True)
+    projection_name = "text_projection.weight" if config_key == "text_config" else "visual_projection.weight"
+    assert set(info["missing_keys"]) == {projection_name} and not info["unexpected_keys"]
+    inner = loaded.text_model if config_key == "text_config" else loaded.vision_model
+    for name, tensor in tower.state_dict().items():
+        assert torch.equal(inner.state_dict()[name], tensor), name
+    loaded, info = tower_class.from_pretrained(tmp_path / "projection", output_loading_info=True)
+    assert not info["missing_keys"] and set(info["unexpected_keys"]) == {projection_name}
 
 
 def test_bad_config_types_are_refused():
@@ -304,3 +375,14 @@ def test_config_defaults_are_vit_b_32():
     assert (vision.hidden_size, vision.num_hidden_layers, vision.patch_size, vision.image_size) == (768, 12, 32, 224)
     assert (text.hidden_size, text.num_hidden_layers, text.max_position_embeddings) == (512, 12, 77)
     assert config.projection_dim == 512
+
+
+def test_forward_compiles_without_graph_breaks():
+    """As transformers' CLIPModel: the whole forward, input checks included, traces as one graph."""
+    model = MosaicClipModel._from_config(tiny_clip_config(), attn_implementation="sdpa").eval()
+    input_ids, attention_mask = random_texts(model.config, 3)
+    inputs = {"input_ids": input_ids, "attention_mask": attention_mask, "pixel_values": random_pixels(model.config, 3)}
+    torch._dynamo.reset()
+    compiled = torch.compile(model, backend="eager", fullgraph=True)
+    with torch.no_grad():
+        torch.testing.assert_close(compiled(**inputs).logits_per_image, model(**inputs).logits_per_image)

@@ -1,5 +1,9 @@
+import json
+import logging
+
 import pytest
 import torch
+import transformers
 from model_tester_mixin import ModelTesterMixin
 
 from mosaic_vlm.modeling import MosaicFuyuConfig, MosaicFuyuForCausalLM, MosaicFuyuModel
@@ -37,18 +41,18 @@ def left_padded_batch(samples: list[list[int]], patch_counts: list[int]) -> dict
     length, max_patches = max(map(len, samples)), max(max(patch_counts), 1)
     input_ids = torch.full((len(samples), length), PAD)
     attention_mask = torch.zeros(len(samples), length, dtype=torch.long)
-    image_patches = torch.zeros(len(samples), max_patches, PATCH_DIM)
+    pixel_values = torch.zeros(len(samples), max_patches, PATCH_DIM)
     image_patches_mask = torch.zeros(len(samples), max_patches, dtype=torch.bool)
     generator = torch.Generator().manual_seed(len(samples))
     for row, (tokens, count) in enumerate(zip(samples, patch_counts)):
         input_ids[row, length - len(tokens) :] = torch.tensor(tokens)
         attention_mask[row, length - len(tokens) :] = 1
-        image_patches[row, :count] = torch.randn(count, PATCH_DIM, generator=generator)
+        pixel_values[row, :count] = torch.randn(count, PATCH_DIM, generator=generator)
         image_patches_mask[row, :count] = True
     return {
         "input_ids": input_ids,
         "attention_mask": attention_mask,
-        "image_patches": image_patches,
+        "pixel_values": pixel_values,
         "image_patches_mask": image_patches_mask,
     }
 
@@ -96,7 +100,7 @@ class TestMosaicFuyu(ModelTesterMixin):
         return {
             "input_ids": inputs["input_ids"][index, keep][None],
             "attention_mask": inputs["attention_mask"][index, keep][None],
-            "image_patches": inputs["image_patches"][index, :count][None],
+            "pixel_values": inputs["pixel_values"][index, :count][None],
             "image_patches_mask": inputs["image_patches_mask"][index, :count][None],
         }
 
@@ -155,51 +159,6 @@ class TestMosaicFuyu(ModelTesterMixin):
                         torch.testing.assert_close(kept_layer.keys, full_layer.keys)
                         torch.testing.assert_close(kept_layer.values, full_layer.values)
 
-    def test_greedy_generation_matches_the_uncached_argmax_loop(self):
-        model = self.build(MosaicFuyuForCausalLM)
-        inputs = varied_batch(2)
-        generated = model.generate(**inputs, max_new_tokens=6, do_sample=False, pad_token_id=PAD, eos_token_id=None)
-        ids, mask = inputs["input_ids"], inputs["attention_mask"]
-        with torch.no_grad():
-            for _ in range(6):
-                logits = model(**{**inputs, "input_ids": ids, "attention_mask": mask}, use_cache=False).logits
-                ids = torch.cat([ids, logits[:, -1].argmax(-1, keepdim=True)], dim=1)
-                mask = torch.cat([mask, torch.ones(2, 1, dtype=torch.long)], dim=1)
-        assert torch.equal(generated, ids)
-
-    def test_left_padded_generation_equals_each_sample_alone(self):
-        model = self.build(MosaicFuyuForCausalLM, attn_implementation="sdpa")
-        inputs = varied_batch(3)
-        settings = dict(max_new_tokens=5, do_sample=False, pad_token_id=PAD, eos_token_id=None)
-        batched = model.generate(**inputs, **settings)[:, inputs["input_ids"].shape[1] :]
-        for index in range(3):
-            alone = self.select_sample(inputs, index)
-            assert torch.equal(model.generate(**alone, **settings)[0, alone["input_ids"].shape[1] :], batched[index])
-
-    def test_sampling_and_beam_search(self):
-        model = self.build(MosaicFuyuForCausalLM)
-        inputs = varied_batch(2)
-        length = inputs["input_ids"].shape[1]
-        torch.manual_seed(3)
-        sampled = model.generate(**inputs, max_new_tokens=4, do_sample=True, top_k=5, num_return_sequences=2, pad_token_id=PAD)
-        assert sampled.shape == (4, length + 4)
-        beams = model.generate(
-            **inputs, max_new_tokens=4, num_beams=3, num_return_sequences=2, do_sample=False, pad_token_id=PAD, eos_token_id=None
-        )
-        assert beams.shape == (4, length + 4)
-        # the best beam scores at least as high as greedy under the model
-        greedy = model.generate(**inputs, max_new_tokens=4, do_sample=False, pad_token_id=PAD, eos_token_id=None)
-
-        def sequence_log_prob(sequences, row):
-            mask = torch.cat([inputs["attention_mask"], torch.ones(sequences.shape[0], 4, dtype=torch.long)], dim=1)
-            with torch.no_grad():
-                logits = model(**{**inputs, "input_ids": sequences, "attention_mask": mask}, use_cache=False).logits
-            log_probs = logits[:, length - 1 : -1].log_softmax(-1).gather(-1, sequences[:, length:, None])[..., 0]
-            return log_probs.sum(-1)[row]
-
-        for sample in range(2):
-            assert sequence_log_prob(beams[::2], sample) >= sequence_log_prob(greedy, sample) - 1e-4
-
     def test_loss_covers_labelled_tokens_only(self):
         model = self.build(MosaicFuyuForCausalLM)
         inputs = varied_batch(2)
@@ -237,16 +196,123 @@ class TestMosaicFuyu(ModelTesterMixin):
     def test_bad_inputs_raise_one_clear_error(self):
         model = self.build(MosaicFuyuForCausalLM)
         inputs = varied_batch(2)
+        holey_mask = inputs["image_patches_mask"].clone()
+        holey_mask[0, 0] = False  # a real patch after a padding one
+        holey_mask[0, -1] = True
         cases = [
             ({**inputs, "image_patches_mask": inputs["image_patches_mask"] & False}, "one patch per image token"),
-            ({**inputs, "image_patches": inputs["image_patches"][..., :-1]}, "patch_size \\* patch_size \\* channels"),
-            ({**inputs, "image_patches": inputs["image_patches"][:1]}, "image_patches must have shape"),
-            ({"input_ids": torch.full((1, 200), 20)}, "exceeds max_position_embeddings=128"),
+            ({**inputs, "pixel_values": inputs["pixel_values"][..., :-1]}, "patch_size \\* patch_size \\* channels"),
+            ({**inputs, "pixel_values": inputs["pixel_values"][:1]}, "pixel_values must have shape"),
+            ({**inputs, "image_patches_mask": holey_mask}, "real patches first, then its padding"),
+            ({"input_ids": torch.tensor([[BOS, 20, 64]])}, "token id 64, outside the vocabulary of 64 tokens"),
+            ({"input_ids": torch.tensor([[BOS, -1]])}, "token id -1, outside the vocabulary of 64 tokens"),
             ({"input_ids": None}, "exactly one of input_ids and inputs_embeds"),
         ]
         for bad_inputs, message in cases:
             with pytest.raises(ValueError, match=message):
                 model(**bad_inputs)
+
+    def test_longer_than_max_position_embeddings_runs(self):
+        """Rotary positions have no table to overrun: as Persimmon, a longer sequence runs (extrapolated)."""
+        model = self.build(MosaicFuyuForCausalLM)
+        with torch.no_grad():
+            assert model(input_ids=torch.full((1, 200), 20)).logits.shape == (1, 200, 64)
+
+    def test_image_patches_is_a_deprecated_name_of_pixel_values(self):
+        model = self.build(MosaicFuyuForCausalLM)
+        inputs = varied_batch(2)
+        old_style = {**inputs, "image_patches": inputs["pixel_values"]}
+        del old_style["pixel_values"]
+        with torch.no_grad():
+            expected = model(**inputs).logits
+            for module in (model, model.model):
+                with pytest.warns(FutureWarning, match="`image_patches` is deprecated.*Use `pixel_values` instead"):
+                    outputs = module(**old_style)
+                values = outputs.logits if module is model else model.lm_head(outputs.last_hidden_state)
+                torch.testing.assert_close(values, expected)
+
+    def test_inputs_embeds_with_image_patches_equal_input_ids(self):
+        """Without input_ids the image tokens are found by their embedding, as transformers' Fuyu does."""
+        model = self.build(MosaicFuyuForCausalLM)
+        inputs = varied_batch(3)
+        embeds = model.get_input_embeddings()(inputs["input_ids"])
+        with torch.no_grad():
+            expected = model(**inputs).logits
+            from_embeds = model(**{**inputs, "input_ids": None, "inputs_embeds": embeds}).logits
+        torch.testing.assert_close(from_embeds, expected)
+
+    def test_output_flags_passed_as_none_follow_the_config(self):
+        config = tiny_fuyu_config(output_hidden_states=True)
+        config.output_attentions = True  # eager (set before the model picks an attention kernel)
+        model = self.build(MosaicFuyuForCausalLM, config=config)
+        inputs = varied_batch(2)
+        with torch.no_grad():
+            for flags in ({}, {"output_hidden_states": None, "output_attentions": None}):
+                outputs = model(**inputs, **flags)
+                assert len(outputs.hidden_states) == 3 and len(outputs.attentions) == 2
+            outputs = model(**inputs, output_hidden_states=False, output_attentions=False)
+        assert outputs.hidden_states is None and outputs.attentions is None
+
+    def test_attentions_under_sdpa_behave_as_transformers(self):
+        """transformers' models under sdpa return no attention weights (sdpa computes none) and log a warning."""
+        model = self.build(MosaicFuyuForCausalLM, attn_implementation="sdpa")
+        inputs = varied_batch(2)
+        with torch.no_grad():
+            outputs = model(**inputs, output_attentions=True)
+            expected = model(**inputs).logits
+        assert outputs.attentions == ()
+        torch.testing.assert_close(outputs.logits, expected)
+
+    def test_shift_labels_replace_the_internal_shift(self):
+        """Sequence-parallel training passes targets already aligned with the logits: the loss takes them as given."""
+        model = self.build(MosaicFuyuForCausalLM)
+        inputs = varied_batch(2)
+        shift_labels = torch.full_like(inputs["input_ids"], -100)
+        shift_labels[:, -3:] = torch.tensor([[21, 22, 23], [24, 25, 26]])
+        outputs = model(**inputs, labels=inputs["input_ids"], shift_labels=shift_labels)
+        expected = torch.nn.functional.cross_entropy(
+            outputs.logits.reshape(-1, 64), shift_labels.reshape(-1), ignore_index=-100
+        )
+        torch.testing.assert_close(outputs.loss, expected)
+
+    def test_resized_embeddings_stay_tied_to_the_lm_head(self):
+        model = self.build(MosaicFuyuForCausalLM, config=tiny_fuyu_config(tie_word_embeddings=True))
+        assert model.lm_head.weight is model.get_input_embeddings().weight
+        model.resize_token_embeddings(80)
+        assert model.config.vocab_size == 80 and model.lm_head.weight is model.get_input_embeddings().weight
+        with torch.no_grad():
+            assert model(input_ids=torch.tensor([[BOS, 79]])).logits.shape == (1, 2, 80)
+
+    @pytest.mark.parametrize(
+        "rope_parameters",
+        [
+            {"rope_type": "default"},
+            {"rope_type": "linear", "factor": 4.0},
+            {"rope_type": "dynamic", "factor": 4.0},
+            {"rope_type": "yarn", "factor": 4.0},
+            {"rope_type": "llama3", "factor": 4.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+             "original_max_position_embeddings": 32},
+            {"rope_type": "longrope", "short_factor": [1.0, 1.5], "long_factor": [2.0, 3.0],
+             "original_max_position_embeddings": 32},
+        ],
+        ids=lambda parameters: parameters["rope_type"],
+    )
+    def test_rotary_angles_equal_persimmons_for_every_rope_type(self, rope_parameters):
+        """Same rope_parameters, same cos/sin as transformers' Persimmon (Fuyu's decoder), short and long inputs."""
+        from transformers.models.persimmon.modeling_persimmon import PersimmonRotaryEmbedding
+
+        rope_parameters = {**rope_parameters, "rope_theta": 10000.0, "partial_rotary_factor": 0.5}
+        ours = MosaicFuyuModel(tiny_fuyu_config(rope_parameters=dict(rope_parameters))).language_model.rotary_emb
+        persimmon_config = transformers.PersimmonConfig(
+            vocab_size=64, hidden_size=32, num_attention_heads=4, max_position_embeddings=128,
+            rope_parameters=dict(rope_parameters),
+        )
+        theirs = PersimmonRotaryEmbedding(persimmon_config)
+        hidden = torch.zeros(1, dtype=torch.float32)
+        for length in (10, 200):  # past max_position_embeddings, where dynamic and longrope change
+            positions = torch.arange(length).unsqueeze(0)
+            for our_part, their_part in zip(ours(hidden, positions), theirs(hidden, positions)):
+                torch.testing.assert_close(our_part, their_part)
 
 
 @pytest.mark.parametrize(
@@ -256,7 +322,7 @@ class TestMosaicFuyu(ModelTesterMixin):
         ({"partial_rotary_factor": 0.0}, "partial_rotary_factor must lie in"),
         ({"partial_rotary_factor": 0.3}, "whole even number"),
         ({"partial_rotary_factor": 0.25, "hidden_size": 24, "num_attention_heads": 4}, "whole even number"),
-        ({"image_token_id": 64}, "image_token_id=64"),
+        ({"rope_parameters": {"rope_type": "default", "rope_theta": -1.0}}, "rope_theta must be a positive"),
         ({"image_newline_token_id": IMAGE}, "must differ"),
         ({"hidden_act": "nope"}, "hidden_act='nope' is unknown"),
         ({"patch_size": 0}, "patch_size must be a positive"),
@@ -267,7 +333,41 @@ def test_bad_config_values_raise_value_error(overrides, message):
         tiny_fuyu_config(**overrides)
 
 
+def test_special_token_ids_outside_the_vocabulary_warn_as_transformers(caplog):
+    """As transformers' configs: a config with an out-of-vocabulary special id builds, with a warning."""
+    transformers.logging.get_logger("transformers.configuration_utils").warning_once.cache_clear()
+    with caplog.at_level(logging.WARNING, logger="transformers.configuration_utils"):
+        config = tiny_fuyu_config(image_newline_token_id=71019)
+    assert config.image_newline_token_id == 71019
+    assert "image_newline_token_id must be `None` or an integer within the vocabulary" in caplog.text
+
+
 def test_config_defaults_are_fuyu_8b():
     config = MosaicFuyuConfig()
     assert (config.hidden_size, config.num_hidden_layers, config.num_attention_heads, config.vocab_size) == (4096, 36, 64, 262144)
+    assert config.rope_parameters == {"rope_type": "default", "rope_theta": 25000.0, "partial_rotary_factor": 0.5}
     assert (config.rope_theta, config.partial_rotary_factor, config.hidden_act, config.patch_dim) == (25000.0, 0.5, "relu2", 2700)
+
+
+def test_flat_rope_fields_of_saved_configs_load_into_rope_parameters(tmp_path):
+    """Configs saved before rope_parameters (top-level rope_theta / partial_rotary_factor) load unchanged."""
+    saved = tiny_fuyu_config().to_dict()
+    del saved["rope_parameters"]
+    (tmp_path / "config.json").write_text(json.dumps({**saved, "rope_theta": 1000.0, "partial_rotary_factor": 0.25}))
+    config = MosaicFuyuConfig.from_pretrained(tmp_path)
+    assert config.rope_parameters == {"rope_type": "default", "rope_theta": 1000.0, "partial_rotary_factor": 0.25}
+    config = tiny_fuyu_config(rope_parameters={"rope_type": "linear", "factor": 2.0})
+    assert config.rope_parameters["rope_theta"] == 25000.0 and config.partial_rotary_factor == 0.5
+
+
+@pytest.mark.parametrize("use_cache", [False, True])
+def test_forward_compiles_without_graph_breaks(use_cache):
+    """Placing the patches, the input checks and the decoder trace as one graph (transformers' Fuyu: without cache)."""
+    torch.manual_seed(0)
+    model = MosaicFuyuForCausalLM._from_config(tiny_fuyu_config(), attn_implementation="sdpa").eval()
+    inputs = varied_batch(3)
+    torch._dynamo.reset()
+    compiled = torch.compile(model, backend="eager", fullgraph=True)
+    with torch.no_grad():
+        expected = model(**inputs, use_cache=use_cache).logits
+        torch.testing.assert_close(compiled(**inputs, use_cache=use_cache).logits, expected)
