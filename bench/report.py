@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from . import clip, fuyu_model, fuyu_processing, vstar
+from . import clip, conversion_memory, fuyu_model, fuyu_processing, vstar
 
 # name -> (its entry point, keyword arguments of a full run, of a --quick run)
 BENCHMARKS = {
@@ -21,6 +21,7 @@ BENCHMARKS = {
     "bench_fuyu_processing": (fuyu_processing.run_fuyu_processing_benchmark, {}, {"repeats": 2, "size": (320, 240)}),
     "bench_fuyu_model": (fuyu_model.run_fuyu_model_benchmark, {}, {"repeats": 1, "quick": True}),
     "bench_vstar": (vstar.run_vstar_benchmark, {}, {"questions": 3, "exhaustive": 1, "quick": True}),
+    "bench_conversion_memory": (conversion_memory.run_conversion_memory_benchmark, {}, {"quick": True}),
 }
 
 

@@ -19,14 +19,11 @@ from mosaic_vlm.modeling import MosaicFuyuConfig, MosaicFuyuForCausalLM, MosaicF
 from mosaic_vlm.processing import MosaicFuyuImageProcessor, MosaicFuyuProcessor, train_bpe_tokenizer
 from mosaic_vlm.processing.fuyu_special_tokens import FUYU_SPECIAL_TOKENS, IMAGE_PLACEHOLDER
 
-try:
-    modeling_common = load("test_modeling_common")
-    configuration_common = load("test_configuration_common")
-    generation_common = load("generation.test_utils")
-    image_processing_common = load("test_image_processing_common")
-    processing_common = load("test_processing_common")
-except SdistUnavailable as error:
-    pytest.skip(f"transformers' test mixins are unavailable: {error}", allow_module_level=True)
+modeling_common = load("test_modeling_common")
+configuration_common = load("test_configuration_common")
+generation_common = load("generation.test_utils")
+image_processing_common = load("test_image_processing_common")
+processing_common = load("test_processing_common")
 
 ModelTesterMixin = modeling_common.ModelTesterMixin
 GenerationTesterMixin = generation_common.GenerationTesterMixin
