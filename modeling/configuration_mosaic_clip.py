@@ -11,6 +11,7 @@ from huggingface_hub.dataclasses import strict
 from transformers import PreTrainedConfig
 
 from .config_checks import (
+    warn_unknown_keys,
     require_fraction,
     require_heads_divide_width,
     require_known_activation,
@@ -42,6 +43,7 @@ class MosaicClipTextConfig(PreTrainedConfig):
     eos_token_id: int = 49407
 
     def __post_init__(self, **kwargs):
+        warn_unknown_keys(self, kwargs)
         require_positive(
             self,
             "vocab_size",
@@ -85,6 +87,7 @@ class MosaicClipVisionConfig(PreTrainedConfig):
     initializer_factor: float = 1.0
 
     def __post_init__(self, **kwargs):
+        warn_unknown_keys(self, kwargs)
         require_positive(
             self,
             "hidden_size",
@@ -129,6 +132,7 @@ class MosaicClipConfig(PreTrainedConfig):
     initializer_factor: float = 1.0
 
     def __post_init__(self, **kwargs):
+        warn_unknown_keys(self, kwargs)
         require_positive(self, "projection_dim")
         if self.loss_type not in ("clip", "siglip"):
             raise ValueError(f"MosaicClipConfig.loss_type={self.loss_type!r} is unknown; accepted: 'clip', 'siglip'.")

@@ -15,7 +15,13 @@ from huggingface_hub.dataclasses import strict
 from transformers import PreTrainedConfig
 from transformers.modeling_rope_utils import RopeParameters
 
-from .config_checks import require_fraction, require_heads_divide_width, require_known_activation, require_positive
+from .config_checks import (
+    require_fraction,
+    require_heads_divide_width,
+    require_known_activation,
+    require_positive,
+    warn_unknown_keys,
+)
 
 
 @strict
@@ -48,6 +54,7 @@ class MosaicFuyuConfig(PreTrainedConfig):
     eos_token_id: int | None = 2
 
     def __post_init__(self, **kwargs):
+        warn_unknown_keys(self, kwargs)
         kwargs.setdefault("partial_rotary_factor", 0.5)  # fuyu-8b rotates half of each head (as Persimmon's default)
         require_positive(
             self,

@@ -129,6 +129,11 @@ class MosaicClipVisionEmbeddings(nn.Module):
             raise ValueError(
                 f"Image size ({height}x{width}) must be a multiple of the patch size {self.patch_size}."
             )
+        if not pixel_values.is_floating_point():
+            raise TypeError(
+                f"pixel_values must be floating point, as the image processor makes them (rescaled and normalised), "
+                f"got {pixel_values.dtype}; run the images through the image processor."
+            )
         weight = self.patch_embedding.weight
         patches = self.patch_embedding(pixel_values.to(weight.dtype))  # (B, dim, grid_h, grid_w)
         patches = patches.flatten(2).transpose(1, 2)  # (B, grid_h * grid_w, dim)
@@ -324,6 +329,11 @@ class MosaicClipTextModel(MosaicClipPreTrainedModel):
         if input_ids is None or input_ids.ndim != 2 or input_ids.shape[0] == 0:
             shape = None if input_ids is None else tuple(input_ids.shape)
             raise ValueError(f"input_ids must be a non-empty (batch, sequence) tensor of token ids, got {shape}.")
+        if attention_mask is not None and attention_mask.shape != input_ids.shape:
+            raise ValueError(
+                f"attention_mask must have the shape of input_ids {tuple(input_ids.shape)}, got "
+                f"{tuple(attention_mask.shape)}."
+            )
         eos_positions = input_ids == self.config.eos_token_id
         torch_compilable_check(
             eos_positions.any(dim=-1),

@@ -31,13 +31,15 @@ from transformers.modeling_outputs import BaseModelOutputWithPast, BaseModelOutp
 from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS, dynamic_rope_update
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.processing_utils import Unpack
-from transformers.utils import TransformersKwargs, torch_compilable_check
+from transformers.utils import TransformersKwargs, logging, torch_compilable_check
 from transformers.utils.deprecation import deprecate_kwarg
 from transformers.utils.generic import can_return_tuple, merge_with_config_defaults
 from transformers.utils.output_capturing import capture_outputs
 
 from .configuration_mosaic_fuyu import MosaicFuyuConfig
 from .mosaic_pretrained import OUTPUT_FLAGS, MosaicPreTrainedModel, check_token_ids, output_flags_default_to_config
+
+logger = logging.get_logger(__name__)
 
 
 def eager_attention_forward(module, query, key, value, attention_mask, scaling, dropout=0.0, **kwargs):
@@ -313,6 +315,11 @@ class MosaicFuyuModel(MosaicFuyuPreTrainedModel):
         """`inputs_embeds` with the k-th image token of each sample replaced by that sample's k-th projected patch.
         Static shapes throughout (a gather, not a boolean index), so it compiles without graph breaks."""
         batch_size, num_patches = inputs_embeds.shape[0], pixel_values.shape[1]
+        if not pixel_values.is_floating_point():
+            raise TypeError(
+                f"pixel_values must be floating point, as the processor makes them (rescaled and normalised), got "
+                f"{pixel_values.dtype}; run the images through the processor."
+            )
         if pixel_values.ndim != 3 or pixel_values.shape[0] != batch_size:
             raise ValueError(
                 f"pixel_values must have shape (batch={batch_size}, patches, {self.config.patch_dim}), "
@@ -327,6 +334,15 @@ class MosaicFuyuModel(MosaicFuyuPreTrainedModel):
         if image_patches_mask is None:
             patches_per_sample = torch.full_like(tokens_per_sample, num_patches)
         else:
+            if image_patches_mask.shape != pixel_values.shape[:2]:
+                raise ValueError(
+                    f"image_patches_mask must have shape (batch, patches) = {tuple(pixel_values.shape[:2])}, "
+                    f"got {tuple(image_patches_mask.shape)}."
+                )
+            torch_compilable_check(
+                (image_patches_mask == 0) | (image_patches_mask == 1),
+                "image_patches_mask must hold booleans (or 0 and 1): True at real patches, False at padding.",
+            )
             patches_per_sample = image_patches_mask.sum(-1)
             first_patches = torch.arange(num_patches, device=pixel_values.device) < patches_per_sample[:, None]
             torch_compilable_check(
@@ -373,6 +389,22 @@ class MosaicFuyuModel(MosaicFuyuPreTrainedModel):
             check_token_ids(input_ids, self.get_input_embeddings().num_embeddings)
             inputs_embeds = self.get_input_embeddings()(input_ids)
         past_length = past_key_values.get_seq_length() if past_key_values is not None else 0
+        if attention_mask is not None and attention_mask.shape != (inputs_embeds.shape[0], past_length + inputs_embeds.shape[1]):
+            raise ValueError(
+                f"attention_mask must have shape (batch, cached + new tokens) = "
+                f"{(inputs_embeds.shape[0], past_length + inputs_embeds.shape[1])}, got {tuple(attention_mask.shape)}."
+            )
+        if (
+            pixel_values is None
+            and input_ids is not None
+            and past_length == 0
+            and not torch.compiler.is_compiling()
+            and bool((input_ids == self.config.image_token_id).any())
+        ):  # read as text, as transformers' Fuyu reads them, but never silently
+            logger.warning(
+                f"input_ids hold image tokens (id {self.config.image_token_id}) but no pixel_values were given: they "
+                "are read as text tokens. Pass the processor's pixel_values with them."
+            )
         if pixel_values is not None:
             image_token_mask = self.image_token_mask(input_ids, inputs_embeds)
             # continuing from a cache whose tokens hold the image: its patches were placed when the cache was filled

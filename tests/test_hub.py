@@ -71,9 +71,9 @@ def local_logits(model, processor, image, prompt) -> torch.Tensor:
     return outputs.logits_per_image if isinstance(prompt, list) else outputs.logits
 
 
-def error_lines(stderr: str) -> list[str]:
+def error_lines(stderr: str, command: str = "pull") -> list[str]:
     """The command line's error lines (stderr also carries its progress lines)."""
-    return [line for line in stderr.splitlines() if line.startswith("mosaic-vlm pull: error:")]
+    return [line for line in stderr.splitlines() if line.startswith(f"mosaic-vlm {command}: error:")]
 
 
 def pull_and_run(repo, image_path, prompt, output, *, revision="", native=True, extra_env=None, cache=None):
@@ -224,3 +224,15 @@ def test_pull_never_replaces_a_users_folder_or_file(hub, clip_processor, tmp_pat
     assert (tmp_path / "busy" / "mine.txt").read_text() == "mine" and (tmp_path / "file.txt").read_text() == "mine"
     assert main(["pull", "tester/clip-pull", "--output", str(tmp_path / "busy"), "--overwrite"]) == 0
     assert (tmp_path / "busy" / "config.json").is_file() and not (tmp_path / "busy" / "mine.txt").exists()
+
+
+def test_a_push_to_a_hub_that_is_down_is_one_clear_error(hub, clip_processor, tmp_path, monkeypatch, capsys):
+    model, processor = tiny_clip(clip_processor)
+    model.save_pretrained(tmp_path / "model")
+    processor.save_pretrained(tmp_path / "model")
+    monkeypatch.setattr("huggingface_hub.utils._http.time.sleep", lambda seconds: None)  # no retry back-off
+    hub.stop()
+    capsys.readouterr()
+    assert main(["push", str(tmp_path / "model"), "tester/clip-down-push"]) == 2
+    error = error_lines(capsys.readouterr().err, "push")
+    assert len(error) == 1 and "pushing to 'tester/clip-down-push'" in error[0] and hub.endpoint in error[0], error
