@@ -35,7 +35,8 @@ _MEASURE = textwrap.dedent(
             if line.startswith(field + ":"):
                 return int(line.split()[1]) * 1024
 
-    family, mode, source, output = sys.argv[1:]
+    family, mode, source, output, newline = sys.argv[1:]
+    newline = int(newline)
     base_rss, base_anon = status("VmRSS"), status("RssAnon")
     peak_anon, done = base_anon, False
 
@@ -48,11 +49,11 @@ _MEASURE = textwrap.dedent(
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
     if mode == "streaming" and family == "fuyu":
-        convert_fuyu_checkpoint(source, output, to="mosaic", image_newline_token_id=71019)
+        convert_fuyu_checkpoint(source, output, to="mosaic", image_newline_token_id=newline)
     elif mode == "streaming":
         convert_clip_checkpoint(source, output, source_layout="transformers", target_layout="mosaic")
     elif family == "fuyu":
-        fuyu_from_transformers(source, image_newline_token_id=71019).save_pretrained(output)
+        fuyu_from_transformers(source, image_newline_token_id=newline).save_pretrained(output)
     else:
         clip_from_transformers(source).save_pretrained(output)
     done = True
@@ -62,6 +63,11 @@ _MEASURE = textwrap.dedent(
 )
 
 
+# (image, image-newline) token ids: fuyu-8b's in a full run, small ones in a quick run's small vocabulary
+IMAGE_TOKEN_ID = {False: 71011, True: 900}
+NEWLINE_TOKEN_ID = {False: 71019, True: 901}
+
+
 def make_checkpoints(folder: Path, quick: bool) -> dict[str, Path]:
     """A bf16 transformers Fuyu folder and a float32 transformers CLIP folder at ViT-L/14's shapes (`quick`:
     small ones)."""
@@ -69,14 +75,14 @@ def make_checkpoints(folder: Path, quick: bool) -> dict[str, Path]:
     from transformers import CLIPConfig, CLIPModel, FuyuConfig, FuyuForCausalLM
 
     torch.manual_seed(0)
-    width, layers = (256, 2) if quick else (2048, 6)
-    fuyu = FuyuConfig(  # a vocabulary with room for fuyu-8b's image (71011) and image-newline (71019) ids
-        text_config={"vocab_size": 72000, "hidden_size": width, "intermediate_size": 4 * width,
+    width, layers, vocab = (128, 2, 1000) if quick else (2048, 6, 72000)
+    fuyu = FuyuConfig(  # a full run's vocabulary has room for fuyu-8b's image and image-newline ids
+        text_config={"vocab_size": vocab, "hidden_size": width, "intermediate_size": 4 * width,
                      "num_hidden_layers": layers, "num_attention_heads": 16},
-        image_token_id=71011,
+        image_token_id=IMAGE_TOKEN_ID[quick],
     )  # fmt: skip
     FuyuForCausalLM(fuyu).to(torch.bfloat16).save_pretrained(folder / "fuyu")
-    vision, text = ((128, 2, 4, 512), (128, 2, 4, 512)) if quick else ((1024, 24, 16, 4096), (768, 12, 12, 3072))
+    vision, text = ((64, 1, 4, 256), (64, 1, 4, 256)) if quick else ((1024, 24, 16, 4096), (768, 12, 12, 3072))
     clip = CLIPConfig(
         vision_config={"hidden_size": vision[0], "num_hidden_layers": vision[1], "num_attention_heads": vision[2],
                        "intermediate_size": vision[3], "patch_size": 14, "image_size": 224},
@@ -88,9 +94,11 @@ def make_checkpoints(folder: Path, quick: bool) -> dict[str, Path]:
     return {"fuyu": folder / "fuyu", "clip": folder / "clip"}
 
 
-def measure(family: str, mode: str, source: Path, output: Path) -> dict:
+def measure(family: str, mode: str, source: Path, output: Path, newline: int) -> dict:
     result = subprocess.run(
-        [sys.executable, "-c", _MEASURE, family, mode, str(source), str(output)], capture_output=True, text=True
+        [sys.executable, "-c", _MEASURE, family, mode, str(source), str(output), str(newline)],
+        capture_output=True,
+        text=True,
     )
     if result.returncode != 0:
         raise RuntimeError(f"{mode} conversion of {family} failed:\n{result.stderr[-3000:]}")
@@ -109,7 +117,7 @@ def run_conversion_memory_benchmark(quick: bool = False) -> dict:
             peaks = {}
             for mode in ("in-memory", "streaming"):
                 (work / f"{family}-{mode}").mkdir()
-                peaks[mode] = measure(family, mode, source, work / f"{family}-{mode}")
+                peaks[mode] = measure(family, mode, source, work / f"{family}-{mode}", NEWLINE_TOKEN_ID[quick])
             for kind in ("rss", "anon"):
                 old, new = peaks["in-memory"][kind] / size, peaks["streaming"][kind] / size
                 cases.append({

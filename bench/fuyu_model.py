@@ -47,18 +47,17 @@ def run_fuyu_model_benchmark(repeats: int = 5, new_tokens: int = 16, quick: bool
     ours, reference = build_models(QUICK if quick else FULL)
     rows, cols = (4, 5) if quick else (32, 43)
     input_ids, patches = inputs_for(rows, cols, 30, ours.config.vocab_size)
-    ours_inputs = {"input_ids": input_ids, "image_patches": patches}
-    reference_inputs = {"input_ids": input_ids, "pixel_values": patches}
+    inputs = {"input_ids": input_ids, "pixel_values": patches}  # both models take the same inputs
     generate = dict(max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False, pad_token_id=0)
     with torch.inference_mode():
-        difference = (ours(**ours_inputs).logits - reference(**reference_inputs).logits).abs().max().item()
+        difference = (ours(**inputs).logits - reference(**inputs).logits).abs().max().item()
         if difference > 1e-4:
             raise RuntimeError(f"logits differ by {difference}; refusing to time different computations")
-        if not torch.equal(ours.generate(**ours_inputs, **generate), reference.generate(**reference_inputs, **generate)):
+        if not torch.equal(ours.generate(**inputs, **generate), reference.generate(**inputs, **generate)):
             raise RuntimeError("greedy tokens differ; refusing to time different computations")
 
-        def prefill(model, model_inputs):
-            return model(**model_inputs, logits_to_keep=1, use_cache=True)
+        def prefill(model):
+            return model(**inputs, logits_to_keep=1, use_cache=True)
 
         def decode(model, prefilled):
             """`new_tokens` greedy steps of one token each from the prefill's cache."""
@@ -68,10 +67,10 @@ def run_fuyu_model_benchmark(repeats: int = 5, new_tokens: int = 16, quick: bool
 
         times = {(case, who): [] for case in ("prefill", "decode") for who in ("ours", "reference")}
         for repeat in range(repeats + 1):  # the first round warms up
-            order = [("ours", ours, ours_inputs), ("reference", reference, reference_inputs)]
-            for who, model, model_inputs in order if repeat % 2 else order[::-1]:
+            order = [("ours", ours), ("reference", reference)]
+            for who, model in order if repeat % 2 else order[::-1]:
                 start = time.perf_counter()
-                prefilled = prefill(model, model_inputs)
+                prefilled = prefill(model)
                 prefill_seconds = time.perf_counter() - start
                 start = time.perf_counter()
                 decode(model, prefilled)

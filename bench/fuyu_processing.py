@@ -73,13 +73,13 @@ def run_fuyu_processing_benchmark(repeats: int = 20, size: tuple[int, int] = (12
     ours_processor = MosaicFuyuProcessor(image_processor=ours_images, tokenizer=tokenizer)
     reference_processor = FuyuProcessorWithoutTokenCountCheck(image_processor=PilFuyuImageProcessorForFuyuProcessor(), tokenizer=tokenizer)
 
-    ours_patches = ours_images(image)["image_patches"][0]
+    ours_patches = ours_images(image)["pixel_values"][0]
     difference = (ours_patches - transformers_patches(reference_images, image)).abs().max().item()
     if difference > 1e-6:
         raise RuntimeError(f"patches differ by {difference}; refusing to time different computations")
     ours_call = ours_processor(images=image, text=PROMPT)
     reference_call = reference_processor(images=image, text=PROMPT)
-    if (ours_call["image_patches"][0] - reference_call["image_patches"]).abs().max() > 1e-6:
+    if (ours_call["pixel_values"][0] - reference_call["image_patches"]).abs().max() > 1e-6:
         raise RuntimeError("the processors' patches differ; refusing to time different computations")
 
     cases = {

@@ -78,7 +78,7 @@ class MosaicClipCollator(_ImageTextCollator):
 
 
 class MosaicFuyuCollator(_ImageTextCollator):
-    """Rows with an image, a question and an answer -> input_ids, attention_mask, image_patches,
+    """Rows with an image, a question and an answer -> input_ids, attention_mask, pixel_values (the patches),
     image_patches_mask and labels that cover only the answer and its EOS."""
 
     def __init__(

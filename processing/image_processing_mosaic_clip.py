@@ -1,7 +1,8 @@
 """CLIP image processor on transformers' PIL backend (no torchvision): resize the shortest edge (bicubic),
 centre crop, rescale to [0, 1], normalise with CLIP's mean and std.
 
-Accepted inputs, one image or a batch (a list, or a 4-D array/tensor), shared with the Fuyu image processor:
+Accepted inputs, one image or a batch (a list, a list of lists with one list per prompt, some of them possibly
+empty, or a 4-D array/tensor), shared with the Fuyu image processor:
 - PIL images. 8-bit modes (1, L, LA, La, P, PA, RGB, RGBA, RGBa, RGBX, CMYK, YCbCr, LAB, HSV) as they are;
   16-bit modes (I;16, I;16L, I;16B, I;16N) scaled by 65535; mode I (32-bit integers, which is how Pillow
   reads some 16-bit files) must hold values in [0, 65535] and is scaled like 16-bit; mode F (32-bit floats)
@@ -152,23 +153,29 @@ def _read_image_file(path) -> PIL.Image.Image:
         raise ValueError(f"{where} cannot be read as an image: {error}") from None
 
 
-def images_to_pil_list(images) -> list[PIL.Image.Image]:
-    """Any accepted single image or batch as a non-empty flat list of PIL images in 8-bit modes."""
+def _flat_pil_list(images) -> list[PIL.Image.Image]:
+    """Any accepted single image or batch, nested lists flattened, as a flat list of PIL images in 8-bit modes."""
     if isinstance(images, (list, tuple)):
-        if len(images) == 0:
-            raise ValueError(f"The batch of images is empty; expected {ACCEPTED_IMAGES}.")
-        return [pil for image in images for pil in images_to_pil_list(image)]
+        return [pil for image in images for pil in _flat_pil_list(image)]
     if isinstance(images, PIL.Image.Image):
         return [_pil_to_8bit(images)]
     if isinstance(images, (str, os.PathLike)):
         return [_pil_to_8bit(_read_image_file(images))]
     if isinstance(images, (np.ndarray, torch.Tensor)):
         if images.ndim == 4:
-            if images.shape[0] == 0:
-                raise ValueError(f"The batch of images is empty; expected {ACCEPTED_IMAGES}.")
             return [_array_to_pil(_to_numpy(image)) for image in images]
         return [_array_to_pil(_to_numpy(images))]
     raise TypeError(f"Unsupported image type {type(images).__name__}; expected {ACCEPTED_IMAGES}.")
+
+
+def images_to_pil_list(images) -> list[PIL.Image.Image]:
+    """Any accepted single image or batch as a non-empty flat list of PIL images in 8-bit modes. A batch may be
+    nested (one list per prompt, as transformers' processors take it), and some of its lists may be empty (a
+    prompt without an image), but not all of them."""
+    pil_images = _flat_pil_list(images)
+    if not pil_images:
+        raise ValueError(f"The batch of images is empty; expected {ACCEPTED_IMAGES}.")
+    return pil_images
 
 
 class MosaicClipImageProcessor(PilBackend):

@@ -146,7 +146,7 @@ class MosaicFuyuImagesKwargs(ImagesKwargs, total=False):
 
 
 class MosaicFuyuImageProcessor(PilBackend):
-    model_input_names = ["image_patches"]
+    model_input_names = ["pixel_values"]
     valid_kwargs = MosaicFuyuImagesKwargs
     do_resize = True
     size = {"height": 1080, "width": 1920}
@@ -183,7 +183,7 @@ class MosaicFuyuImageProcessor(PilBackend):
         return_tensors=None,
         **kwargs,
     ) -> BatchFeature:
-        """Returns per image: `image_patches` (patches, patch_dim) float32, `patch_grids` (rows, cols),
+        """Returns per image: `pixel_values`, its patches (patches, patch_dim) float32, `patch_grids` (rows, cols),
         `image_sizes` (height, width) as given and `resized_sizes` after the downscale."""
         patches, grids, sizes, resized_sizes = [], [], [], []
         for image in images:
@@ -217,5 +217,5 @@ class MosaicFuyuImageProcessor(PilBackend):
             grids.append((rows, cols))
             sizes.append((height, width))
             resized_sizes.append((resized_height, resized_width))
-        data = {"image_patches": patches, "patch_grids": grids, "image_sizes": sizes, "resized_sizes": resized_sizes}
+        data = {"pixel_values": patches, "patch_grids": grids, "image_sizes": sizes, "resized_sizes": resized_sizes}
         return BatchFeature(data, skip_tensor_conversion=list(data))

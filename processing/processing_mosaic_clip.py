@@ -6,7 +6,9 @@ text can overrun the model's position table.
 
 from collections.abc import Iterable
 
-from transformers.processing_utils import ProcessorMixin
+from transformers.image_utils import ImageInput
+from transformers.processing_utils import ProcessingKwargs, ProcessorMixin, Unpack
+from transformers.tokenization_utils_base import TextInput
 
 
 def check_texts(texts, what: str, special_tokens: Iterable[str]) -> list[str]:
@@ -35,7 +37,20 @@ def check_texts(texts, what: str, special_tokens: Iterable[str]) -> list[str]:
     return list(texts)
 
 
-class MosaicClipProcessor(ProcessorMixin):
+class MosaicProcessorMixin(ProcessorMixin):
+    """ProcessorMixin for processors registered for remote code (both families' processors)."""
+
+    def save_pretrained(self, save_directory, push_to_hub: bool = False, **kwargs):
+        """ProcessorMixin.save_pretrained. For a class registered for remote code, transformers' `custom_object_save`
+        sets `auto_map` on the processor itself to write it into processor_config.json; it is taken off again, as a
+        processor never holds it otherwise (`from_pretrained` drops it), so saving leaves the processor unchanged."""
+        try:
+            return super().save_pretrained(save_directory, push_to_hub=push_to_hub, **kwargs)
+        finally:
+            self.__dict__.pop("auto_map", None)
+
+
+class MosaicClipProcessor(MosaicProcessorMixin):
     """Texts must be strings of valid Unicode without the tokenizer's special tokens typed in (a typed EOS such
     as "</s>" would end the text there for the model, which pools at the EOS): such texts are refused."""
 
@@ -45,7 +60,12 @@ class MosaicClipProcessor(ProcessorMixin):
     def __init__(self, image_processor=None, tokenizer=None, **kwargs):
         super().__init__(image_processor, tokenizer, **kwargs)
 
-    def __call__(self, images=None, text=None, **kwargs):
+    def __call__(
+        self,
+        images: ImageInput | None = None,
+        text: TextInput | list[TextInput] | None = None,
+        **kwargs: Unpack[ProcessingKwargs],
+    ):
         if images is None and text is None:
             raise ValueError("MosaicClipProcessor needs `images`, `text`, or both.")
         if text is not None and not check_texts(text, "Text", self.tokenizer.all_special_tokens):

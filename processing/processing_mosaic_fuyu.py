@@ -10,9 +10,13 @@ left-padded (with the pad token, or EOS for a tokenizer without one: padding is 
 Images: one image per prompt (a list, or a 4-D array/tensor of shape (N, H, W, C) or (N, C, H, W) with one
 image per prompt), all images for a single prompt, or a list of image lists (one list per prompt).
 
-Model inputs: `input_ids`, `attention_mask`, `image_patches` (batch, max patches, patch dim) and
+Model inputs: `input_ids`, `attention_mask`, `pixel_values` (the patches: batch, max patches, patch dim) and
 `image_patches_mask` (batch, max patches), plus `labels` when `answers` are given (-100 everywhere but
 the answer and its EOS).
+
+A call without `images` (None) tokenizes the prompts as the tokenizer does on its own, as transformers'
+`FuyuProcessor` does (no image block, no begin-of-answer token; `answers` are refused there); a prompt given an
+empty image list gets the layout above without an image.
 
 Boxes `<box>y1, x1, y2, x2</box>` and points `<point>x, y</point>` in a prompt are in pixels of the
 prompt's first image. They are written as fuyu-8b reads and writes them (transformers 4.x `FuyuProcessor`):
@@ -21,6 +25,8 @@ token per coordinate (no commas) between <0x00> and <0x01> (box: y1 x1 y2 x2) or
 A tokenizer without such a token for every number gets the numbers as space-separated text instead.
 `post_process_image_text_to_text(..., image_sizes=...)` maps generated ones back to pixels as transformers'
 `post_process_box_coordinates` does (2 * int(value / scale), scale the fit factor of the image).
+`decode` and `batch_decode` are the tokenizer's (special tokens kept unless `skip_special_tokens=True`);
+`post_process_image_text_to_text` gives the answers only.
 
 Texts (prompts and answers) must be strings of valid Unicode; a special token typed into one (`|SPEAKER|`,
 `<0x00>`, `<s>`, ...: the processor places them itself) and a `<box>` or `<point>` tag without its closing
@@ -32,7 +38,9 @@ import re
 import numpy as np
 import torch
 from transformers.feature_extraction_utils import BatchFeature
-from transformers.processing_utils import ProcessorMixin
+from transformers.image_utils import ImageInput
+from transformers.processing_utils import ProcessingKwargs, Unpack
+from transformers.tokenization_utils_base import TextInput
 
 from .fuyu_special_tokens import (
     BEGIN_OF_ANSWER_TOKEN,
@@ -46,8 +54,8 @@ from .fuyu_special_tokens import (
     POINT_OPEN_TOKEN,
 )
 from .image_processing_mosaic_clip import images_to_pil_list
-from .image_processing_mosaic_fuyu import fit_scale, fitted_size, image_token_layout
-from .processing_mosaic_clip import check_texts
+from .image_processing_mosaic_fuyu import fit_scale, image_token_layout
+from .processing_mosaic_clip import MosaicProcessorMixin, check_texts
 
 IGNORE_INDEX = -100
 COORDINATE_TAG = re.compile(r"<(box|point)>(.*?)</\1>", re.DOTALL)
@@ -92,7 +100,7 @@ def to_original_coordinates(values: list[int], scale: float) -> list[int]:
 
 
 def batch_patches(patches: list[tuple[int, torch.Tensor]], batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(row, patches of one image) pairs, in order, -> `image_patches` (batch, most patches in a row, patch_dim)
+    """(row, patches of one image) pairs, in order, -> `pixel_values` (batch, most patches in a row, patch_dim)
     with each row's images one after the other and zeros after them, and the mask of the real patches. One
     image for one row is returned as a view, without a copy."""
     if batch_size == 1 and len(patches) == 1:
@@ -114,7 +122,9 @@ def batch_patches(patches: list[tuple[int, torch.Tensor]], batch_size: int) -> t
     return batch, mask
 
 
-class MosaicFuyuProcessor(ProcessorMixin):
+class MosaicFuyuProcessor(MosaicProcessorMixin):
+    text_kwargs = {"padding": "longest", "return_tensors": "pt"}
+
     def __init__(
         self,
         image_processor=None,
@@ -173,15 +183,6 @@ class MosaicFuyuProcessor(ProcessorMixin):
             "image lists (one list per prompt)."
         )
 
-    def _scale(self, image_size: tuple[int, int]) -> float:
-        """The resize factor of an image of this (height, width) on the way in: processed / original height, as
-        transformers' Fuyu image processor reports it (`image_scale_factors`)."""
-        height, width = image_size
-        if not self.image_processor.do_resize:
-            return 1.0
-        size = self.image_processor.size
-        return fitted_size(height, width, size["height"], size["width"])[0] / height
-
     def _fit_scale(self, image_size: tuple[int, int]) -> float:
         """The resize factor on the way back, as transformers' `post_process_box_coordinates` takes it."""
         if not self.image_processor.do_resize:
@@ -204,11 +205,12 @@ class MosaicFuyuProcessor(ProcessorMixin):
             return [int(token) for token in tokens]  # one token per number: "12" "34" decodes as "1234"
         return [int(number) for number in re.findall(r"[0-9]+", self.tokenizer.decode(ids))]
 
-    def _text_ids(self, text: str, index: int, image_size: tuple[int, int] | None) -> list[int]:
-        """Token ids of a piece of prompt `index`, whitespace kept; its boxes and points are checked against
-        `image_size`, the (height, width) of the prompt's first image, rescaled to the processed image and wrapped
-        in their open/close tokens. Each piece of text between tags is tokenized on its own, as fuyu-8b's
-        processor does."""
+    def _text_ids(self, text: str, index: int, first_image: tuple[tuple[int, int], float] | None) -> list[int]:
+        """Token ids of a piece of prompt `index`, whitespace kept; its boxes and points are checked against the
+        (height, width) of the prompt's first image, rescaled by that image's resize factor (processed / original
+        height, as transformers' Fuyu image processor reports it in `image_scale_factors`) and wrapped in their
+        open/close tokens; `first_image` holds both. Each piece of text between tags is tokenized on its own, as
+        fuyu-8b's processor does."""
         parts = COORDINATE_TAG.split(text)  # text, kind, coordinates, text, kind, coordinates, ..., text
         ids = []
         for start in range(0, len(parts), 3):
@@ -220,17 +222,119 @@ class MosaicFuyuProcessor(ProcessorMixin):
                 ids += self.tokenizer(parts[start], add_special_tokens=False)["input_ids"]
             if start + 2 < len(parts):
                 kind, values = parts[start + 1], parse_coordinates(parts[start + 1], parts[start + 2])
-                if image_size is None:
+                if first_image is None:
                     raise ValueError(f"Prompt {index} has a <{kind}> but no image it could refer to.")
+                image_size, scale = first_image
                 check_inside(kind, values, *image_size)
                 open_token, close_token = COORDINATE_TOKENS[kind]
-                numbers = self._coordinate_ids(to_processed_coordinates(values, self._scale(image_size)))
+                numbers = self._coordinate_ids(to_processed_coordinates(values, scale))
                 ids += [self._token_id(open_token), *numbers, self._token_id(close_token)]
         return ids
 
-    def __call__(self, images=None, text=None, answers=None, return_tensors="pt", **kwargs) -> BatchFeature:
+    def _segments(self, prompt: str, prompt_images: list, index: int) -> list[str]:
+        """The text of prompt `index` around its images: one piece more than it has images."""
+        segments = prompt.split(IMAGE_PLACEHOLDER)
+        if len(segments) == 1 and len(prompt_images) == 1:
+            segments = ["", prompt]  # one image without a placeholder goes first, as in Fuyu
+        if len(segments) - 1 != len(prompt_images):
+            raise ValueError(
+                f"Prompt {index} has {len(segments) - 1} {IMAGE_PLACEHOLDER} placeholders but "
+                f"{len(prompt_images)} images; give one image per placeholder."
+            )
+        return segments
+
+    def _text_only_ids(self, prompt: str, index: int, add_special_tokens: bool) -> torch.Tensor:
+        """Prompt `index` of a call without images, tokenized as the tokenizer does on its own (as transformers'
+        FuyuProcessor does): no image block, no begin-of-answer token. A box or point in it refers to no image."""
+        if tag := LONE_TAG.search(prompt):
+            raise ValueError(f"Prompt {index} has a {tag.group()} but no image it could refer to.")
+        return torch.tensor(
+            self.tokenizer(prompt, add_special_tokens=add_special_tokens)["input_ids"], dtype=torch.long
+        )
+
+    def _image_prompts(self, segments_per_prompt, images_per_prompt, answer_texts, bos_id: int, images_kwargs: dict):
+        """Each prompt's ids in Fuyu's layout (see the module docstring) and labels (-100 but on the answers),
+        and (row, patches of one image) pairs in order."""
+        flat_images = [image for entry in images_per_prompt for image in entry]
+        processed = (
+            self.image_processor(flat_images, **images_kwargs)
+            if flat_images
+            else {"pixel_values": [], "patch_grids": [], "image_sizes": [], "resized_sizes": []}
+        )
+        image_token_id, newline_id = self._token_id(self.image_token), self._token_id(self.image_newline_token)
+        answer_id = self._token_id(self.begin_of_answer_token)
+        eos_id = None if answer_texts is None else self._special_id("eos", "ends every answer")
+
+        sequences, label_sequences, patches = [], [], []
+        next_image = 0
+        for index, (segments, prompt_images) in enumerate(zip(segments_per_prompt, images_per_prompt)):
+            pieces, bos_placed = [], False
+            first_image = None
+            if prompt_images:
+                image_size = processed["image_sizes"][next_image]
+                first_image = image_size, processed["resized_sizes"][next_image][0] / image_size[0]
+            for position, segment in enumerate(segments):
+                if segment and not bos_placed:
+                    pieces.append(torch.tensor([bos_id]))
+                    bos_placed = True
+                if segment:
+                    pieces.append(torch.tensor(self._text_ids(segment, index, first_image), dtype=torch.long))
+                if position < len(prompt_images):
+                    rows, cols = processed["patch_grids"][next_image]
+                    pieces.append(image_token_layout(rows, cols, image_token_id, newline_id))
+                    patches.append((index, processed["pixel_values"][next_image]))
+                    next_image += 1
+            if not bos_placed:
+                pieces.append(torch.tensor([bos_id]))
+            pieces.append(torch.tensor([answer_id]))
+            prompt_ids = torch.cat(pieces)
+            labels = torch.full_like(prompt_ids, IGNORE_INDEX)
+            if answer_texts is not None:
+                answer_ids = self.tokenizer(answer_texts[index], add_special_tokens=False)["input_ids"] + [eos_id]
+                answer_ids = torch.tensor(answer_ids, dtype=torch.long)
+                prompt_ids, labels = torch.cat([prompt_ids, answer_ids]), torch.cat([labels, answer_ids])
+            sequences.append(prompt_ids)
+            label_sequences.append(labels)
+        return sequences, label_sequences, patches
+
+    def _padded_length(self, lengths: list[int], text_kwargs: dict) -> int:
+        """The length every row is left-padded to, by the text kwargs `padding` and `max_length`. Prompts are never
+        truncated: a prompt longer than `max_length` is refused."""
+        padding, longest = text_kwargs.get("padding"), max(lengths)
+        if padding == "max_length":
+            max_length = text_kwargs.get("max_length") or self.tokenizer.model_max_length
+            if longest > max_length:
+                raise ValueError(
+                    f"A prompt takes {longest} tokens with its images, more than max_length={max_length} (prompts are "
+                    "never truncated); shorten it or raise max_length."
+                )
+            return max_length
+        if padding in (True, "longest"):
+            return longest
+        if padding in (False, "do_not_pad"):
+            if len(set(lengths)) > 1:
+                raise ValueError(
+                    f"The prompts take different numbers of tokens ({lengths}) and padding is off; pass "
+                    "padding=True to left-pad them to the longest."
+                )
+            return longest
+        raise ValueError(f"Unknown padding {padding!r}; pass True or 'longest', 'max_length' or False.")
+
+    def __call__(
+        self,
+        images: ImageInput | list[list[ImageInput]] | None = None,
+        text: TextInput | list[TextInput] | None = None,
+        answers: TextInput | list[TextInput] | None = None,
+        **kwargs: Unpack[ProcessingKwargs],
+    ) -> BatchFeature:
+        """`images` and `text` as in the module docstring; `answers` (one per prompt) add `labels`. Image kwargs go
+        to the image processor; of the text kwargs, `padding` ("longest" by default, "max_length" with
+        `max_length`, or False), `max_length`, `add_special_tokens` (calls without images) and `return_tensors`
+        ("pt" by default) apply. Rows are always left-padded."""
         if text is None:
             raise ValueError("MosaicFuyuProcessor needs `text` (a prompt or a list of prompts).")
+        output_kwargs = self._merge_kwargs(tokenizer_init_kwargs=self.tokenizer.init_kwargs, **kwargs)
+        text_kwargs = output_kwargs["text_kwargs"]
         typed_special_tokens = self._typed_special_tokens()
         prompts = check_texts(text, "Prompt", typed_special_tokens)
         if not prompts:
@@ -239,80 +343,58 @@ class MosaicFuyuProcessor(ProcessorMixin):
         if answer_texts is not None and len(answer_texts) != len(prompts):
             raise ValueError(f"Got {len(answer_texts)} answers for {len(prompts)} prompts.")
         images_per_prompt = self._images_per_prompt(images, prompts)
-        segments_per_prompt = []
-        for index, (prompt, prompt_images) in enumerate(zip(prompts, images_per_prompt)):
-            segments = prompt.split(IMAGE_PLACEHOLDER)
-            if len(segments) == 1 and len(prompt_images) == 1:
-                segments = ["", prompt]  # one image without a placeholder goes first, as in Fuyu
-            if len(segments) - 1 != len(prompt_images):
-                raise ValueError(
-                    f"Prompt {index} has {len(segments) - 1} {IMAGE_PLACEHOLDER} placeholders but "
-                    f"{len(prompt_images)} images; give one image per placeholder."
-                )
-            segments_per_prompt.append(segments)
-        flat_images = [image for entry in images_per_prompt for image in entry]
-        processed = (
-            self.image_processor(flat_images)
-            if flat_images
-            else {"image_patches": [], "patch_grids": [], "image_sizes": []}
-        )
-        image_token_id, newline_id = self._token_id(self.image_token), self._token_id(self.image_newline_token)
-        answer_id = self._token_id(self.begin_of_answer_token)
-        bos_id = self._special_id("bos", "starts every prompt")
-        eos_id = None if answer_texts is None else self._special_id("eos", "ends every answer")
-        tokenizer = self.tokenizer
-
-        sequences, label_sequences, patches = [], [], []
-        next_image = 0
-        for index, (segments, prompt_images) in enumerate(zip(segments_per_prompt, images_per_prompt)):
-            pieces, bos_placed = [], False
-            first_image_size = processed["image_sizes"][next_image] if prompt_images else None
-            for position, segment in enumerate(segments):
-                if segment and not bos_placed:
-                    pieces.append(torch.tensor([bos_id]))
-                    bos_placed = True
-                if segment:
-                    pieces.append(torch.tensor(self._text_ids(segment, index, first_image_size), dtype=torch.long))
-                if position < len(prompt_images):
-                    rows, cols = processed["patch_grids"][next_image]
-                    pieces.append(image_token_layout(rows, cols, image_token_id, newline_id))
-                    patches.append((index, processed["image_patches"][next_image]))
-                    next_image += 1
-            if not bos_placed:
-                pieces.append(torch.tensor([bos_id]))
-            pieces.append(torch.tensor([answer_id]))
-            prompt_ids = torch.cat(pieces)
-            labels = torch.full_like(prompt_ids, IGNORE_INDEX)
+        segments_per_prompt = [
+            self._segments(prompt, prompt_images, index)
+            for index, (prompt, prompt_images) in enumerate(zip(prompts, images_per_prompt))
+        ]
+        bos_id = self._special_id("bos", "starts every prompt")  # checked on every call, with images or without
+        if images is None:
             if answer_texts is not None:
-                answer_ids = tokenizer(answer_texts[index], add_special_tokens=False)["input_ids"] + [eos_id]
-                answer_ids = torch.tensor(answer_ids, dtype=torch.long)
-                prompt_ids, labels = torch.cat([prompt_ids, answer_ids]), torch.cat([labels, answer_ids])
-            if len(prompt_ids) > tokenizer.model_max_length:
                 raise ValueError(
-                    f"Prompt {index} takes {len(prompt_ids)} tokens with its images, more than the tokenizer's "
+                    "`answers` need `images`: without them the prompts are only tokenized as the tokenizer does (as in "
+                    "transformers' FuyuProcessor); pass an empty image list per prompt for text-only training rows."
+                )
+            add_special_tokens = text_kwargs.get("add_special_tokens", True)
+            sequences = [
+                self._text_only_ids(prompt, index, add_special_tokens) for index, prompt in enumerate(prompts)
+            ]
+            label_sequences, patches = None, []
+        else:
+            sequences, label_sequences, patches = self._image_prompts(
+                segments_per_prompt, images_per_prompt, answer_texts, bos_id, output_kwargs["images_kwargs"]
+            )
+        tokenizer = self.tokenizer
+        for index, ids in enumerate(sequences):
+            if len(ids) > tokenizer.model_max_length:
+                raise ValueError(
+                    f"Prompt {index} takes {len(ids)} tokens with its images, more than the tokenizer's "
                     f"model_max_length={tokenizer.model_max_length}; shorten it or use smaller images."
                 )
-            sequences.append(prompt_ids)
-            label_sequences.append(labels)
 
-        length = max(len(ids) for ids in sequences)
+        length = self._padded_length([len(ids) for ids in sequences], text_kwargs)
         # padding is masked out, so any id does: the pad token's, else EOS's (a tokenizer may have no pad token)
         pad_id = next(
             (token_id for token_id in (tokenizer.pad_token_id, tokenizer.eos_token_id) if token_id is not None), 0
         )
         input_ids = torch.full((len(prompts), length), pad_id, dtype=torch.long)
         attention_mask = torch.zeros(len(prompts), length, dtype=torch.long)
-        label_ids = torch.full((len(prompts), length), IGNORE_INDEX, dtype=torch.long)
-        for row, (ids, labels) in enumerate(zip(sequences, label_sequences)):
+        for row, ids in enumerate(sequences):
             input_ids[row, length - len(ids) :] = ids  # left padding
             attention_mask[row, length - len(ids) :] = 1
-            label_ids[row, length - len(ids) :] = labels
         data = {"input_ids": input_ids, "attention_mask": attention_mask}
         if patches:
-            data["image_patches"], data["image_patches_mask"] = batch_patches(patches, len(prompts))
+            data["pixel_values"], data["image_patches_mask"] = batch_patches(patches, len(prompts))
         if answer_texts is not None:
-            data["labels"] = label_ids
-        return BatchFeature(data, tensor_type=return_tensors)
+            data["labels"] = torch.full((len(prompts), length), IGNORE_INDEX, dtype=torch.long)
+            for row, labels in enumerate(label_sequences):
+                data["labels"][row, length - len(labels) :] = labels
+        return BatchFeature(data, tensor_type=text_kwargs.get("return_tensors"))
+
+    @property
+    def model_input_names(self) -> list[str]:
+        """What `__call__` returns for the model (`labels` aside, with `answers`): the processor builds the token ids
+        and mask itself, so the tokenizer's own input names (token_type_ids, ...) do not apply."""
+        return ["input_ids", "attention_mask", "pixel_values", "image_patches_mask"]
 
     def post_process_image_text_to_text(
         self, generated_ids, skip_special_tokens: bool = True, image_sizes=None, **kwargs
@@ -357,6 +439,3 @@ class MosaicFuyuProcessor(ProcessorMixin):
             plain, position = [], end + 1
         pieces.append(self.tokenizer.decode(plain, skip_special_tokens=skip_special_tokens))
         return " ".join(piece.strip() for piece in pieces if piece.strip())
-
-    def batch_decode(self, generated_ids, skip_special_tokens: bool = True, **kwargs) -> list[str]:
-        return self.post_process_image_text_to_text(generated_ids, skip_special_tokens=skip_special_tokens)

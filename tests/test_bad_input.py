@@ -77,7 +77,7 @@ def pixels(processor_name: str, image) -> torch.Tensor:
     """What an image processor makes of one image: CLIP's pixel values, or Fuyu's patches."""
     if processor_name == "clip":
         return clip_image_processor()(image, return_tensors="pt")["pixel_values"]
-    return fuyu_image_processor()(image)["image_patches"][0]
+    return fuyu_image_processor()(image)["pixel_values"][0]
 
 
 def gradient() -> np.ndarray:
@@ -299,7 +299,7 @@ CASES += [
     Case(
         "fuyu-image-1x500",
         lambda _: fuyu_processor()(images=PIL.Image.new("RGB", (500, 1)), text="describe it"),
-        check=lambda out: out["image_patches"].shape == (1, 4, 16 * 16 * 3),
+        check=lambda out: out["pixel_values"].shape == (1, 4, 16 * 16 * 3),
     ),
     Case(
         "fuyu-image-0x0",

@@ -139,7 +139,11 @@ def test_bench_quick_writes_json_markdown_and_chart(tmp_path, capsys):
     assert all(case["ratio"] > 0 for case in cases)
     table = (tmp_path / "report.md").read_text()
     assert "| benchmark | case | ours | reference | unit | ratio |" in table and "torch threads" in table
-    assert set(report["results"]) == {"bench_clip", "bench_fuyu_processing", "bench_fuyu_model", "bench_vstar"}
+    assert set(report["results"]) == {
+        "bench_clip", "bench_fuyu_processing", "bench_fuyu_model", "bench_vstar", "bench_conversion_memory"
+    }  # fmt: skip
+    memory = report["results"]["bench_conversion_memory"]["cases"]
+    assert len(memory) == 4 and all(case["ours"] > 0 and case["reference"] > 0 for case in memory)
     assert "| bench_vstar | scorer calls per search (V* vs exhaustive scan) |" in table
     assert PIL.Image.open(tmp_path / "ratios.png").size[0] > 100
 

@@ -67,8 +67,8 @@ def test_matches_transformers_fuyu_image_processor(photos, name, size):
         image = image.resize(size, PIL.Image.BICUBIC)
     outputs = MosaicFuyuImageProcessor()(image)
     expected = transformers_patches(image, outputs["patch_grids"][0])
-    assert outputs["image_patches"][0].shape == expected.shape
-    assert (outputs["image_patches"][0] - expected).abs().max() <= 1e-6
+    assert outputs["pixel_values"][0].shape == expected.shape
+    assert (outputs["pixel_values"][0] - expected).abs().max() <= 1e-6
     height, width = outputs["resized_sizes"][0]
     assert outputs["patch_grids"][0] == patch_grid(height, width, 30)
     assert outputs["image_sizes"][0] == (image.height, image.width)
@@ -79,23 +79,23 @@ def test_per_channel_normalisation_and_padding_value_match_transformers(photos):
     image = PIL.Image.fromarray(photos["coffee"]).resize((301, 157), PIL.Image.BICUBIC)
     outputs = MosaicFuyuImageProcessor(**settings)(image)
     expected = transformers_patches(image, outputs["patch_grids"][0], **settings)
-    assert (outputs["image_patches"][0] - expected).abs().max() <= 1e-6
+    assert (outputs["pixel_values"][0] - expected).abs().max() <= 1e-6
 
 
 def test_inputs_of_every_kind_and_batches(photos):
     processor = MosaicFuyuImageProcessor(patch_size=16, size={"height": 128, "width": 128})
     array = photos["coffee"]
-    reference = processor(PIL.Image.fromarray(array))["image_patches"][0]
+    reference = processor(PIL.Image.fromarray(array))["pixel_values"][0]
     for image in (
         array,
         array.transpose(2, 0, 1),
         torch.from_numpy(array),
         PIL.Image.fromarray(array).convert("RGBA"),
     ):
-        assert torch.equal(processor(image)["image_patches"][0], reference)
+        assert torch.equal(processor(image)["pixel_values"][0], reference)
     batch = processor([photos["coffee"], photos["camera"]])
-    assert len(batch["image_patches"]) == 2 and batch["patch_grids"][1] == (8, 8)
-    assert batch["image_patches"][1].shape == (64, 16 * 16 * 3)  # grayscale converted to RGB
+    assert len(batch["pixel_values"]) == 2 and batch["patch_grids"][1] == (8, 8)
+    assert batch["pixel_values"][1].shape == (64, 16 * 16 * 3)  # grayscale converted to RGB
 
 
 def test_without_rgb_conversion_every_mode_keeps_its_pixels_and_bands(photos, tmp_path):
@@ -106,7 +106,7 @@ def test_without_rgb_conversion_every_mode_keeps_its_pixels_and_bands(photos, tm
     for image in (rgb.convert("L"), rgb.convert("RGBA"), lazily_loaded):
         pixels = np.asarray(image).astype(np.float32).reshape(48, 64, -1)
         expected = patchify(torch.from_numpy((pixels / 255 - 0.25) / 0.5), 16)
-        patches = processor(image)["image_patches"][0]
+        patches = processor(image)["pixel_values"][0]
         assert patches.shape == (12, 16 * 16 * len(image.getbands())), image.mode
         assert (patches - expected).abs().max() <= 1e-5, image.mode
     # 16-bit, 32-bit integer and float modes are read by their range (65535 for I;16 and I, [0, 1] for F) as 8-bit
@@ -118,7 +118,7 @@ def test_without_rgb_conversion_every_mode_keeps_its_pixels_and_bands(photos, tm
         PIL.Image.fromarray(sixteen_bit).convert("I"),
         PIL.Image.fromarray(gray.astype(np.float32) / 255),
     ):
-        assert (processor(image)["image_patches"][0] - expected).abs().max() <= 1e-5, image.mode
+        assert (processor(image)["pixel_values"][0] - expected).abs().max() <= 1e-5, image.mode
 
 
 def test_bad_images_raise_one_clear_error():
@@ -152,5 +152,5 @@ def test_save_and_load_with_auto_image_processor(tmp_path, photos):
     reloaded = AutoImageProcessor.from_pretrained(tmp_path)
     assert isinstance(reloaded, MosaicFuyuImageProcessor)
     assert (reloaded.patch_size, reloaded.padding_value) == (16, 3.0)
-    for a, b in zip(processor(photos["coffee"])["image_patches"], reloaded(photos["coffee"])["image_patches"]):
+    for a, b in zip(processor(photos["coffee"])["pixel_values"], reloaded(photos["coffee"])["pixel_values"]):
         assert torch.equal(a, b)

@@ -87,9 +87,9 @@ def test_one_image_goes_first_then_bos_prompt_and_begin_of_answer(fuyu_processor
     assert tokens[:15] == ([image_token] * 4 + [newline]) * 3
     prompt = fuyu_processor.tokenizer("what digit is this?", add_special_tokens=False)["input_ids"]
     assert tokens[15:] == [fuyu_processor.tokenizer.bos_token_id, *prompt, answer]
-    assert out["image_patches"].shape == (1, 12, 16 * 16 * 3) and bool(out["image_patches_mask"].all())
-    expected = fuyu_processor.image_processor(photos["coffee"])["image_patches"][0]
-    assert torch.equal(out["image_patches"][0], expected)
+    assert out["pixel_values"].shape == (1, 12, 16 * 16 * 3) and bool(out["image_patches_mask"].all())
+    expected = fuyu_processor.image_processor(photos["coffee"])["pixel_values"][0]
+    assert torch.equal(out["pixel_values"][0], expected)
 
 
 def test_several_images_at_their_placeholders_and_left_padding(fuyu_processor, photos):
@@ -134,6 +134,42 @@ def test_generation_is_post_processed_to_the_answer_only(fuyu_processor, photos)
     for row, image, prompt in ((0, photos["coffee"], "what digit is this?"), (1, photos["cat"], "describe it")):
         alone = fuyu_processor(images=image, text=prompt)
         assert torch.equal(model.generate(**alone, max_new_tokens=4, do_sample=False)[0, -4:], new_tokens[row])
+
+
+def test_a_call_without_images_is_the_tokenizers_encoding(fuyu_processor):
+    """As transformers' FuyuProcessor: no image block and no begin-of-answer token; rows are still left-padded."""
+    prompts = ["what digit is this?", "seven"]
+    out = fuyu_processor(text=prompts)
+    for row, prompt in enumerate(prompts):
+        expected = fuyu_processor.tokenizer(prompt)["input_ids"]
+        assert out["input_ids"][row][out["attention_mask"][row].bool()].tolist() == expected
+    assert set(out) == {"input_ids", "attention_mask"} and not out["attention_mask"][1, 0]
+    # the processor's decode is the tokenizer's: special tokens kept unless asked otherwise
+    assert fuyu_processor.batch_decode(out["input_ids"]) == fuyu_processor.tokenizer.batch_decode(out["input_ids"])
+
+
+def test_text_kwargs_pad_and_image_kwargs_reach_the_image_processor(fuyu_processor, photos):
+    longest = fuyu_processor(images=[photos["coffee"], photos["cat"]], text=["what digit is this?", "seven"])
+    padded = fuyu_processor(
+        images=[photos["coffee"], photos["cat"]],
+        text=["what digit is this?", "seven"],
+        padding="max_length",
+        max_length=40,
+    )
+    assert padded["input_ids"].shape == (2, 40)
+    assert torch.equal(padded["input_ids"][:, -longest["input_ids"].shape[1] :], longest["input_ids"])
+    assert int(padded["attention_mask"].sum()) == int(longest["attention_mask"].sum())  # left padding only
+    # a size given with the call fits the image (400x600 -> 21x32: 2x2 patches) and scales the box with it
+    box = (100, 250, 301, 599)
+    out = fuyu_processor(
+        images=photos["coffee"],
+        text=f"find the cup <box>{', '.join(map(str, box))}</box>",
+        size={"height": 32, "width": 32},
+    )
+    assert out["pixel_values"].shape == (1, 4, 16 * 16 * 3)
+    assert coordinate_span(fuyu_processor, out["input_ids"][0], "box") == [
+        int(v) for v in scale_bbox_to_transformed_image(*box, 21 / 400)
+    ]
 
 
 def coordinate_span(processor, input_ids, kind):
@@ -360,6 +396,29 @@ def test_a_box_needs_an_image(fuyu_processor):
         ({"text": ["what digit is this?"] * 2, "answers": ["seven"]}, "Got 1 answers for 2 prompts"),
         ({"text": [" ".join(["describe it"] * 200)]}, "more than the tokenizer's model_max_length=256"),
         ({"text": []}, "The batch of prompts is empty"),
+        ({"text": ["what digit is this?"], "answers": ["seven"]}, "`answers` need `images`"),
+        (
+            {"images": [PIL.Image.new("RGB", (5, 5))] * 2, "text": ["what digit is this?", "seven"], "padding": False},
+            "different numbers of tokens .* and padding is off",
+        ),
+        (
+            {
+                "images": PIL.Image.new("RGB", (5, 5)),
+                "text": "what digit is this?",
+                "padding": "max_length",
+                "max_length": 4,
+            },
+            "more than max_length=4",
+        ),
+        (
+            {
+                "images": PIL.Image.new("RGB", (5, 5)),
+                "text": "seven",
+                "padding": True,
+                "text_kwargs": {"padding": True},
+            },
+            "Keyword argument padding was passed two times",
+        ),
     ],
 )
 def test_bad_inputs_raise_one_clear_error(fuyu_processor, kwargs, message):

@@ -4,8 +4,7 @@ CLIPVisionModel(WithProjection), CLIPImageProcessor and CLIPProcessor.
 
 The mixins come from the transformers sdist (see transformers_sdist.py). Every skip written below names a capability
 transformers' own CLIP class lacks too (its own test suite skips the same test, or the test fails on it); the
-mixins skip by themselves what needs an accelerator, flash-attention, deepspeed or the Hub. Strict xfails mark known
-failures of the processing side (processing/), which this file's owner does not change; each names its cause.
+mixins skip by themselves what needs an accelerator, flash-attention, deepspeed or the Hub.
 """
 
 import unittest
@@ -13,7 +12,7 @@ import unittest
 import pytest
 import torch
 from conftest import CAPTIONS
-from transformers_sdist import AUTO_MAP_AFTER_SAVE, auto_tables_with, load
+from transformers_sdist import auto_tables_with, load
 
 from mosaic_vlm.modeling import (
     MosaicClipConfig,
@@ -296,12 +295,3 @@ class MosaicClipProcessorTest(ProcessorTesterMixin, unittest.TestCase):
     @classmethod
     def _setup_image_processor(cls):
         return MosaicClipImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
-
-    # Known failures of the processing side (processing/, not the models), strict so that a fix shows up here:
-    @pytest.mark.xfail(strict=True, reason=AUTO_MAP_AFTER_SAVE)
-    def test_processor_from_and_save_pretrained(self):
-        super().test_processor_from_and_save_pretrained()
-
-    @pytest.mark.xfail(strict=True, reason=AUTO_MAP_AFTER_SAVE)
-    def test_processor_from_and_save_pretrained_as_nested_dict(self):
-        super().test_processor_from_and_save_pretrained_as_nested_dict()

@@ -5,15 +5,14 @@ processor.
 The mixins come from the transformers sdist (see transformers_sdist.py). The sdist has no GenerationTesterMixin:
 tests/test_generation_fuyu.py holds our own generation tests. Every skip written below names a capability
 transformers' own Fuyu class lacks too (the test fails on it as well), or a test that has nothing to check here;
-the mixins skip by themselves what needs an accelerator, flash-attention, deepspeed or the Hub. Strict xfails mark
-known failures of the processing side (processing/), which this file's owner does not change; each names its cause.
+the mixins skip by themselves what needs an accelerator, flash-attention, deepspeed or the Hub.
 """
 
 import unittest
 
 import pytest
 import torch
-from transformers_sdist import AUTO_MAP_AFTER_SAVE, auto_tables_with, load
+from transformers_sdist import auto_tables_with, load
 
 from mosaic_vlm.modeling import MosaicFuyuConfig, MosaicFuyuForCausalLM, MosaicFuyuModel
 from mosaic_vlm.processing import MosaicFuyuImageProcessor, MosaicFuyuProcessor, train_bpe_tokenizer
@@ -35,15 +34,6 @@ floats_tensor, ids_tensor = modeling_common.floats_tensor, modeling_common.ids_t
 
 PAD, BOS, EOS, IMAGE, NEWLINE = 0, 1, 2, 5, 6
 FIRST_TEXT_ID = 7  # ids below are special
-# why the processor fails some mixin tests (xfail reasons)
-PATCHES_KEY = (
-    "processing: the processor returns the patches as `image_patches`; transformers 5.x (and the mixin) name them "
-    "`pixel_values` (rename pending on the processing side; the model already takes `pixel_values`)"
-)
-RETURN_TENSORS_IN_CALL = (
-    "processing: MosaicFuyuProcessor.__call__ takes `return_tensors` as an explicit argument with a default; "
-    "the mixin wants it in the processor's kwargs class"
-)
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -214,67 +204,3 @@ class MosaicFuyuProcessorTest(ProcessorTesterMixin, unittest.TestCase):
         # the mixin writes `image_token` into prompts where an image goes: ours reads "<image>" there (the image
         # token proper, "|SPEAKER|", is one per patch and placed by the processor itself)
         cls.image_token = IMAGE_PLACEHOLDER
-
-    # Known failures of the processing side (processing/, not the models), strict so that a fix shows up here:
-    @pytest.mark.xfail(strict=True, reason=AUTO_MAP_AFTER_SAVE)
-    def test_processor_from_and_save_pretrained(self):
-        super().test_processor_from_and_save_pretrained()
-
-    @pytest.mark.xfail(strict=True, reason=AUTO_MAP_AFTER_SAVE)
-    def test_processor_from_and_save_pretrained_as_nested_dict(self):
-        super().test_processor_from_and_save_pretrained_as_nested_dict()
-
-    @pytest.mark.xfail(strict=True, reason=RETURN_TENSORS_IN_CALL)
-    def test_call_arguments_not_in_processor_kwargs(self):
-        super().test_call_arguments_not_in_processor_kwargs()
-
-    @pytest.mark.xfail(strict=True, reason=RETURN_TENSORS_IN_CALL)
-    def test_call_arguments_default_none(self):
-        super().test_call_arguments_default_none()
-
-    @pytest.mark.xfail(strict=True, reason="processing: a text-only call adds BOS and the begin-of-answer token "
-                       "(Fuyu's prompt layout), so it differs from the bare tokenizer's output")
-    def test_subprocessor_defaults_0_text(self):
-        super().test_subprocessor_defaults_0_text()
-
-    @pytest.mark.xfail(strict=True, reason="processing: MosaicFuyuProcessor.decode / batch_decode do not skip "
-                       "special tokens by default as the mixin expects")
-    def test_tokenizer_decode_defaults(self):
-        super().test_tokenizer_decode_defaults()
-
-    @pytest.mark.xfail(strict=True, reason="processing: a kwarg passed both flat and in images_kwargs is not refused")
-    def test_doubly_passed_kwargs_0_images(self):
-        super().test_doubly_passed_kwargs_0_images()
-
-    @pytest.mark.xfail(strict=True, reason="processing: a kwarg passed both flat and in images_kwargs is not refused")
-    def test_overlapping_text_image_kwargs_handling_0_images(self):
-        super().test_overlapping_text_image_kwargs_handling_0_images()
-
-    @pytest.mark.xfail(strict=True, reason="processing: model_input_names lacks `image_patches_mask`, which the "
-                       "processor returns")
-    def test_model_input_names(self):
-        super().test_model_input_names()
-
-    @pytest.mark.xfail(strict=True, reason=PATCHES_KEY)
-    def test_kwargs_overrides_default_subprocessor_kwargs_0_images(self):
-        super().test_kwargs_overrides_default_subprocessor_kwargs_0_images()
-
-    @pytest.mark.xfail(strict=True, reason=PATCHES_KEY)
-    def test_processor_with_multiple_inputs(self):
-        super().test_processor_with_multiple_inputs()
-
-    @pytest.mark.xfail(strict=True, reason=PATCHES_KEY)
-    def test_structured_kwargs_nested_from_dict_0_images(self):
-        super().test_structured_kwargs_nested_from_dict_0_images()
-
-    @pytest.mark.xfail(strict=True, reason=PATCHES_KEY)
-    def test_subprocessor_defaults_preserved_by_kwargs_0_images(self):
-        super().test_subprocessor_defaults_preserved_by_kwargs_0_images()
-
-    @pytest.mark.xfail(strict=True, reason=PATCHES_KEY)
-    def test_unstructured_kwargs_0_images(self):
-        super().test_unstructured_kwargs_0_images()
-
-    @pytest.mark.xfail(strict=True, reason=PATCHES_KEY)
-    def test_unstructured_kwargs_batched_0_images(self):
-        super().test_unstructured_kwargs_batched_0_images()

@@ -172,7 +172,7 @@ def test_fuyu_image_processor_keeps_grid_padding_and_pixel_range(drawn):
     assert 1 <= resized_height <= FIT and 1 <= resized_width <= FIT
     rows, cols = outputs["patch_grids"][0]
     assert (rows, cols) == patch_grid(resized_height, resized_width, PATCH)
-    patches = outputs["image_patches"][0]
+    patches = outputs["pixel_values"][0]
     assert patches.shape == (rows * cols, PATCH * PATCH * 3) and patches.dtype == torch.float32
     assert torch.isfinite(patches).all() and patches.min() >= -1 - 1e-6 and patches.max() <= 1 + 1e-6
     # the patches seen as one image again: (rows, p, cols, p, 3) -> (rows * p, cols * p, 3)
@@ -247,4 +247,4 @@ def test_every_pil_mode_is_taken_by_both_image_processors(mode):
     if mode == "F":  # floats must be in [0, 1]
         image = PIL.Image.fromarray(np.asarray(image) / np.float32(255))
     assert clip_processor().image_processor(image, return_tensors="pt")["pixel_values"].shape == (1, 3, CROP, CROP)
-    assert fuyu_processor().image_processor(image)["image_patches"][0].shape == (1, PATCH * PATCH * 3)
+    assert fuyu_processor().image_processor(image)["pixel_values"][0].shape == (1, PATCH * PATCH * 3)

@@ -57,7 +57,7 @@ def test_fuyu_collator_masks_all_but_the_answer_and_refuses_bad_rows():
         labelled = batch["labels"][row][batch["labels"][row] != -100].tolist()
         answer = processor.tokenizer(data[row]["answer"], add_special_tokens=False)["input_ids"]
         assert labelled == [*answer, processor.tokenizer.eos_token_id]
-    assert batch["image_patches"].shape == (3, 16, 8 * 8 * 3)
+    assert batch["pixel_values"].shape == (3, 16, 8 * 8 * 3)
     with pytest.raises(ValueError, match=r"lacks the column\(s\) \['answer'\]"):
         collator.validate(data.remove_columns("answer"))
     too_long = data.map(lambda row: {"answer": " ".join(["seven"] * 200)})

@@ -141,13 +141,6 @@ def load(module: str) -> ModuleType:
 
 # Shared by the mixin test modules of both families.
 
-# why both processors fail the mixin's save/load round trip (an xfail reason)
-AUTO_MAP_AFTER_SAVE = (
-    "processing: save_pretrained of a processor registered for remote code writes `auto_map` into the instance "
-    "(transformers' custom_object_save), so to_dict() differs from the reloaded processor's"
-)
-
-
 @contextlib.contextmanager
 def auto_tables_with(**entries: dict[str, str]):
     """Add model types to transformers' static `MODEL_*_MAPPING_NAMES` tables for the duration, e.g.
