@@ -71,6 +71,12 @@ def hub_errors(action: str) -> Iterator[None]:
         raise ValueError(f"{action}: a file is missing on the Hub: {error}") from error
     except (HfHubHTTPError, httpx2.HTTPError) as error:
         raise OSError(f"{action} at {constants.ENDPOINT} broke off: {type(error).__name__}: {error}") from error
+    except RuntimeError as error:
+        # huggingface_hub closes its shared HTTP client when a connection fails; downloads still running in other
+        # threads then fail with this message
+        if "client has been closed" not in str(error):
+            raise
+        raise OSError(f"{action} at {constants.ENDPOINT} broke off: the connection failed") from error
 
 
 def add_pull_command(subparsers) -> None:

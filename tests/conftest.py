@@ -1,5 +1,7 @@
 """Shared fixtures: tiny random configs, a tokenizer trained on the spot, real images from wheels."""
 
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -8,6 +10,18 @@ from mosaic_vlm.modeling import MosaicClipConfig
 from mosaic_vlm.processing import MosaicClipImageProcessor, MosaicClipProcessor, train_bpe_tokenizer
 
 pytest_plugins = ["hub_server"]  # the loopback Hub fixture `hub`
+
+if os.environ.get("PYTEST_XDIST_WORKER"):  # one torch thread per worker: the workers share the cores
+    torch.set_num_threads(1)
+    os.environ["OMP_NUM_THREADS"] = "1"  # and in the processes tests start, so their floats match bit for bit
+
+
+def pytest_sessionstart(session):
+    """Unpack transformers' test mixins once, before the workers start (they import them)."""
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        from transformers_sdist import load
+
+        load("test_modeling_common")
 CAPTIONS = [f"a photo of the digit {name}" for name in DIGIT_NAMES] + [
     "a photo of a cat",
     "a photo of a dog",
