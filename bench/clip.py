@@ -130,8 +130,9 @@ def _cpu_model_name() -> str:
 
 def build_models(attn_implementation: str = "sdpa", seed: int = 0):
     """(ours, transformers') in eval mode, fp32, with identical random weights."""
-    from mosaic_vlm.modeling import MosaicClipConfig, MosaicClipModel
     from transformers import CLIPConfig, CLIPModel
+
+    from mosaic_vlm.modeling import MosaicClipConfig, MosaicClipModel
 
     torch.manual_seed(seed)
     ours = MosaicClipModel(
@@ -192,7 +193,9 @@ def verify_same_features(ours, reference, pixel_values, input_ids) -> dict:
             a = _features(ours, modality, inputs, dtype_name)
             b = _features(reference, modality, inputs, dtype_name)
             if a.shape != b.shape:
-                raise FeatureMismatchError(f"{modality} features differ in shape: {tuple(a.shape)} vs {tuple(b.shape)}")
+                raise FeatureMismatchError(
+                    f"{modality} features differ in shape: {tuple(a.shape)} vs {tuple(b.shape)}"
+                )
             report[f"{modality}_{dtype_name}_max_abs_diff"] = (a - b).abs().max().item()
             report[f"{modality}_{dtype_name}_max_abs_value"] = b.abs().max().item()
     for modality in ("image", "text"):

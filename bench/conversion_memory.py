@@ -94,6 +94,9 @@ def make_checkpoints(folder: Path, quick: bool) -> dict[str, Path]:
     return {"fuyu": folder / "fuyu", "clip": folder / "clip"}
 
 
+PEAK_NAMES = {"rss": "RSS", "anon": "anonymous"}
+
+
 def measure(family: str, mode: str, source: Path, output: Path, newline: int) -> dict:
     result = subprocess.run(
         [sys.executable, "-c", _MEASURE, family, mode, str(source), str(output), str(newline)],
@@ -121,7 +124,7 @@ def run_conversion_memory_benchmark(quick: bool = False) -> dict:
             for kind in ("rss", "anon"):
                 old, new = peaks["in-memory"][kind] / size, peaks["streaming"][kind] / size
                 cases.append({
-                    "case": f"{family} ({size / 1e9:.2f} GB) peak {'RSS' if kind == 'rss' else 'anonymous'} / checkpoint",
+                    "case": f"{family} ({size / 1e9:.2f} GB) peak {PEAK_NAMES[kind]} / checkpoint",
                     "ours": new, "reference": old, "unit": "x checkpoint", "ratio": old / new if new > 0 else None,
                 })  # fmt: skip
     return {"cases": cases}

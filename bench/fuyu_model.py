@@ -14,6 +14,7 @@ import time
 
 import torch
 import transformers
+
 from mosaic_vlm.modeling import MosaicFuyuConfig, MosaicFuyuForCausalLM
 
 FULL = dict(vocab_size=32000, hidden_size=1024, intermediate_size=4096, num_hidden_layers=8, num_attention_heads=16)
@@ -22,14 +23,26 @@ IMAGE_TOKEN, NEWLINE_TOKEN, BOS = 10, 11, 1
 
 
 def build_models(shapes: dict):
-    config = MosaicFuyuConfig(**shapes, max_position_embeddings=4096, patch_size=30, image_token_id=IMAGE_TOKEN,
-                              image_newline_token_id=NEWLINE_TOKEN, bos_token_id=BOS, eos_token_id=2, pad_token_id=0)
+    config = MosaicFuyuConfig(
+        **shapes,
+        max_position_embeddings=4096,
+        patch_size=30,
+        image_token_id=IMAGE_TOKEN,
+        image_newline_token_id=NEWLINE_TOKEN,
+        bos_token_id=BOS,
+        eos_token_id=2,
+        pad_token_id=0,
+    )
     torch.manual_seed(0)
     ours = MosaicFuyuForCausalLM._from_config(config, attn_implementation="sdpa").eval()
     reference_config = transformers.FuyuConfig(
-        text_config=dict(**shapes, max_position_embeddings=4096, rope_parameters={
-            "rope_type": "default", "rope_theta": config.rope_theta, "partial_rotary_factor": 0.5}),
-        patch_size=30, image_token_id=IMAGE_TOKEN,
+        text_config=dict(
+            **shapes,
+            max_position_embeddings=4096,
+            rope_parameters={"rope_type": "default", "rope_theta": config.rope_theta, "partial_rotary_factor": 0.5},
+        ),
+        patch_size=30,
+        image_token_id=IMAGE_TOKEN,
     )
     reference = transformers.FuyuForCausalLM._from_config(reference_config, attn_implementation="sdpa").eval()
     reference.load_state_dict(ours.state_dict(), strict=True)
@@ -79,13 +92,25 @@ def run_fuyu_model_benchmark(repeats: int = 5, new_tokens: int = 16, quick: bool
                     times[("decode", who)].append((time.perf_counter() - start) / new_tokens)
     median = {key: statistics.median(values) * 1000 for key, values in times.items()}
     cases = [
-        {"case": f"prefill fp32 ({input_ids.shape[1]} tokens)", "ours_ms": median[("prefill", "ours")],
-         "reference_ms": median[("prefill", "reference")]},
-        {"case": "decode fp32 (ms/token)", "ours_ms": median[("decode", "ours")], "reference_ms": median[("decode", "reference")]},
+        {
+            "case": f"prefill fp32 ({input_ids.shape[1]} tokens)",
+            "ours_ms": median[("prefill", "ours")],
+            "reference_ms": median[("prefill", "reference")],
+        },
+        {
+            "case": "decode fp32 (ms/token)",
+            "ours_ms": median[("decode", "ours")],
+            "reference_ms": median[("decode", "reference")],
+        },
     ]
     for case in cases:
         case["ratio"] = case["reference_ms"] / case["ours_ms"]
-    return {"threads": torch.get_num_threads(), "tokens": input_ids.shape[1], "max_logit_diff": difference, "cases": cases}
+    return {
+        "threads": torch.get_num_threads(),
+        "tokens": input_ids.shape[1],
+        "max_logit_diff": difference,
+        "cases": cases,
+    }
 
 
 def main(argv=None) -> None:

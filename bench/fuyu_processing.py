@@ -23,12 +23,13 @@ import time
 
 import PIL.Image
 import torch
-from mosaic_vlm.processing import MosaicFuyuImageProcessor, MosaicFuyuProcessor, train_bpe_tokenizer
-from mosaic_vlm.processing.fuyu_special_tokens import FUYU_SPECIAL_TOKENS
 from skimage import data
 from transformers import FuyuProcessor
 from transformers.models.fuyu.image_processing_pil_fuyu import FuyuImageProcessorPil
 from transformers.utils import logging
+
+from mosaic_vlm.processing import MosaicFuyuImageProcessor, MosaicFuyuProcessor, train_bpe_tokenizer
+from mosaic_vlm.processing.fuyu_special_tokens import FUYU_SPECIAL_TOKENS
 
 PROMPT = "Generate a coco-style caption of the astronaut and the flag behind her."
 # transformers' FuyuProcessor also looks up "<s>"
@@ -68,10 +69,14 @@ def median_ms(function, repeats: int) -> list[float]:
 def run_fuyu_processing_benchmark(repeats: int = 20, size: tuple[int, int] = (1280, 960)) -> dict:
     logging.set_verbosity_error()  # transformers' FuyuProcessor warns on every call about its legacy output
     image = PIL.Image.fromarray(data.astronaut()).resize(size, PIL.Image.BICUBIC)
-    tokenizer = train_bpe_tokenizer([PROMPT] * 4, vocab_size=200, model_max_length=4096, extra_special_tokens=FUYU_TOKENS)
+    tokenizer = train_bpe_tokenizer(
+        [PROMPT] * 4, vocab_size=200, model_max_length=4096, extra_special_tokens=FUYU_TOKENS
+    )
     ours_images, reference_images = MosaicFuyuImageProcessor(), FuyuImageProcessorPil()
     ours_processor = MosaicFuyuProcessor(image_processor=ours_images, tokenizer=tokenizer)
-    reference_processor = FuyuProcessorWithoutTokenCountCheck(image_processor=PilFuyuImageProcessorForFuyuProcessor(), tokenizer=tokenizer)
+    reference_processor = FuyuProcessorWithoutTokenCountCheck(
+        image_processor=PilFuyuImageProcessorForFuyuProcessor(), tokenizer=tokenizer
+    )
 
     ours_patches = ours_images(image)["pixel_values"][0]
     difference = (ours_patches - transformers_patches(reference_images, image)).abs().max().item()
@@ -84,22 +89,34 @@ def run_fuyu_processing_benchmark(repeats: int = 20, size: tuple[int, int] = (12
 
     cases = {
         f"image -> patches ({size[0]}x{size[1]})": (
-            lambda: ours_images(image), lambda: transformers_patches(reference_images, image)),
+            lambda: ours_images(image),
+            lambda: transformers_patches(reference_images, image),
+        ),
         "image + prompt -> tensors": (
-            lambda: ours_processor(images=image, text=PROMPT), lambda: reference_processor(images=image, text=PROMPT)),
+            lambda: ours_processor(images=image, text=PROMPT),
+            lambda: reference_processor(images=image, text=PROMPT),
+        ),
     }
     rows = []
     for case, (ours, reference) in cases.items():
         ours(), reference()  # warm up
         ours_times, reference_times = [], []
-        for repeat in range(repeats):  # interleaved, so that drifting machine load hits both alike
+        for _ in range(repeats):  # interleaved, so that drifting machine load hits both alike
             ours_times += median_ms(ours, 1)
             reference_times += median_ms(reference, 1)
-        row = {"case": case, "ours_ms": statistics.median(ours_times), "reference_ms": statistics.median(reference_times)}
+        row = {
+            "case": case,
+            "ours_ms": statistics.median(ours_times),
+            "reference_ms": statistics.median(reference_times),
+        }
         row["ratio"] = row["reference_ms"] / row["ours_ms"]
         rows.append(row)
-    return {"threads": torch.get_num_threads(), "image_tokens": int(ours_call["input_ids"].shape[1]),
-            "max_patch_diff": difference, "cases": rows}
+    return {
+        "threads": torch.get_num_threads(),
+        "image_tokens": int(ours_call["input_ids"].shape[1]),
+        "max_patch_diff": difference,
+        "cases": rows,
+    }
 
 
 def main(argv=None) -> None:
@@ -107,7 +124,9 @@ def main(argv=None) -> None:
     parser.add_argument("--repeats", type=int, default=20, help="timed repeats per case (default 20)")
     args = parser.parse_args(argv)
     result = run_fuyu_processing_benchmark(args.repeats)
-    print(f"{result['threads']} threads, {result['image_tokens']} tokens, max patch diff {result['max_patch_diff']:.1e}")
+    print(
+        f"{result['threads']} threads, {result['image_tokens']} tokens, max patch diff {result['max_patch_diff']:.1e}"
+    )
     print("| case | ours ms | transformers ms | ratio |\n|---|---:|---:|---:|")
     for row in result["cases"]:
         print(f"| {row['case']} | {row['ours_ms']:.1f} | {row['reference_ms']:.1f} | {row['ratio']:.2f} |")

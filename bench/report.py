@@ -44,7 +44,8 @@ def ratio_rows(name: str, result: dict) -> list[dict]:
 def write_report(output: Path, quick: bool = False) -> list[Path]:
     output = Path(output)
     output.mkdir(parents=True, exist_ok=True)
-    machine = f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads"
+    processor = platform.processor() or platform.machine()
+    machine = f"{processor}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads"
     results, rows = {}, []
     for name, (entry, full_settings, quick_settings) in BENCHMARKS.items():
         print(f"== {name}", file=sys.stderr)

@@ -1,4 +1,5 @@
-"""Thin script over `mosaic_vlm.bench.fuyu_model` (`python -m mosaic_vlm.bench.fuyu_model` runs the same). See `--help`."""
+"""Thin script over `mosaic_vlm.bench.fuyu_model` (`python -m mosaic_vlm.bench.fuyu_model` runs the same).
+See `--help`."""
 
 import sys
 

@@ -1,4 +1,5 @@
-"""Thin script over `mosaic_vlm.bench.fuyu_processing` (`python -m mosaic_vlm.bench.fuyu_processing` runs the same). See `--help`."""
+"""Thin script over `mosaic_vlm.bench.fuyu_processing` (`python -m mosaic_vlm.bench.fuyu_processing` runs the same).
+See `--help`."""
 
 import sys
 

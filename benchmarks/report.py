@@ -1,4 +1,5 @@
-"""Thin script over `mosaic_vlm.bench.report` (`python -m mosaic_vlm.bench.report` runs the same). See `--help`."""
+"""Thin script over `mosaic_vlm.bench.report` (`python -m mosaic_vlm.bench.report` runs the same).
+See `--help`."""
 
 import sys
 

@@ -128,9 +128,22 @@ def run_convert(args: argparse.Namespace) -> None:
     logger.info("converting %s (%s) to the %s layout", args.input, args.source, args.target)
     with staged_folder(args.output) as folder:
         if args.model == "fuyu":
-            convert_fuyu_checkpoint(args.input, folder, to=args.target, image_newline_token_id=args.newline_token_id,
-                                    dtype=dtype, max_shard_size=args.max_shard_size)
+            convert_fuyu_checkpoint(
+                args.input,
+                folder,
+                to=args.target,
+                image_newline_token_id=args.newline_token_id,
+                dtype=dtype,
+                max_shard_size=args.max_shard_size,
+            )
         else:
-            convert_clip_checkpoint(args.input, folder, source_layout=args.source, target_layout=args.target,
-                                    activation=args.activation, dtype=dtype, max_shard_size=args.max_shard_size)
+            convert_clip_checkpoint(
+                args.input,
+                folder,
+                source_layout=args.source,
+                target_layout=args.target,
+                activation=args.activation,
+                dtype=dtype,
+                max_shard_size=args.max_shard_size,
+            )
     logger.info("done: %s", args.output)

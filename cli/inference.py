@@ -11,7 +11,8 @@ def add_zero_shot_command(subparsers) -> None:
         "zero-shot",
         help="rank labels for images with a CLIP-style model",
         description="Classify images zero-shot: print, per image, the labels ranked by probability.",
-        epilog="example:\n  mosaic-vlm zero-shot clip-folder cat.png dog.jpg --labels 'a photo of a cat' 'a photo of a dog'",
+        epilog="example:\n  mosaic-vlm zero-shot clip-folder cat.png dog.jpg "
+        "--labels 'a photo of a cat' 'a photo of a dog'",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("model", type=Path, help="a saved MosaicClipModel folder (with its processor)")
@@ -80,7 +81,9 @@ def add_ask_command(subparsers) -> None:
     parser.add_argument("model", type=Path, help="a saved MosaicFuyuForCausalLM folder (with its processor)")
     parser.add_argument("image", type=Path, help="an image file")
     parser.add_argument("question", help="the question")
-    parser.add_argument("--box", type=float, nargs=4, metavar=("Y1", "X1", "Y2", "X2"), help="a box to add to the question")
+    parser.add_argument(
+        "--box", type=float, nargs=4, metavar=("Y1", "X1", "Y2", "X2"), help="a box to add to the question"
+    )
     parser.add_argument("--point", type=float, nargs=2, metavar=("X", "Y"), help="a point to add to the question")
     parser.add_argument("--max-new-tokens", type=int, default=20, help="longest answer in tokens (default 20)")
     parser.set_defaults(handler=run_ask)
@@ -115,13 +118,26 @@ def add_vstar_command(subparsers) -> None:
     parser.add_argument("image", type=Path, help="an image file")
     parser.add_argument("question", help="the question")
     parser.add_argument("--targets", nargs="+", default=None, help="what to search for (default: ask the model)")
-    parser.add_argument("--search-model", type=Path, default=None,
-                        help="a MosaicFuyuForCausalLM folder that scores crops for the search (default: the answering model)")
-    parser.add_argument("--output", "-o", type=Path, default=Path("vstar-search.png"),
-                        help="PNG of the search; with several targets, one file per target (default vstar-search.png)")
-    parser.add_argument("--max-cell", type=int, default=None,
-                        help="widest heatmap cell in pixels: larger images get more cells, each small enough for "
-                        "the search model to see a small target in (default: a 4x4 grid at every size)")
+    parser.add_argument(
+        "--search-model",
+        type=Path,
+        default=None,
+        help="a MosaicFuyuForCausalLM folder that scores crops for the search (default: the answering model)",
+    )
+    parser.add_argument(
+        "--output",
+        "-o",
+        type=Path,
+        default=Path("vstar-search.png"),
+        help="PNG of the search; with several targets, one file per target (default vstar-search.png)",
+    )
+    parser.add_argument(
+        "--max-cell",
+        type=int,
+        default=None,
+        help="widest heatmap cell in pixels: larger images get more cells, each small enough for "
+        "the search model to see a small target in (default: a 4x4 grid at every size)",
+    )
     parser.add_argument("--min-size", type=int, default=None, help="smallest patch side in pixels (default: V*'s)")
     parser.add_argument("--conf-high", type=float, default=0.5, help="confidence that ends a search (default 0.5)")
     parser.add_argument("--conf-low", type=float, default=0.3, help="least confidence of a fallback box (default 0.3)")
@@ -139,9 +155,20 @@ def run_vstar(args: argparse.Namespace) -> None:
     model, processor = load_model_folder(args.model, "fuyu", "vstar")
     searcher = load_model_folder(args.search_model, "fuyu", "vstar") if args.search_model else (model, processor)
     scorer = FuyuScorer(*searcher, max_cell=args.max_cell)
-    search = SearchConfig(min_size=args.min_size, conf_high=args.conf_high, conf_low=args.conf_low, max_calls=args.max_calls)
-    output = vstar_generate(model, processor, image, args.question, targets=args.targets, scorer=scorer, search_config=search,
-                            max_new_tokens=args.max_new_tokens, do_sample=False)
+    search = SearchConfig(
+        min_size=args.min_size, conf_high=args.conf_high, conf_low=args.conf_low, max_calls=args.max_calls
+    )
+    output = vstar_generate(
+        model,
+        processor,
+        image,
+        args.question,
+        targets=args.targets,
+        scorer=scorer,
+        search_config=search,
+        max_new_tokens=args.max_new_tokens,
+        do_sample=False,
+    )
     print(f"answer: {output.answer}")
     for index, (target, result) in enumerate(output.searches.items()):
         where = f"box {result.box}" if result.found else "not found"

@@ -19,7 +19,9 @@ def add_train_command(subparsers) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--overwrite", action="store_true", help="replace --output_dir if it is a non-empty folder")
-    parser.add_argument("recipe", choices=("clip", "fuyu", "vstar"), help="which recipe: clip, fuyu, or V*'s models (vstar)")
+    parser.add_argument(
+        "recipe", choices=("clip", "fuyu", "vstar"), help="which recipe: clip, fuyu, or V*'s models (vstar)"
+    )
     parser.add_argument("recipe_args", nargs=argparse.REMAINDER, help="arguments of the recipe (see its --help)")
     parser.set_defaults(handler=run_train)
 
@@ -46,11 +48,17 @@ def run_train(args: argparse.Namespace) -> None:
         recipe.main(args.recipe_args)  # its own parser explains a missing --output_dir, or prints --help
         return
     index, output = found
-    checkpoints = [Path(value) for flag, value in zip(args.recipe_args, args.recipe_args[1:]) if flag == "--resume_from_checkpoint"]
+    checkpoints = [
+        Path(value)
+        for flag, value in zip(args.recipe_args, args.recipe_args[1:])
+        if flag == "--resume_from_checkpoint"
+    ]
     require_writable_output(output, args.overwrite, inputs=checkpoints, flag="--output_dir")
     with staged_folder(output) as staging:
         arguments = list(args.recipe_args)
-        arguments[index] = arguments[index].partition("=")[0] + f"={staging}" if "=" in arguments[index] else str(staging)
+        arguments[index] = (
+            arguments[index].partition("=")[0] + f"={staging}" if "=" in arguments[index] else str(staging)
+        )
         recipe.main(arguments)
     print(f"saved: {output}")
 
@@ -87,7 +95,9 @@ def add_demo_command(subparsers) -> None:
         "report with pictures into --output-dir.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--output-dir", type=Path, default=Path("demo-output"), help="where models, report and PNGs go")
+    parser.add_argument(
+        "--output-dir", type=Path, default=Path("demo-output"), help="where models, report and PNGs go"
+    )
     parser.add_argument("--quick", action="store_true", help="every stage, with tiny amounts (a smoke run)")
     parser.add_argument("--overwrite", action="store_true", help="replace --output-dir if it is a non-empty folder")
     parser.set_defaults(handler=run_demo)

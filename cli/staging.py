@@ -23,7 +23,9 @@ _RENAME_EXCHANGE = 2  # linux/fs.h
 _AT_FDCWD = -100
 
 
-def require_writable_output(output: Path, overwrite: bool, inputs: Sequence[Path] = (), flag: str = "--output") -> None:
+def require_writable_output(
+    output: Path, overwrite: bool, inputs: Sequence[Path] = (), flag: str = "--output"
+) -> None:
     """Refuse, before any work, an output that is an existing file, a non-empty folder without `overwrite`, or one
     of `inputs` or a folder holding one of them (even with `overwrite`: replacing it would delete the input)."""
     if output.is_symlink() or (output.exists() and not output.is_dir()):

@@ -18,10 +18,11 @@ from pathlib import Path
 import safetensors.torch
 import torch
 import torch.nn.functional as F
-from mosaic_vlm.modeling import MosaicClipConfig, MosaicClipModel
 from safetensors import SafetensorError
 from torch import nn
 from transformers import CLIPConfig, CLIPModel
+
+from mosaic_vlm.modeling import MosaicClipConfig, MosaicClipModel
 
 from .state_dict_mapping import (
     KeyRule,
@@ -68,7 +69,9 @@ def transpose(projection: torch.Tensor) -> tuple[torch.Tensor]:
 def split_qkv(in_proj: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """nn.MultiheadAttention's packed in_proj, rows [q; k; v]: weight (3w, w) -> 3 x (w, w), bias (3w,) -> 3 x (w,)."""
     if in_proj.shape[0] % 3:
-        raise ValueError(f"A packed in_proj tensor needs a first dimension divisible by 3, got {tuple(in_proj.shape)}.")
+        raise ValueError(
+            f"A packed in_proj tensor needs a first dimension divisible by 3, got {tuple(in_proj.shape)}."
+        )
     query, key, value = in_proj.chunk(3)
     return query, key, value
 
@@ -84,6 +87,7 @@ SPLIT_QKV = TensorMap(split_qkv, join_qkv)
 
 # ---------------------------------------------------------------------------------------------------------
 # Key tables.
+
 
 def _qkv(layer: str, parameter: str) -> tuple[str, str, str]:
     return tuple(f"{layer}.self_attn.{name}_proj.{parameter}" for name in "qkv")
@@ -228,7 +232,9 @@ def config_from_transformers(config: CLIPConfig) -> MosaicClipConfig:
         )
     if text["eos_token_id"] == _LEGACY_EOS_TOKEN_ID:
         text["eos_token_id"] = text["vocab_size"] - 1
-        logger.info("legacy eos_token_id=2 (pooling at the highest id) mapped to eos_token_id=%d", text["eos_token_id"])
+        logger.info(
+            "legacy eos_token_id=2 (pooling at the highest id) mapped to eos_token_id=%d", text["eos_token_id"]
+        )
     for tower in (text, vision):
         tower["attention_dropout"] = float(tower["attention_dropout"])
     vision["image_size"] = _square(vision["image_size"], "image_size")
@@ -263,14 +269,20 @@ def clip_from_transformers(model_or_path: CLIPModel | str | os.PathLike) -> Mosa
     The config is mapped field by field (see `config_from_transformers`), the weights load strictly by their
     shared names, and the logits of both models on `check_inputs` must agree within LOGIT_ATOL
     in float32, or this raises. Returns the model in eval mode, in the source's dtype and on its device."""
-    source = load_folder_strictly(model_or_path, CLIPConfig, CLIPModel) if isinstance(model_or_path, (str, os.PathLike)) else model_or_path
+    source = (
+        load_folder_strictly(model_or_path, CLIPConfig, CLIPModel)
+        if isinstance(model_or_path, (str, os.PathLike))
+        else model_or_path
+    )
     if not isinstance(source, CLIPModel):
         raise TypeError(f"Expected a transformers CLIPModel or a path to one, got {type(source).__name__}.")
     config = config_from_transformers(source.config)
     model = build(MosaicClipModel, config, source.state_dict(), "transformers CLIPModel")
     input_ids, pixel_values = check_inputs(config)
     with float32_eval(source) as reference:
-        require_close(_logits(reference, input_ids, pixel_values), _logits(model, input_ids, pixel_values), "CLIPModel")
+        require_close(
+            _logits(reference, input_ids, pixel_values), _logits(model, input_ids, pixel_values), "CLIPModel"
+        )
     return model.to(device=source.device, dtype=source.dtype)
 
 
@@ -392,7 +404,11 @@ def load_openai_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
 
 
 # keys only OpenAI's / open_clip's ResNet image towers (RN50, RN101, RN50x4, ...) have
-_RESNET_KEYS = ("visual.layer1.0.conv1.weight", "visual.attnpool.positional_embedding", "visual.attnpool.c_proj.weight")
+_RESNET_KEYS = (
+    "visual.layer1.0.conv1.weight",
+    "visual.attnpool.positional_embedding",
+    "visual.attnpool.c_proj.weight",
+)
 
 
 def require_vit_towers(state_dict: Mapping[str, torch.Tensor]) -> None:
@@ -535,7 +551,9 @@ def _openai_state_dict(model: MosaicClipModel) -> dict[str, torch.Tensor]:
     """The model's weights in the OpenAI layout, through the inverse of OPENAI_KEY_TABLE."""
     exported, unused = map_state_dict(model.state_dict(), invert(OPENAI_KEY_TABLE))
     if unused:
-        raise ValueError(f"These MosaicClipModel tensors have no place in the OpenAI layout: {summarise_keys(unused)}.")
+        raise ValueError(
+            f"These MosaicClipModel tensors have no place in the OpenAI layout: {summarise_keys(unused)}."
+        )
     return exported
 
 
@@ -604,7 +622,8 @@ def clip_to_openai(model: MosaicClipModel) -> dict[str, torch.Tensor]:
     exported = _openai_state_dict(model)
     logger.info(
         "mapping %d MosaicClipModel tensors to %d OpenAI-layout tensors",
-        len(model.state_dict()), len(exported),
+        len(model.state_dict()),
+        len(exported),
     )
     with float32_eval(model) as checked:
         _check_openai_forward(checked, exported)
@@ -673,7 +692,9 @@ def convert_clip_checkpoint(
     processor; OpenAI state dicts carry none."""
     source, output = Path(source), Path(output)
     if source_layout not in LAYOUTS or target_layout not in LAYOUTS or source_layout == target_layout:
-        raise ValueError(f"Convert between two different layouts of {LAYOUTS}, got {source_layout} -> {target_layout}.")
+        raise ValueError(
+            f"Convert between two different layouts of {LAYOUTS}, got {source_layout} -> {target_layout}."
+        )
     if activation is not None and source_layout != "openai":
         raise ValueError("The activation is read from the config; it is given only for OpenAI state dicts.")
     processor = None
@@ -682,19 +703,25 @@ def convert_clip_checkpoint(
             raise ValueError(f"{source} is not a .safetensors file; OpenAI weights are read only from safetensors.")
         checkpoint = LazyCheckpoint(source)
         if activation is None:
-            logger.warning("The MLP activation cannot be read from OpenAI / open_clip weights: quick_gelu (OpenAI's) "
-                           "is assumed; most open_clip models trained by LAION need --activation gelu.")
+            logger.warning(
+                "The MLP activation cannot be read from OpenAI / open_clip weights: quick_gelu (OpenAI's) "
+                "is assumed; most open_clip models trained by LAION need --activation gelu."
+            )
         config = infer_openai_config(checkpoint, hidden_act=activation or "quick_gelu")
         _require_consistent_metadata(checkpoint, config)
     else:
-        source_config = load_config_strictly(source, CLIPConfig if source_layout == "transformers" else MosaicClipConfig)
+        source_config = load_config_strictly(
+            source, CLIPConfig if source_layout == "transformers" else MosaicClipConfig
+        )
         config = config_from_transformers(source_config) if source_layout == "transformers" else source_config
         checkpoint = LazyCheckpoint(source)
         if source_layout == "transformers":
             processor = _processor_from_transformers_folder(source)
     if target_layout == "openai":
         require_openai_compatible(config)
-    table = {"openai": OPENAI_KEY_TABLE}.get(source_layout) or (invert(OPENAI_KEY_TABLE) if target_layout == "openai" else None)
+    table = {"openai": OPENAI_KEY_TABLE}.get(source_layout) or (
+        invert(OPENAI_KEY_TABLE) if target_layout == "openai" else None
+    )
     ignored = OPENAI_IGNORED_KEYS if source_layout == "openai" else ()
     target = _layout_of(target_layout, config)
     if target is None:
@@ -704,16 +731,28 @@ def convert_clip_checkpoint(
         save_model_files(*target, output, dtype or checkpoint.floating_dtype())  # before the weights: it prunes files
         if processor is not None:
             processor.save_pretrained(output)
-    files = stream_tensors(checkpoint, output, table, expected, f"{source_layout} CLIP ({source})",
-                           f"the {target_layout} layout", ignored=ignored, dtype=dtype,
-                           max_shard_size=max_shard_size if target is not None else 2**62, round_trip=True)
+    files = stream_tensors(
+        checkpoint,
+        output,
+        table,
+        expected,
+        f"{source_layout} CLIP ({source})",
+        f"the {target_layout} layout",
+        ignored=ignored,
+        dtype=dtype,
+        max_shard_size=max_shard_size if target is not None else 2**62,
+        round_trip=True,
+    )
     if target is None:
         os.rename(files[0], output / OPENAI_WEIGHTS_NAME)
     _verify_clip(checkpoint, output, source_layout, target_layout, config, dtype)
     if target_layout != "openai" and processor is None:
-        logger.warning("No processor was written (%s carries none). Add one to the output folder before "
-                       "`mosaic-vlm zero-shot`: MosaicClipProcessor(image_processor=MosaicClipImageProcessor(...), "
-                       "tokenizer=<the tokenizer the model was trained with>).save_pretrained(folder).", source)
+        logger.warning(
+            "No processor was written (%s carries none). Add one to the output folder before "
+            "`mosaic-vlm zero-shot`: MosaicClipProcessor(image_processor=MosaicClipImageProcessor(...), "
+            "tokenizer=<the tokenizer the model was trained with>).save_pretrained(folder).",
+            source,
+        )
 
 
 def _openai_shapes(config: MosaicClipConfig):
@@ -726,7 +765,9 @@ def _openai_shapes(config: MosaicClipConfig):
             yield PlannedTensors(row.sources, (key,), row.tensors), tuple(tensor.shape)
 
 
-def _verify_clip(checkpoint, output: Path, source_layout: str, target_layout: str, config: MosaicClipConfig, dtype) -> None:
+def _verify_clip(
+    checkpoint, output: Path, source_layout: str, target_layout: str, config: MosaicClipConfig, dtype
+) -> None:
     """The converted checkpoint against the source (read as if stored in `dtype`, when the conversion changes it):
     every layer and the logits when both have a model class, else the logits."""
     inputs = check_inputs(config)
@@ -748,7 +789,9 @@ def _checkpoint_logits(model_and_config, checkpoint, config, inputs, rounded_to=
     """`logits_per_image` of a checkpoint: through its model class with the weights left on disk, or through
     `openai_clip_logits` for the OpenAI layout (`model_and_config` None)."""
     if model_and_config is None:
-        return _openai_logits(checkpoint if rounded_to is None else RoundedWeights(checkpoint, rounded_to), config, inputs)
+        return _openai_logits(
+            checkpoint if rounded_to is None else RoundedWeights(checkpoint, rounded_to), config, inputs
+        )
     model = offloaded_model(*model_and_config, checkpoint, rounded_to=rounded_to)
     with torch.no_grad():
         logits = model(input_ids=inputs[0], pixel_values=inputs[1]).logits_per_image
@@ -775,5 +818,7 @@ def _processor_from_transformers_folder(folder: Path):
             saved = json.loads((folder / name).read_text())
             settings = saved.get("image_processor", saved)
             break
-    image_processor = MosaicClipImageProcessor(**{key: settings[key] for key in _IMAGE_PROCESSOR_FIELDS if key in settings})
+    image_processor = MosaicClipImageProcessor(
+        **{key: settings[key] for key in _IMAGE_PROCESSOR_FIELDS if key in settings}
+    )
     return MosaicClipProcessor(image_processor=image_processor, tokenizer=tokenizer)

@@ -11,12 +11,22 @@ import os
 from pathlib import Path
 
 import torch
+from transformers import FuyuConfig, FuyuForCausalLM
+
 from mosaic_vlm.modeling import MosaicFuyuConfig, MosaicFuyuForCausalLM
 from mosaic_vlm.processing import MosaicFuyuImageProcessor, MosaicFuyuProcessor
 from mosaic_vlm.processing.fuyu_special_tokens import BEGIN_OF_ANSWER_TOKEN, IMAGE_NEWLINE_TOKEN, IMAGE_TOKEN
-from transformers import FuyuConfig, FuyuForCausalLM
 
-from .state_dict_mapping import build, float32_eval, invert, plan_keys, rule, load_config_strictly, load_folder_strictly, require_close
+from .state_dict_mapping import (
+    build,
+    float32_eval,
+    invert,
+    load_config_strictly,
+    load_folder_strictly,
+    plan_keys,
+    require_close,
+    rule,
+)
 from .streaming import (
     DEFAULT_MAX_SHARD_SIZE,
     LazyCheckpoint,
@@ -43,13 +53,27 @@ TRANSFORMERS_FILE_KEY_TABLE = (
 
 # decoder fields with the same name in our flat config and in FuyuConfig.text_config
 _TEXT_FIELDS = (
-    "vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "hidden_act",
-    "max_position_embeddings", "layer_norm_eps", "qk_layernorm", "attention_dropout", "hidden_dropout",
-    "initializer_range", "pad_token_id", "bos_token_id", "eos_token_id",
+    "vocab_size",
+    "hidden_size",
+    "intermediate_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "hidden_act",
+    "max_position_embeddings",
+    "layer_norm_eps",
+    "qk_layernorm",
+    "attention_dropout",
+    "hidden_dropout",
+    "initializer_range",
+    "pad_token_id",
+    "bos_token_id",
+    "eos_token_id",
 )
 
 
-def config_from_transformers(config: FuyuConfig, image_newline_token_id: int = FUYU_8B_NEWLINE_TOKEN_ID) -> MosaicFuyuConfig:
+def config_from_transformers(
+    config: FuyuConfig, image_newline_token_id: int = FUYU_8B_NEWLINE_TOKEN_ID
+) -> MosaicFuyuConfig:
     text = config.text_config
     rope = text.rope_parameters or {}
     if rope.get("rope_type", "default") != "default":
@@ -89,7 +113,9 @@ def check_inputs(config: MosaicFuyuConfig) -> tuple[torch.Tensor, torch.Tensor]:
     random prompt tokens; random patches."""
     generator = torch.Generator().manual_seed(CHECK_SEED)
     special = {config.image_token_id, config.image_newline_token_id}
-    prompt = [t for t in torch.randint(0, config.vocab_size, (64,), generator=generator).tolist() if t not in special][:8]
+    prompt = [t for t in torch.randint(0, config.vocab_size, (64,), generator=generator).tolist() if t not in special][
+        :8
+    ]
     layout = ([config.image_token_id] * 4 + [config.image_newline_token_id]) * 3
     input_ids = torch.tensor([layout + [config.bos_token_id or 0] + prompt])
     patches = torch.randn(1, 12, config.patch_dim, generator=generator)
@@ -123,7 +149,11 @@ def fuyu_from_transformers(
     """transformers' FuyuForCausalLM (an instance or a local folder) -> MosaicFuyuForCausalLM, checked on
     logits (fp32, <= 1e-4) and greedy tokens. FuyuConfig does not record the image-newline token: pass
     its id (adept/fuyu-8b's by default)."""
-    source = load_folder_strictly(model_or_path, FuyuConfig, FuyuForCausalLM) if isinstance(model_or_path, (str, os.PathLike)) else model_or_path
+    source = (
+        load_folder_strictly(model_or_path, FuyuConfig, FuyuForCausalLM)
+        if isinstance(model_or_path, (str, os.PathLike))
+        else model_or_path
+    )
     if not isinstance(source, FuyuForCausalLM):
         raise TypeError(f"Expected a transformers FuyuForCausalLM or a path to one, got {type(source).__name__}.")
     config = config_from_transformers(source.config, image_newline_token_id)
@@ -199,8 +229,10 @@ def convert_fuyu_checkpoint(
         tokenizer = _source_tokenizer(source)
         found = newline_token_id_of(tokenizer) if tokenizer is not None else None
         if found is not None and image_newline_token_id not in (None, found):
-            raise ValueError(f"--newline-token-id {image_newline_token_id} differs from the tokenizer's "
-                             f"{IMAGE_NEWLINE_TOKEN} ({found}); leave it out.")
+            raise ValueError(
+                f"--newline-token-id {image_newline_token_id} differs from the tokenizer's "
+                f"{IMAGE_NEWLINE_TOKEN} ({found}); leave it out."
+            )
         newline = found if found is not None else image_newline_token_id or FUYU_8B_NEWLINE_TOKEN_ID
         config = config_from_transformers(source_config, newline)
         reference_class, target_class, target_config = FuyuForCausalLM, MosaicFuyuForCausalLM, config
@@ -209,8 +241,16 @@ def convert_fuyu_checkpoint(
             processor = fuyu_processor_from_transformers(tokenizer, _image_processor_config(source))
     else:
         config = load_config_strictly(source, MosaicFuyuConfig)
-        reference_class, target_class, target_config = MosaicFuyuForCausalLM, FuyuForCausalLM, config_to_transformers(config)
-        reference_table, table, converted_table = None, invert(TRANSFORMERS_FILE_KEY_TABLE), TRANSFORMERS_FILE_KEY_TABLE
+        reference_class, target_class, target_config = (
+            MosaicFuyuForCausalLM,
+            FuyuForCausalLM,
+            config_to_transformers(config),
+        )
+        reference_table, table, converted_table = (
+            None,
+            invert(TRANSFORMERS_FILE_KEY_TABLE),
+            TRANSFORMERS_FILE_KEY_TABLE,
+        )
     checkpoint = LazyCheckpoint(source)
     expected = expected_shapes(target_class, target_config)
     if to == "transformers":  # the files hold adept/fuyu-8b's names
@@ -219,8 +259,16 @@ def convert_fuyu_checkpoint(
     save_model_files(target_class, target_config, output, dtype or checkpoint.floating_dtype())
     if processor is not None:
         processor.save_pretrained(output)
-    stream_tensors(checkpoint, output, table, expected, f"{reference_class.__name__} ({source})",
-                   target_class.__name__, dtype=dtype, max_shard_size=max_shard_size)
+    stream_tensors(
+        checkpoint,
+        output,
+        table,
+        expected,
+        f"{reference_class.__name__} ({source})",
+        target_class.__name__,
+        dtype=dtype,
+        max_shard_size=max_shard_size,
+    )
     reference_config = source_config if to == "mosaic" else config
     reference = offloaded_model(reference_class, reference_config, checkpoint, reference_table, rounded_to=dtype)
     converted = offloaded_model(target_class, target_config, LazyCheckpoint(output), converted_table)
@@ -231,8 +279,11 @@ def convert_fuyu_checkpoint(
     _check_tokens(reference, converted, inputs, inputs, reference_class.__name__)
     release(reference, converted)
     if to == "mosaic" and processor is None:
-        logger.warning("%s has no tokenizer: no processor was written. Add one to the output folder before "
-                       "`mosaic-vlm ask`: MosaicFuyuProcessor(image_processor, tokenizer).save_pretrained(folder).", source)
+        logger.warning(
+            "%s has no tokenizer: no processor was written. Add one to the output folder before "
+            "`mosaic-vlm ask`: MosaicFuyuProcessor(image_processor, tokenizer).save_pretrained(folder).",
+            source,
+        )
 
 
 def _source_tokenizer(folder: Path):

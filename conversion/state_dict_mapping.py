@@ -204,7 +204,11 @@ def load_strictly(model: nn.Module, mapped: Mapping[str, torch.Tensor], unused: 
 
 
 def build(
-    model_class, config, state_dict: Mapping[str, torch.Tensor], source: str, table: Iterable[KeyRule] | None = None,
+    model_class,
+    config,
+    state_dict: Mapping[str, torch.Tensor],
+    source: str,
+    table: Iterable[KeyRule] | None = None,
     ignored: Iterable[str] = (),
 ):
     """A float32 `model_class(config)` in eval mode holding `state_dict` mapped through `table`, loaded strictly.

@@ -67,8 +67,10 @@ class LazyCheckpoint(Mapping):
             files = {key: path / name for key, name in weight_map.items()}
         elif path.is_dir():
             if not (path / WEIGHTS_NAME).is_file():
-                raise ValueError(f"{path} holds no {WEIGHTS_NAME} nor {WEIGHTS_INDEX_NAME}; weights are read only "
-                                 "from safetensors (loading a pickle can run code).")
+                raise ValueError(
+                    f"{path} holds no {WEIGHTS_NAME} nor {WEIGHTS_INDEX_NAME}; weights are read only "
+                    "from safetensors (loading a pickle can run code)."
+                )
             files = None
             path = path / WEIGHTS_NAME
         else:
@@ -84,7 +86,10 @@ class LazyCheckpoint(Mapping):
                 for key in handle.keys():
                     tensor_slice = handle.get_slice(key)
                     self._files[key] = file
-                    self._headers[key] = (tuple(tensor_slice.get_shape()), _SAFETENSORS_DTYPES[tensor_slice.get_dtype()])
+                    self._headers[key] = (
+                        tuple(tensor_slice.get_shape()),
+                        _SAFETENSORS_DTYPES[tensor_slice.get_dtype()],
+                    )
         if files is not None:
             missing = sorted(key for key, file in files.items() if self._files.get(key) != file)
             if missing:
@@ -97,7 +102,9 @@ class LazyCheckpoint(Mapping):
         try:  # safetensors checks that the header covers the whole file: a truncated file fails here
             return safe_open(file, framework="pt")
         except (SafetensorError, OSError) as error:
-            raise ValueError(f"{file} is not a readable safetensors file (truncated or corrupted?): {error}") from error
+            raise ValueError(
+                f"{file} is not a readable safetensors file (truncated or corrupted?): {error}"
+            ) from error
 
     def __getitem__(self, key: str) -> torch.Tensor:
         try:
@@ -130,7 +137,11 @@ class LazyCheckpoint(Mapping):
     def offload_index(self, names: Callable[[str], str] = lambda key: key) -> dict[str, dict]:
         """accelerate's index of weights kept on disk: each tensor read from its own file when needed."""
         return {
-            names(key): {"safetensors_file": str(file), "weight_name": key, "dtype": str(self.dtype(key)).split(".")[1]}
+            names(key): {
+                "safetensors_file": str(file),
+                "weight_name": key,
+                "dtype": str(self.dtype(key)).split(".")[1],
+            }
             for key, file in self._files.items()
         }
 
@@ -218,8 +229,14 @@ def stream_tensors(
     tensors must come back bit for bit through the row's inverse map."""
     planned, shapes, unused = planned_shapes(checkpoint, table, ignored)
     require_matching_keys(shapes, expected, unused, source_name, target_name)
-    odd = sorted({f"{key} ({checkpoint.dtype(key)})" for row in planned for key in row.sources
-                  if checkpoint.dtype(key) not in DTYPES.values()})
+    odd = sorted(
+        {
+            f"{key} ({checkpoint.dtype(key)})"
+            for row in planned
+            for key in row.sources
+            if checkpoint.dtype(key) not in DTYPES.values()
+        }
+    )
     if odd:
         raise ValueError(f"The {source_name} weights must be float32, float16 or bfloat16; got {', '.join(odd[:5])}.")
     writer = ShardedWriter(folder, max_shard_size)
@@ -271,7 +288,11 @@ def offloaded_model(
     model = model.float().eval()
     # transformer layers and embeddings load all their weights when they start: one layer in memory at a time,
     # and embeddings may read a child's weight directly (position tables) instead of calling it
-    preloaded = {type(module).__name__ for name, module in model.named_modules() if re.search(r"(\.layers\.\d+|embeddings)$", name)}
+    preloaded = {
+        type(module).__name__
+        for name, module in model.named_modules()
+        if re.search(r"(\.layers\.\d+|embeddings)$", name)
+    }
     weights = OffloadedWeightsLoader(index=checkpoint.offload_index(lambda key: names.get(key, key)))
     attach_align_device_hook(
         model, execution_device=torch.device("cpu"), offload=True,
@@ -313,13 +334,17 @@ def verify_offloaded(reference, converted, run_reference, run_converted, referen
         expected, got = reference_layers[name], converted_layers[name]
         difference = (expected - got).abs().max().item()
         if not difference <= LOGIT_ATOL * max(1.0, expected.abs().max().item()):
-            raise ValueError(f"Layer check failed at {name}: the converted layer differs from {reference_name}'s "
-                             f"by {difference:.3e} on the fixed input. Nothing was written.")
+            raise ValueError(
+                f"Layer check failed at {name}: the converted layer differs from {reference_name}'s "
+                f"by {difference:.3e} on the fixed input. Nothing was written."
+            )
     logger.info("every one of %d layers matches %s on the fixed input", len(reference_layers), reference_name)
     difference = (reference_final - converted_final).abs().max().item()
     if not difference <= LOGIT_ATOL:
-        raise ValueError(f"Logit check failed: the converted model differs from {reference_name} by {difference:.3e} "
-                         f"(limit {LOGIT_ATOL:.0e}). Nothing was written.")
+        raise ValueError(
+            f"Logit check failed: the converted model differs from {reference_name} by {difference:.3e} "
+            f"(limit {LOGIT_ATOL:.0e}). Nothing was written."
+        )
     logger.info("logits match %s: max |diff| %.2e (limit %.0e)", reference_name, difference, LOGIT_ATOL)
 
 

@@ -1,6 +1,7 @@
 """mosaic_vlm.modeling: the two model families, each model in one file beside its config."""
 
 from .configuration_mosaic_clip import MosaicClipConfig, MosaicClipTextConfig, MosaicClipVisionConfig
+from .configuration_mosaic_fuyu import MosaicFuyuConfig
 from .modeling_mosaic_clip import (
     MosaicClipModel,
     MosaicClipOutput,
@@ -10,9 +11,7 @@ from .modeling_mosaic_clip import (
     MosaicClipVisionModel,
     MosaicClipVisionModelWithProjection,
 )
-from .configuration_mosaic_fuyu import MosaicFuyuConfig
 from .modeling_mosaic_fuyu import MosaicFuyuForCausalLM, MosaicFuyuModel, MosaicFuyuPreTrainedModel
-
 
 __all__ = [
     "MosaicClipConfig",

@@ -11,11 +11,11 @@ from huggingface_hub.dataclasses import strict
 from transformers import PreTrainedConfig
 
 from .config_checks import (
-    warn_unknown_keys,
     require_fraction,
     require_heads_divide_width,
     require_known_activation,
     require_positive,
+    warn_unknown_keys,
 )
 
 

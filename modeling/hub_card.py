@@ -58,7 +58,9 @@ def key_figures(model) -> dict[str, str]:
         }
     else:
         figures |= {
-            "decoder (width x layers x heads)": f"{config.hidden_size} x {config.num_hidden_layers} x {config.num_attention_heads}",
+            "decoder (width x layers x heads)": (
+                f"{config.hidden_size} x {config.num_hidden_layers} x {config.num_attention_heads}"
+            ),
             "patch size": str(config.patch_size),
             "vocabulary / max length": f"{config.vocab_size} / {config.max_position_embeddings}",
         }
@@ -73,10 +75,12 @@ def model_card(model, repo_id: str) -> ModelCard:
         tags=["mosaic-vlm", model.config.model_type, "custom_code"],
     )
     figures = "\n".join(f"| {name} | {value} |" for name, value in key_figures(model).items())
-    return ModelCard(CARD_TEMPLATE.format(
-        card_data=card_data.to_yaml(),
-        repo_id=repo_id,
-        family="CLIP-style dual encoder" if clip else "Fuyu-style decoder",
-        figures=figures,
-        snippet=(CLIP_SNIPPET if clip else FUYU_SNIPPET).format(repo_id=repo_id),
-    ))
+    return ModelCard(
+        CARD_TEMPLATE.format(
+            card_data=card_data.to_yaml(),
+            repo_id=repo_id,
+            family="CLIP-style dual encoder" if clip else "Fuyu-style decoder",
+            figures=figures,
+            snippet=(CLIP_SNIPPET if clip else FUYU_SNIPPET).format(repo_id=repo_id),
+        )
+    )

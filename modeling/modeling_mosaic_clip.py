@@ -126,9 +126,7 @@ class MosaicClipVisionEmbeddings(nn.Module):
                 "resize it with the image processor or pass interpolate_pos_encoding=True."
             )
         if height % self.patch_size or width % self.patch_size:
-            raise ValueError(
-                f"Image size ({height}x{width}) must be a multiple of the patch size {self.patch_size}."
-            )
+            raise ValueError(f"Image size ({height}x{width}) must be a multiple of the patch size {self.patch_size}.")
         if not pixel_values.is_floating_point():
             raise TypeError(
                 f"pixel_values must be floating point, as the image processor makes them (rescaled and normalised), "

@@ -197,7 +197,11 @@ class MosaicFuyuDecoderLayer(GradientCheckpointingLayer):
     ) -> torch.Tensor:
         """`queries_to_keep` > 0 returns the last that many positions only (see `MosaicFuyuAttention`)."""
         attn_output, _ = self.self_attn(
-            self.input_layernorm(hidden_states), position_embeddings, attention_mask, past_key_values, queries_to_keep,
+            self.input_layernorm(hidden_states),
+            position_embeddings,
+            attention_mask,
+            past_key_values,
+            queries_to_keep,
             **kwargs,
         )
         if queries_to_keep:
@@ -228,7 +232,9 @@ class MosaicFuyuDecoder(MosaicFuyuPreTrainedModel):
     def __init__(self, config: MosaicFuyuConfig):
         super().__init__(config)
         self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size, config.pad_token_id)
-        self.layers = nn.ModuleList([MosaicFuyuDecoderLayer(config, index) for index in range(config.num_hidden_layers)])
+        self.layers = nn.ModuleList(
+            [MosaicFuyuDecoderLayer(config, index) for index in range(config.num_hidden_layers)]
+        )
         self.final_layernorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.rotary_emb = MosaicFuyuRotaryEmbedding(config)
         self.post_init()
@@ -385,11 +391,16 @@ class MosaicFuyuModel(MosaicFuyuPreTrainedModel):
             raise ValueError("Pass exactly one of input_ids and inputs_embeds.")
         if inputs_embeds is None:
             if input_ids.ndim != 2 or input_ids.shape[0] == 0:
-                raise ValueError(f"input_ids must be a non-empty (batch, sequence) tensor, got {tuple(input_ids.shape)}.")
+                raise ValueError(
+                    f"input_ids must be a non-empty (batch, sequence) tensor, got {tuple(input_ids.shape)}."
+                )
             check_token_ids(input_ids, self.get_input_embeddings().num_embeddings)
             inputs_embeds = self.get_input_embeddings()(input_ids)
         past_length = past_key_values.get_seq_length() if past_key_values is not None else 0
-        if attention_mask is not None and attention_mask.shape != (inputs_embeds.shape[0], past_length + inputs_embeds.shape[1]):
+        if attention_mask is not None and attention_mask.shape != (
+            inputs_embeds.shape[0],
+            past_length + inputs_embeds.shape[1],
+        ):
             raise ValueError(
                 f"attention_mask must have shape (batch, cached + new tokens) = "
                 f"{(inputs_embeds.shape[0], past_length + inputs_embeds.shape[1])}, got {tuple(attention_mask.shape)}."
@@ -436,7 +447,11 @@ class MosaicFuyuModel(MosaicFuyuPreTrainedModel):
 
 class MosaicFuyuForCausalLM(MosaicFuyuPreTrainedModel, GenerationMixin):
     _tied_weights_keys = {"lm_head.weight": "model.language_model.embed_tokens.weight"}
-    _remote_auto_classes = {"AutoModel": "MosaicFuyuModel", "AutoModelForCausalLM": None, "AutoModelForImageTextToText": None}
+    _remote_auto_classes = {
+        "AutoModel": "MosaicFuyuModel",
+        "AutoModelForCausalLM": None,
+        "AutoModelForImageTextToText": None,
+    }
 
     def __init__(self, config: MosaicFuyuConfig):
         super().__init__(config)

@@ -49,7 +49,9 @@ class MosaicPreTrainedModel(PreTrainedModel):
             module = type(self).__module__.split(".")[-1]
             self.config.auto_map = {
                 **getattr(self.config, "auto_map", {}),
-                **{auto: f"{module}.{name or type(self).__name__}" for auto, name in self._remote_auto_classes.items()},
+                **{
+                    auto: f"{module}.{name or type(self).__name__}" for auto, name in self._remote_auto_classes.items()
+                },
             }
         return super().save_pretrained(save_directory, *args, **kwargs)
 

@@ -52,7 +52,8 @@ def _channels_last(array):
         if array.shape[-1] not in (1, 3, 4):  # not HWC: must be CHW
             if array.shape[0] not in (1, 3, 4):
                 raise ValueError(
-                    f"Image of shape {tuple(array.shape)} has no channel axis of size 1, 3 or 4; expected {ACCEPTED_IMAGES}."
+                    f"Image of shape {tuple(array.shape)} has no channel axis of size 1, 3 or 4; "
+                    f"expected {ACCEPTED_IMAGES}."
                 )
             # CHW -> HWC
             array = array.permute(1, 2, 0) if isinstance(array, torch.Tensor) else np.moveaxis(array, 0, -1)

@@ -216,7 +216,8 @@ class MosaicFuyuProcessor(MosaicProcessorMixin):
         for start in range(0, len(parts), 3):
             if lone_tag := LONE_TAG.search(parts[start]):
                 raise ValueError(
-                    f"Prompt {index} has a {lone_tag.group()} that is not closed or not opened; write {COORDINATE_FORMATS}."
+                    f"Prompt {index} has a {lone_tag.group()} that is not closed or not opened; "
+                    f"write {COORDINATE_FORMATS}."
                 )
             if parts[start]:
                 ids += self.tokenizer(parts[start], add_special_tokens=False)["input_ids"]
@@ -351,7 +352,8 @@ class MosaicFuyuProcessor(MosaicProcessorMixin):
         if images is None:
             if answer_texts is not None:
                 raise ValueError(
-                    "`answers` need `images`: without them the prompts are only tokenized as the tokenizer does (as in "
+                    "`answers` need `images`: without them the prompts are only tokenized as the tokenizer does "
+                    "(as in "
                     "transformers' FuyuProcessor); pass an empty image list per prompt for text-only training rows."
                 )
             add_special_tokens = text_kwargs.get("add_special_tokens", True)

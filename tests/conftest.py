@@ -5,6 +5,7 @@ import os
 import numpy as np
 import pytest
 import torch
+
 from mosaic_vlm.data.digits import DIGIT_NAMES
 from mosaic_vlm.modeling import MosaicClipConfig
 from mosaic_vlm.processing import MosaicClipImageProcessor, MosaicClipProcessor, train_bpe_tokenizer
@@ -22,6 +23,8 @@ def pytest_sessionstart(session):
         from transformers_sdist import load
 
         load("test_modeling_common")
+
+
 CAPTIONS = [f"a photo of the digit {name}" for name in DIGIT_NAMES] + [
     "a photo of a cat",
     "a photo of a dog",

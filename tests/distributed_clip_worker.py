@@ -7,9 +7,10 @@ import sys
 import torch
 import torch.distributed as dist
 from conftest import tiny_clip_config
-from mosaic_vlm.modeling import MosaicClipModel
 from safetensors.torch import save_file
 from test_modeling_clip import random_pixels, random_texts
+
+from mosaic_vlm.modeling import MosaicClipModel
 
 
 def main(out_dir: str, loss_type: str, global_batch: int) -> None:

@@ -1,4 +1,5 @@
-"""A Hugging Face Hub for tests: the part of the Hub HTTP protocol that `huggingface_hub` speaks, standard library only.
+"""A Hugging Face Hub for tests: the part of the Hub HTTP protocol that `huggingface_hub` speaks, standard library
+only.
 
 `HubServer` listens on 127.0.0.1 (a free port) and keeps model and dataset repos with git-like history: every commit
 has a 40-hex sha and a snapshot {path: blob}, blobs are stored content-addressed (by sha256) under its data folder,
@@ -23,7 +24,7 @@ import struct
 import sys
 import tempfile
 import threading
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import parse_qs, unquote, urlsplit
@@ -46,7 +47,7 @@ class HubError(Exception):
 
 
 def now() -> str:
-    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
 
 
 def git_blob_sha1(data: bytes) -> str:
@@ -306,9 +307,20 @@ class Handler(BaseHTTPRequestHandler):
             | ({"lfs": {"sha256": f["sha256"], "size": f["size"], "pointerSize": pointer_size(f)}} if f["lfs"] else {})
             for path, f in sorted(commit["files"].items())
         ]
-        info = {"id": repo.repo_id, "author": repo.repo_id.split("/")[0], "sha": sha, "lastModified": commit["date"],
-                "createdAt": repo.created, "private": False, "disabled": False, "gated": False, "downloads": 0,
-                "likes": 0, "tags": [], "siblings": siblings}
+        info = {
+            "id": repo.repo_id,
+            "author": repo.repo_id.split("/")[0],
+            "sha": sha,
+            "lastModified": commit["date"],
+            "createdAt": repo.created,
+            "private": False,
+            "disabled": False,
+            "gated": False,
+            "downloads": 0,
+            "likes": 0,
+            "tags": [],
+            "siblings": siblings,
+        }
         return info | ({"modelId": repo.repo_id} if repo.repo_type == "model" else {})
 
     def repo_api(self, repo: Repo, rest: list[str]):
@@ -320,19 +332,35 @@ class Handler(BaseHTTPRequestHandler):
             return tree_json(repo.commits[repo.resolve(args[0])]["files"], "/".join(args[1:]), recursive)
         if method == "POST" and op == "paths-info":
             files, form = repo.commits[repo.resolve(args[0])]["files"], parse_qs(self.body.decode())
-            return [file_json(p, files[p]) if p in files else folder_json(p, files)
-                    for p in form.get("paths", []) if p in files or any(f.startswith(p + "/") for f in files)]
+            return [
+                file_json(p, files[p]) if p in files else folder_json(p, files)
+                for p in form.get("paths", [])
+                if p in files or any(f.startswith(p + "/") for f in files)
+            ]
         if method == "GET" and op == "refs":
+
             def refs(names: dict, kind: str):
                 return [{"name": n, "ref": f"refs/{kind}/{n}", "targetCommit": sha} for n, sha in names.items()]
-            return {"branches": refs(repo.branches, "heads"), "tags": refs(repo.tags, "tags"), "converts": [],
-                    "pullRequests": []}
+
+            return {
+                "branches": refs(repo.branches, "heads"),
+                "tags": refs(repo.tags, "tags"),
+                "converts": [],
+                "pullRequests": [],
+            }
         if method == "GET" and op == "commits":
             history, sha = [], repo.resolve(args[0])
             while sha is not None:
                 commit = repo.commits[sha]
-                history.append({"id": sha, "title": commit["title"], "message": commit["message"],
-                                "authors": [{"user": USER}], "date": commit["date"]})
+                history.append(
+                    {
+                        "id": sha,
+                        "title": commit["title"],
+                        "message": commit["message"],
+                        "authors": [{"user": USER}],
+                        "date": commit["date"],
+                    }
+                )
                 sha = commit["parent"]
             return history
         if method == "POST" and op == "branch":
@@ -358,8 +386,14 @@ class Handler(BaseHTTPRequestHandler):
             for file in json.loads(self.body)["files"]:
                 lfs = file["path"].endswith(LFS_SUFFIXES) or file["size"] > LFS_MIN_SIZE
                 existing = files.get(file["path"])
-                answers.append({"path": file["path"], "uploadMode": "lfs" if lfs else "regular", "shouldIgnore": False,
-                                "oid": existing["etag"] if existing else None})
+                answers.append(
+                    {
+                        "path": file["path"],
+                        "uploadMode": "lfs" if lfs else "regular",
+                        "shouldIgnore": False,
+                        "oid": existing["etag"] if existing else None,
+                    }
+                )
             return {"files": answers}
         if method == "POST" and op == "commit":
             return self.commit(repo, args[0])
@@ -394,8 +428,12 @@ class Handler(BaseHTTPRequestHandler):
                 files = {p: f for p, f in files.items() if not p.startswith(value["path"].rstrip("/") + "/")}
         sha = repo.add_commit(parent, files, header.get("summary", ""), header.get("description", ""))
         repo.branches[branch] = sha
-        return {"success": True, "commitOid": sha, "commitUrl": f"{self.hub.repo_url(repo)}/commit/{sha}",
-                "pullRequestUrl": None}
+        return {
+            "success": True,
+            "commitOid": sha,
+            "commitUrl": f"{self.hub.repo_url(repo)}/commit/{sha}",
+            "pullRequestUrl": None,
+        }
 
     def lfs_batch(self, repo: Repo) -> dict:
         objects = []

@@ -397,28 +397,66 @@ def clip_scorer(**kwargs):
 
 
 CASES += [
-    Case("vstar-min-size-0", lambda _: search_config(min_size=0), ValueError, "min_size must be a whole number of pixels >= 1"),
+    Case(
+        "vstar-min-size-0",
+        lambda _: search_config(min_size=0),
+        ValueError,
+        "min_size must be a whole number of pixels >= 1",
+    ),
     Case("vstar-min-size-float", lambda _: search_config(min_size=2.5), ValueError, "min_size must be a whole number"),
     Case("vstar-max-calls-0", lambda _: search_config(max_calls=0), ValueError, "max_calls must be at least 1"),
-    Case("vstar-conf-order", lambda _: search_config(conf_low=0.7, conf_high=0.6), ValueError, "conf_low <= conf_high"),
+    Case(
+        "vstar-conf-order", lambda _: search_config(conf_low=0.7, conf_high=0.6), ValueError, "conf_low <= conf_high"
+    ),
     Case("vstar-config-dict", lambda _: search({"min_size": 64}), TypeError, "config must be a SearchConfig"),
     Case("vstar-target-empty", lambda _: search(target=" "), ValueError, "target must be a non-empty string"),
     Case("vstar-target-list", lambda _: search(target=["a", "b"]), ValueError, "target must be a non-empty string"),
-    Case("vstar-exclude-string", lambda _: search(exclude="0,0,10,10"), TypeError, "exclude must be a sequence of boxes"),
-    Case("vstar-exclude-3-numbers", lambda _: search(exclude=[(0, 0, 10)]), ValueError, r"must be a box \(x0, y0, x1, y1\)"),
-    Case("vstar-exclude-outside", lambda _: search(exclude=[(0, 0, 300, 10)]), ValueError, "is not inside the 256x256 image"),
+    Case(
+        "vstar-exclude-string", lambda _: search(exclude="0,0,10,10"), TypeError, "exclude must be a sequence of boxes"
+    ),
+    Case(
+        "vstar-exclude-3-numbers",
+        lambda _: search(exclude=[(0, 0, 10)]),
+        ValueError,
+        r"must be a box \(x0, y0, x1, y1\)",
+    ),
+    Case(
+        "vstar-exclude-outside",
+        lambda _: search(exclude=[(0, 0, 300, 10)]),
+        ValueError,
+        "is not inside the 256x256 image",
+    ),
     Case("vstar-exclude-inverted", lambda _: search(exclude=[(50, 0, 10, 10)]), ValueError, "is not inside"),
-    Case("vstar-scorer-none", lambda _: search(scorer=ConstantScorer(None)), ValueError, r"must return one confidence in \[0, 1\]"),
-    Case("vstar-scorer-nan", lambda _: search(scorer=ConstantScorer(float("nan"))), ValueError, r"one confidence in \[0, 1\]"),
-    Case("vstar-scorer-text", lambda _: search(scorer=ConstantScorer("high")), ValueError, r"one confidence in \[0, 1\]"),
+    Case(
+        "vstar-scorer-none",
+        lambda _: search(scorer=ConstantScorer(None)),
+        ValueError,
+        r"must return one confidence in \[0, 1\]",
+    ),
+    Case(
+        "vstar-scorer-nan",
+        lambda _: search(scorer=ConstantScorer(float("nan"))),
+        ValueError,
+        r"one confidence in \[0, 1\]",
+    ),
+    Case(
+        "vstar-scorer-text", lambda _: search(scorer=ConstantScorer("high")), ValueError, r"one confidence in \[0, 1\]"
+    ),
     Case("vstar-scan-window-0", lambda _: scan(window=0), ValueError, "window >= 1 and batch_size >= 1"),
     Case("vstar-scan-batch-0", lambda _: scan(window=16, batch_size=0), ValueError, "window >= 1 and batch_size >= 1"),
-    Case("vstar-clip-scorer-no-background", lambda _: clip_scorer(background_prompts=()), ValueError, "at least one background prompt"),
-    Case("vstar-clip-scorer-prompt-without-field", lambda _: clip_scorer(prompt="a photo"), ValueError, "must hold '{}'"),
-    Case("vstar-one-confident-search", lambda _: search(scorer=ConstantScorer(0.9)), check=lambda result: result.found),
+    Case(
+        "vstar-clip-scorer-no-background",
+        lambda _: clip_scorer(background_prompts=()),
+        ValueError,
+        "at least one background prompt",
+    ),
+    Case(
+        "vstar-clip-scorer-prompt-without-field", lambda _: clip_scorer(prompt="a photo"), ValueError, "must hold '{}'"
+    ),
+    Case(
+        "vstar-one-confident-search", lambda _: search(scorer=ConstantScorer(0.9)), check=lambda result: result.found
+    ),
 ]
-
-
 
 
 # ---------------------------------------------------------------------------------------------- models and configs
@@ -441,7 +479,13 @@ def clip_model():
 
     tower = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1, "num_attention_heads": 4}
     config = MosaicClipConfig(
-        text_config={**tower, "vocab_size": 100, "eos_token_id": 99, "bos_token_id": 98, "max_position_embeddings": 16},
+        text_config={
+            **tower,
+            "vocab_size": 100,
+            "eos_token_id": 99,
+            "bos_token_id": 98,
+            "max_position_embeddings": 16,
+        },
         vision_config={**tower, "image_size": 32, "patch_size": 8},
         projection_dim=16,
     )
@@ -486,24 +530,98 @@ def config(name: str, **kwargs):
 
 
 CASES += [
-    Case("fuyu-id-outside-vocabulary", lambda _: fuyu(input_ids=torch.tensor([[5, 999]])), ValueError, "token id 999, outside the vocabulary of 300"),
-    Case("fuyu-mask-too-short", lambda _: fuyu(input_ids=IMAGE_IDS, pixel_values=PATCHES, attention_mask=torch.ones(1, 4)), ValueError, r"attention_mask must have shape .* = \(1, 6\), got \(1, 4\)"),
-    Case("fuyu-mask-too-long", lambda _: fuyu(input_ids=IMAGE_IDS, pixel_values=PATCHES, attention_mask=torch.ones(1, 9)), ValueError, r"= \(1, 6\), got \(1, 9\)"),
-    Case("fuyu-uint8-pixels", lambda _: fuyu(input_ids=IMAGE_IDS, pixel_values=torch.zeros(1, 2, 192, dtype=torch.uint8)), TypeError, "pixel_values must be floating point"),
-    Case("fuyu-patches-mask-of-twos", lambda _: fuyu(input_ids=IMAGE_IDS, pixel_values=PATCHES, image_patches_mask=torch.full((1, 2), 2)), ValueError, "image_patches_mask must hold booleans"),
-    Case("fuyu-patches-mask-wrong-shape", lambda _: fuyu(input_ids=IMAGE_IDS, pixel_values=PATCHES, image_patches_mask=torch.ones(1, 3, dtype=torch.bool)), ValueError, r"image_patches_mask must have shape \(batch, patches\)"),
-    Case("fuyu-patches-mask-of-ints", lambda _: fuyu(input_ids=IMAGE_IDS, pixel_values=PATCHES, image_patches_mask=torch.ones(1, 2, dtype=torch.long)),
-         check=lambda output: torch.equal(output.logits, fuyu(input_ids=IMAGE_IDS, pixel_values=PATCHES).logits)),
-    Case("fuyu-patches-without-image-tokens", lambda _: fuyu(input_ids=torch.tensor([[3, 10, 11]]), pixel_values=PATCHES), ValueError, "one patch per image token"),
-    Case("fuyu-image-tokens-without-patches", lambda _: logged_warning(lambda: fuyu(input_ids=IMAGE_IDS), "mosaic_vlm.modeling.modeling_mosaic_fuyu"),
-         check=lambda logged: "no pixel_values were given: they are read as text tokens" in logged),
-    Case("clip-mask-wrong-length", lambda _: clip(attention_mask=torch.ones(2, 3)), ValueError, r"attention_mask must have the shape of input_ids \(2, 4\)"),
-    Case("clip-uint8-pixels", lambda _: clip(pixel_values=torch.zeros(2, 3, 32, 32, dtype=torch.uint8)), TypeError, "pixel_values must be floating point"),
-    Case("clip-text-without-eos", lambda _: clip(input_ids=torch.tensor([[98, 5, 6, 7]])), ValueError, "Every text must contain the EOS token"),
-    Case("config-unknown-key", lambda _: logged_warning(lambda: config("MosaicClipVisionConfig", patchsize=16), "mosaic_vlm.modeling.config_checks"),
-         check=lambda logged: "unknown key 'patchsize' (= 16)" in logged and "patch_size" in logged),
-    Case("config-special-id-outside-vocabulary", lambda _: config("MosaicFuyuConfig", vocab_size=100), check=lambda built: built.image_token_id == 71011),
-    Case("config-bad-heads", lambda _: config("MosaicFuyuConfig", hidden_size=30, num_attention_heads=4), ValueError, "must be a multiple of num_attention_heads"),
+    Case(
+        "fuyu-id-outside-vocabulary",
+        lambda _: fuyu(input_ids=torch.tensor([[5, 999]])),
+        ValueError,
+        "token id 999, outside the vocabulary of 300",
+    ),
+    Case(
+        "fuyu-mask-too-short",
+        lambda _: fuyu(input_ids=IMAGE_IDS, pixel_values=PATCHES, attention_mask=torch.ones(1, 4)),
+        ValueError,
+        r"attention_mask must have shape .* = \(1, 6\), got \(1, 4\)",
+    ),
+    Case(
+        "fuyu-mask-too-long",
+        lambda _: fuyu(input_ids=IMAGE_IDS, pixel_values=PATCHES, attention_mask=torch.ones(1, 9)),
+        ValueError,
+        r"= \(1, 6\), got \(1, 9\)",
+    ),
+    Case(
+        "fuyu-uint8-pixels",
+        lambda _: fuyu(input_ids=IMAGE_IDS, pixel_values=torch.zeros(1, 2, 192, dtype=torch.uint8)),
+        TypeError,
+        "pixel_values must be floating point",
+    ),
+    Case(
+        "fuyu-patches-mask-of-twos",
+        lambda _: fuyu(input_ids=IMAGE_IDS, pixel_values=PATCHES, image_patches_mask=torch.full((1, 2), 2)),
+        ValueError,
+        "image_patches_mask must hold booleans",
+    ),
+    Case(
+        "fuyu-patches-mask-wrong-shape",
+        lambda _: fuyu(
+            input_ids=IMAGE_IDS, pixel_values=PATCHES, image_patches_mask=torch.ones(1, 3, dtype=torch.bool)
+        ),
+        ValueError,
+        r"image_patches_mask must have shape \(batch, patches\)",
+    ),
+    Case(
+        "fuyu-patches-mask-of-ints",
+        lambda _: fuyu(
+            input_ids=IMAGE_IDS, pixel_values=PATCHES, image_patches_mask=torch.ones(1, 2, dtype=torch.long)
+        ),
+        check=lambda output: torch.equal(output.logits, fuyu(input_ids=IMAGE_IDS, pixel_values=PATCHES).logits),
+    ),
+    Case(
+        "fuyu-patches-without-image-tokens",
+        lambda _: fuyu(input_ids=torch.tensor([[3, 10, 11]]), pixel_values=PATCHES),
+        ValueError,
+        "one patch per image token",
+    ),
+    Case(
+        "fuyu-image-tokens-without-patches",
+        lambda _: logged_warning(lambda: fuyu(input_ids=IMAGE_IDS), "mosaic_vlm.modeling.modeling_mosaic_fuyu"),
+        check=lambda logged: "no pixel_values were given: they are read as text tokens" in logged,
+    ),
+    Case(
+        "clip-mask-wrong-length",
+        lambda _: clip(attention_mask=torch.ones(2, 3)),
+        ValueError,
+        r"attention_mask must have the shape of input_ids \(2, 4\)",
+    ),
+    Case(
+        "clip-uint8-pixels",
+        lambda _: clip(pixel_values=torch.zeros(2, 3, 32, 32, dtype=torch.uint8)),
+        TypeError,
+        "pixel_values must be floating point",
+    ),
+    Case(
+        "clip-text-without-eos",
+        lambda _: clip(input_ids=torch.tensor([[98, 5, 6, 7]])),
+        ValueError,
+        "Every text must contain the EOS token",
+    ),
+    Case(
+        "config-unknown-key",
+        lambda _: logged_warning(
+            lambda: config("MosaicClipVisionConfig", patchsize=16), "mosaic_vlm.modeling.config_checks"
+        ),
+        check=lambda logged: "unknown key 'patchsize' (= 16)" in logged and "patch_size" in logged,
+    ),
+    Case(
+        "config-special-id-outside-vocabulary",
+        lambda _: config("MosaicFuyuConfig", vocab_size=100),
+        check=lambda built: built.image_token_id == 71011,
+    ),
+    Case(
+        "config-bad-heads",
+        lambda _: config("MosaicFuyuConfig", hidden_size=30, num_attention_heads=4),
+        ValueError,
+        "must be a multiple of num_attention_heads",
+    ),
 ]
 
 

@@ -7,6 +7,7 @@ import PIL.Image
 import pytest
 import torch
 from conftest import tiny_clip_config
+
 from mosaic_vlm.cli.main import main
 from mosaic_vlm.modeling import MosaicClipModel
 
@@ -51,7 +52,9 @@ def test_zero_shot_prints_a_ranked_table(clip_folder, photos, tmp_path, capsys):
     ],
 )
 def test_errors_are_one_line_with_exit_code_2(clip_folder, photo_file, capsys, arguments, message):
-    arguments = [argument.replace("{model}", str(clip_folder)).replace("{image}", str(photo_file)) for argument in arguments]
+    arguments = [
+        argument.replace("{model}", str(clip_folder)).replace("{image}", str(photo_file)) for argument in arguments
+    ]
     assert main(arguments) == 2
     error = capsys.readouterr().err.strip().splitlines()
     assert message in error[-1] and error[-1].startswith("mosaic-vlm")
@@ -66,11 +69,14 @@ def photo_file(tmp_path_factory, photos):
 
 @pytest.fixture(scope="module")
 def fuyu_folder(tmp_path_factory):
-    from mosaic_vlm.processing import MosaicFuyuImageProcessor, MosaicFuyuProcessor, train_bpe_tokenizer
     from test_fuyu_processor import FUYU_TOKENS, TEXTS, tiny_model
 
+    from mosaic_vlm.processing import MosaicFuyuImageProcessor, MosaicFuyuProcessor, train_bpe_tokenizer
+
     tokenizer = train_bpe_tokenizer(TEXTS * 5, vocab_size=120, model_max_length=256, extra_special_tokens=FUYU_TOKENS)
-    processor = MosaicFuyuProcessor(MosaicFuyuImageProcessor(patch_size=16, size={"height": 64, "width": 64}), tokenizer)
+    processor = MosaicFuyuProcessor(
+        MosaicFuyuImageProcessor(patch_size=16, size={"height": 64, "width": 64}), tokenizer
+    )
     folder = tmp_path_factory.mktemp("cli_fuyu")
     model = tiny_model(processor)
     model.save_pretrained(folder)
@@ -81,8 +87,24 @@ def fuyu_folder(tmp_path_factory):
 def test_ask_prints_the_answer_with_boxes_in_image_pixels(fuyu_folder, photo_file, capsys):
     folder, model, processor = fuyu_folder
     image = PIL.Image.open(photo_file)
-    assert main(["ask", str(folder), str(photo_file), "what digit is this?", "--box", "10", "20", "100", "300",
-                 "--max-new-tokens", "5"]) == 0
+    assert (
+        main(
+            [
+                "ask",
+                str(folder),
+                str(photo_file),
+                "what digit is this?",
+                "--box",
+                "10",
+                "20",
+                "100",
+                "300",
+                "--max-new-tokens",
+                "5",
+            ]
+        )
+        == 0
+    )
     inputs = processor(images=image, text="what digit is this? <box>10, 20, 100, 300</box>")
     expected = processor.post_process_image_text_to_text(
         model.generate(**inputs, max_new_tokens=5, do_sample=False), image_sizes=[(image.height, image.width)]
@@ -95,8 +117,27 @@ def test_ask_prints_the_answer_with_boxes_in_image_pixels(fuyu_folder, photo_fil
 def test_vstar_prints_the_answer_and_saves_the_search_picture(fuyu_folder, photo_file, tmp_path, capsys):
     folder, model, processor = fuyu_folder
     output = tmp_path / "pictures" / "search.png"
-    assert main(["vstar", str(folder), str(photo_file), "describe it", "--targets", "cat", "--min-size", "100",
-                 "--max-calls", "12", "--output", str(output), "--max-new-tokens", "3"]) == 0
+    assert (
+        main(
+            [
+                "vstar",
+                str(folder),
+                str(photo_file),
+                "describe it",
+                "--targets",
+                "cat",
+                "--min-size",
+                "100",
+                "--max-calls",
+                "12",
+                "--output",
+                str(output),
+                "--max-new-tokens",
+                "3",
+            ]
+        )
+        == 0
+    )
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].startswith("answer: ")
     assert lines[1].startswith("target 'cat': ") and "scorer calls" in lines[1]
@@ -105,25 +146,88 @@ def test_vstar_prints_the_answer_and_saves_the_search_picture(fuyu_folder, photo
     assert lines[2] == f"search picture: {output}"
     assert PIL.Image.open(output).size == PIL.Image.open(photo_file).size
     # the same folder as a separate search model: the same search, scored through --search-model
-    assert main(["vstar", str(folder), str(photo_file), "describe it", "--targets", "cat", "--min-size", "100",
-                 "--max-calls", "12", "--output", str(output), "--max-new-tokens", "3", "--search-model", str(folder)]) == 0
+    assert (
+        main(
+            [
+                "vstar",
+                str(folder),
+                str(photo_file),
+                "describe it",
+                "--targets",
+                "cat",
+                "--min-size",
+                "100",
+                "--max-calls",
+                "12",
+                "--output",
+                str(output),
+                "--max-new-tokens",
+                "3",
+                "--search-model",
+                str(folder),
+            ]
+        )
+        == 0
+    )
     assert capsys.readouterr().out.splitlines()[:2] == lines[:2]
     # --max-cell reaches the scorer: the printed search is the API's search with that scorer
     from mosaic_vlm.vstar import FuyuScorer, SearchConfig, visual_search
 
-    assert main(["vstar", str(folder), str(photo_file), "describe it", "--targets", "cat", "--min-size", "100",
-                 "--max-calls", "12", "--output", str(output), "--max-new-tokens", "3", "--max-cell", "50"]) == 0
+    assert (
+        main(
+            [
+                "vstar",
+                str(folder),
+                str(photo_file),
+                "describe it",
+                "--targets",
+                "cat",
+                "--min-size",
+                "100",
+                "--max-calls",
+                "12",
+                "--output",
+                str(output),
+                "--max-new-tokens",
+                "3",
+                "--max-cell",
+                "50",
+            ]
+        )
+        == 0
+    )
     image = PIL.Image.open(photo_file).convert("RGB")
-    result = visual_search(image, "cat", FuyuScorer(model, processor, max_cell=50), SearchConfig(min_size=100, max_calls=12))
+    result = visual_search(
+        image, "cat", FuyuScorer(model, processor, max_cell=50), SearchConfig(min_size=100, max_calls=12)
+    )
     where = f"box {result.box}" if result.found else "not found"
-    assert capsys.readouterr().out.splitlines()[1] == f"target 'cat': {where}, score {result.score:.2f}, {result.num_calls} scorer calls"
+    assert (
+        capsys.readouterr().out.splitlines()[1]
+        == f"target 'cat': {where}, score {result.score:.2f}, {result.num_calls} scorer calls"
+    )
     assert main(["vstar", str(folder), str(photo_file), "what?", "--search-model", str(tmp_path / "missing")]) == 2
     assert "missing" in capsys.readouterr().err
 
 
 def test_train_runs_the_clip_recipe(tmp_path, capsys):
-    code = main(["train", "clip", "--output_dir", str(tmp_path), "--max_steps", "3", "--save_strategy", "no",
-                 "--eval_strategy", "no", "--report_to", "none", "--disable_tqdm", "true"])
+    code = main(
+        [
+            "train",
+            "clip",
+            "--output_dir",
+            str(tmp_path),
+            "--max_steps",
+            "3",
+            "--save_strategy",
+            "no",
+            "--eval_strategy",
+            "no",
+            "--report_to",
+            "none",
+            "--disable_tqdm",
+            "true",
+        ]
+    )
     assert code == 0
     assert "held-out digits" in capsys.readouterr().out
     assert (tmp_path / "model.safetensors").is_file()

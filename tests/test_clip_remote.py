@@ -10,8 +10,6 @@ import PIL.Image
 import pytest
 import torch
 from conftest import tiny_clip_config
-from mosaic_vlm.modeling import MosaicClipConfig, MosaicClipModel
-from mosaic_vlm.processing import MosaicClipImageProcessor, MosaicClipProcessor
 from safetensors.torch import load_file, save_file
 from transformers import (
     AutoConfig,
@@ -22,6 +20,9 @@ from transformers import (
     AutoTokenizer,
     pipeline,
 )
+
+from mosaic_vlm.modeling import MosaicClipConfig, MosaicClipModel
+from mosaic_vlm.processing import MosaicClipImageProcessor, MosaicClipProcessor
 
 # Run first in a child process: makes every `mosaic_vlm` import fail, as in a Python without the package.
 BLOCK_MOSAIC_VLM = textwrap.dedent(
@@ -93,8 +94,14 @@ def test_zero_shot_pipeline(saved_clip, photos):
 
 def test_remote_code_loads_where_mosaic_vlm_is_not_importable(saved_clip, photos, tmp_path):
     folder, model, processor = saved_clip
-    for name in ("configuration_mosaic_clip.py", "modeling_mosaic_clip.py", "config_checks.py", "mosaic_pretrained.py",
-                 "image_processing_mosaic_clip.py", "processing_mosaic_clip.py"):
+    for name in (
+        "configuration_mosaic_clip.py",
+        "modeling_mosaic_clip.py",
+        "config_checks.py",
+        "mosaic_pretrained.py",
+        "image_processing_mosaic_clip.py",
+        "processing_mosaic_clip.py",
+    ):
         assert (folder / name).is_file(), name
     auto_map = json.loads((folder / "config.json").read_text())["auto_map"]
     assert set(auto_map) == {"AutoConfig", "AutoModel", "AutoModelForZeroShotImageClassification"}

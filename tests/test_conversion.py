@@ -7,6 +7,8 @@ import pytest
 import safetensors.torch
 import torch
 from conftest import tiny_clip_config
+from transformers import CLIPConfig, CLIPModel
+
 from mosaic_vlm.cli import main as cli
 from mosaic_vlm.conversion import (
     clip,
@@ -19,7 +21,6 @@ from mosaic_vlm.conversion import (
 )
 from mosaic_vlm.conversion.state_dict_mapping import LOGIT_ATOL
 from mosaic_vlm.modeling import MosaicClipModel
-from transformers import CLIPConfig, CLIPModel
 
 VOCAB = 128  # tiny_clip_config's vocabulary
 # OpenAI pools at the highest token id, so models in that layout need EOS = vocab_size - 1.
@@ -358,7 +359,11 @@ def error_lines(stderr: str) -> list[str]:
 
 
 def leftovers(folder) -> list[str]:
-    return sorted(path.name for path in folder.iterdir() if "mosaic-vlm-staging" in path.name or "mosaic-vlm-retired" in path.name)
+    return sorted(
+        path.name
+        for path in folder.iterdir()
+        if "mosaic-vlm-staging" in path.name or "mosaic-vlm-retired" in path.name
+    )
 
 
 @pytest.fixture

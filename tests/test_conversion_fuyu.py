@@ -3,6 +3,8 @@
 import pytest
 import torch
 import transformers
+from test_modeling_fuyu import IMAGE, NEWLINE, tiny_fuyu_config, varied_batch
+
 from mosaic_vlm.conversion.fuyu import (
     config_to_transformers,
     fuyu_from_transformers,
@@ -11,7 +13,6 @@ from mosaic_vlm.conversion.fuyu import (
 )
 from mosaic_vlm.modeling import MosaicFuyuForCausalLM
 from mosaic_vlm.processing import train_bpe_tokenizer
-from test_modeling_fuyu import IMAGE, NEWLINE, tiny_fuyu_config, varied_batch
 
 
 @pytest.fixture(scope="module")
@@ -30,9 +31,12 @@ def test_round_trip_through_transformers_is_bit_exact_with_equal_logits_and_toke
     with torch.no_grad():
         ours = mosaic_model(**inputs).logits
         real = inputs["attention_mask"].bool()
-        theirs = exported(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"],
-                          pixel_values=inputs["pixel_values"][inputs["image_patches_mask"]][None],
-                          position_ids=(inputs["attention_mask"].cumsum(-1) - 1).clamp(min=0)).logits
+        theirs = exported(
+            input_ids=inputs["input_ids"],
+            attention_mask=inputs["attention_mask"],
+            pixel_values=inputs["pixel_values"][inputs["image_patches_mask"]][None],
+            position_ids=(inputs["attention_mask"].cumsum(-1) - 1).clamp(min=0),
+        ).logits
     assert (ours[real] - theirs[real]).abs().max() <= 1e-4
     exported.save_pretrained(tmp_path)
     from_folder = fuyu_from_transformers(tmp_path, image_newline_token_id=NEWLINE)
@@ -94,23 +98,84 @@ def test_processor_from_a_fuyu_tokenizer_and_image_processor_config():
 
 def test_cli_converts_fuyu_both_ways_and_exports_clip(mosaic_model, tmp_path, capsys):
     from conftest import tiny_clip_config
+
     from mosaic_vlm.cli.main import main
     from mosaic_vlm.modeling import MosaicClipModel
 
     mosaic_model.save_pretrained(tmp_path / "mosaic")
-    assert main(["convert", "--model", "fuyu", "--from", "mosaic", "--to", "transformers",
-                 str(tmp_path / "mosaic"), "--output", str(tmp_path / "hf")]) == 0
-    assert main(["convert", "--model", "fuyu", "--from", "transformers", "--to", "mosaic", "--newline-token-id",
-                 str(NEWLINE), str(tmp_path / "hf"), "--output", str(tmp_path / "back")]) == 0
+    assert (
+        main(
+            [
+                "convert",
+                "--model",
+                "fuyu",
+                "--from",
+                "mosaic",
+                "--to",
+                "transformers",
+                str(tmp_path / "mosaic"),
+                "--output",
+                str(tmp_path / "hf"),
+            ]
+        )
+        == 0
+    )
+    assert (
+        main(
+            [
+                "convert",
+                "--model",
+                "fuyu",
+                "--from",
+                "transformers",
+                "--to",
+                "mosaic",
+                "--newline-token-id",
+                str(NEWLINE),
+                str(tmp_path / "hf"),
+                "--output",
+                str(tmp_path / "back"),
+            ]
+        )
+        == 0
+    )
     back = MosaicFuyuForCausalLM.from_pretrained(tmp_path / "back")
     for name, tensor in mosaic_model.state_dict().items():
         assert torch.equal(back.state_dict()[name], tensor), name
     assert "greedy generation" in capsys.readouterr().err
-    assert main(["convert", "--model", "fuyu", "--from", "openai", "--to", "mosaic", str(tmp_path / "hf"),
-                 "--output", str(tmp_path / "x")]) == 2
+    assert (
+        main(
+            [
+                "convert",
+                "--model",
+                "fuyu",
+                "--from",
+                "openai",
+                "--to",
+                "mosaic",
+                str(tmp_path / "hf"),
+                "--output",
+                str(tmp_path / "x"),
+            ]
+        )
+        == 2
+    )
     assert not (tmp_path / "x").exists()
 
     MosaicClipModel(tiny_clip_config()).save_pretrained(tmp_path / "clip")
-    assert main(["convert", "--from", "mosaic", "--to", "transformers", str(tmp_path / "clip"),
-                 "--output", str(tmp_path / "clip-hf")]) == 0
+    assert (
+        main(
+            [
+                "convert",
+                "--from",
+                "mosaic",
+                "--to",
+                "transformers",
+                str(tmp_path / "clip"),
+                "--output",
+                str(tmp_path / "clip-hf"),
+            ]
+        )
+        == 0
+    )
     assert transformers.CLIPModel.from_pretrained(tmp_path / "clip-hf") is not None

@@ -5,9 +5,10 @@ import sys
 import pytest
 import torch
 from conftest import tiny_clip_config
-from mosaic_vlm.modeling import MosaicClipModel
 from safetensors.torch import load_file
 from test_modeling_clip import random_pixels, random_texts
+
+from mosaic_vlm.modeling import MosaicClipModel
 
 GLOBAL_BATCH = 6
 
@@ -20,8 +21,16 @@ def two_rank_results(tmp_path_factory):
     for loss_type in ("clip", "siglip"):
         subprocess.run(
             [
-                sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                os.path.join(tests_dir, "distributed_clip_worker.py"), str(out_dir), loss_type, str(GLOBAL_BATCH),
+                sys.executable,
+                "-m",
+                "torch.distributed.run",
+                "--standalone",
+                "--nproc_per_node",
+                "2",
+                os.path.join(tests_dir, "distributed_clip_worker.py"),
+                str(out_dir),
+                loss_type,
+                str(GLOBAL_BATCH),
             ],
             env=env,
             check=True,
@@ -47,7 +56,9 @@ def test_two_ranks_of_batch_b_equal_one_process_of_batch_2b(two_rank_results, lo
     torch.testing.assert_close(distributed["loss"], loss.detach(), atol=1e-6, rtol=1e-6)
     # fp32 sums in another order (halves, then the all-reduce): differences stay at rounding level
     for name, parameter in model.named_parameters():
-        torch.testing.assert_close(distributed[name], parameter.grad, atol=1e-5, rtol=1e-4, msg=lambda m: f"{name}: {m}")
+        torch.testing.assert_close(
+            distributed[name], parameter.grad, atol=1e-5, rtol=1e-4, msg=lambda m, name=name: f"{name}: {m}"
+        )
 
 
 def test_a_local_only_loss_would_differ(two_rank_results):
@@ -58,6 +69,9 @@ def test_a_local_only_loss_would_differ(two_rank_results):
     pixel_values = random_pixels(model.config, GLOBAL_BATCH)
     half = slice(0, GLOBAL_BATCH // 2)
     local = model(
-        input_ids=input_ids[half], attention_mask=attention_mask[half], pixel_values=pixel_values[half], return_loss=True
+        input_ids=input_ids[half],
+        attention_mask=attention_mask[half],
+        pixel_values=pixel_values[half],
+        return_loss=True,
     ).loss
     assert (local.detach() - two_rank_results["clip"]["loss"]).abs() > 1e-3

@@ -54,8 +54,16 @@ def test_greedy_dict_output_scores_and_layer_outputs():
     model = build()
     inputs = varied_batch(2)
     length = inputs["input_ids"].shape[1]
-    out = model.generate(**inputs, max_new_tokens=3, return_dict_in_generate=True, output_scores=True,
-                         output_logits=True, output_hidden_states=True, output_attentions=True, **GREEDY)
+    out = model.generate(
+        **inputs,
+        max_new_tokens=3,
+        return_dict_in_generate=True,
+        output_scores=True,
+        output_logits=True,
+        output_hidden_states=True,
+        output_attentions=True,
+        **GREEDY,
+    )
     assert out.sequences.shape == (2, length + 3)
     assert len(out.scores) == len(out.logits) == 3 and out.scores[0].shape == (2, 64)
     assert torch.equal(torch.stack(out.scores, 1).argmax(-1), out.sequences[:, length:])
@@ -81,8 +89,9 @@ def test_beam_search_scores_at_least_greedy_and_returns_several_sequences():
 def test_sampling_is_seeded_and_follows_top_k():
     model = build()
     inputs = varied_batch(2)
-    settings = dict(max_new_tokens=5, do_sample=True, top_k=1, num_return_sequences=2, pad_token_id=PAD,
-                    eos_token_id=None)
+    settings = dict(
+        max_new_tokens=5, do_sample=True, top_k=1, num_return_sequences=2, pad_token_id=PAD, eos_token_id=None
+    )
     # top_k=1 leaves one candidate per step: sampling is greedy
     sampled = model.generate(**inputs, **settings)
     greedy = model.generate(**inputs, max_new_tokens=5, **GREEDY)
@@ -138,8 +147,12 @@ def test_generate_from_inputs_embeds_with_image_patches():
     from_ids = model.generate(**inputs, max_new_tokens=4, **GREEDY)[:, inputs["input_ids"].shape[1] :]
     embeds = model.get_input_embeddings()(inputs["input_ids"])
     from_embeds = model.generate(
-        inputs_embeds=embeds, attention_mask=inputs["attention_mask"], pixel_values=inputs["pixel_values"],
-        image_patches_mask=inputs["image_patches_mask"], max_new_tokens=4, **GREEDY,
+        inputs_embeds=embeds,
+        attention_mask=inputs["attention_mask"],
+        pixel_values=inputs["pixel_values"],
+        image_patches_mask=inputs["image_patches_mask"],
+        max_new_tokens=4,
+        **GREEDY,
     )
     assert torch.equal(from_embeds, from_ids)
 
@@ -163,11 +176,24 @@ def test_max_new_tokens_edge_cases():
     with pytest.raises(ValueError, match="max_length"):  # a max_length the prompt already fills
         model.generate(**inputs, max_length=length, **GREEDY)
     # min_new_tokens holds EOS back; without it EOS ends generation
-    eos_first = model.generate(**inputs, max_new_tokens=4, min_new_tokens=4, do_sample=False, pad_token_id=PAD,
-                               eos_token_id=EOS, suppress_tokens=list(range(3, 64)))
+    eos_first = model.generate(
+        **inputs,
+        max_new_tokens=4,
+        min_new_tokens=4,
+        do_sample=False,
+        pad_token_id=PAD,
+        eos_token_id=EOS,
+        suppress_tokens=list(range(3, 64)),
+    )
     assert eos_first.shape == (2, length + 4) and (eos_first[:, length:] != EOS).all()
-    stopped = model.generate(**inputs, max_new_tokens=4, do_sample=False, pad_token_id=PAD, eos_token_id=EOS,
-                             suppress_tokens=[PAD, BOS, *range(3, 64)])  # EOS is all that is left
+    stopped = model.generate(
+        **inputs,
+        max_new_tokens=4,
+        do_sample=False,
+        pad_token_id=PAD,
+        eos_token_id=EOS,
+        suppress_tokens=[PAD, BOS, *range(3, 64)],
+    )  # EOS is all that is left
     assert stopped.shape == (2, length + 1) and (stopped[:, length] == EOS).all()
     with pytest.raises(ValueError, match="max_new_tokens"):
         model.generate(**inputs, max_new_tokens=0, **GREEDY)

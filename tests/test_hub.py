@@ -12,13 +12,14 @@ import pytest
 import torch
 from conftest import tiny_clip_config
 from huggingface_hub import HfApi, ModelCard, hf_hub_download
-from mosaic_vlm.cli.main import main
-from mosaic_vlm.modeling import MosaicClipModel, MosaicFuyuConfig, MosaicFuyuForCausalLM
-from mosaic_vlm.processing import MosaicFuyuImageProcessor, MosaicFuyuProcessor, train_bpe_tokenizer
 from safetensors.torch import load_file
 from test_clip_remote import BLOCK_MOSAIC_VLM
 from test_fuyu_processor import FUYU_TOKENS, TEXTS
 from transformers import AutoModel
+
+from mosaic_vlm.cli.main import main
+from mosaic_vlm.modeling import MosaicClipModel, MosaicFuyuConfig, MosaicFuyuForCausalLM
+from mosaic_vlm.processing import MosaicFuyuImageProcessor, MosaicFuyuProcessor, train_bpe_tokenizer
 
 PROMPT = {"mosaic_clip": ["a photo of a cat", "a photo of the digit seven"], "mosaic_fuyu": "what digit is this?"}
 
@@ -54,11 +55,22 @@ def tiny_clip(clip_processor, seed: int = 0):
 
 def tiny_fuyu(seed: int = 0):
     tokenizer = train_bpe_tokenizer(TEXTS * 5, vocab_size=120, model_max_length=256, extra_special_tokens=FUYU_TOKENS)
-    processor = MosaicFuyuProcessor(MosaicFuyuImageProcessor(patch_size=16, size={"height": 64, "width": 64}), tokenizer)
+    processor = MosaicFuyuProcessor(
+        MosaicFuyuImageProcessor(patch_size=16, size={"height": 64, "width": 64}), tokenizer
+    )
     config = MosaicFuyuConfig(
-        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-        max_position_embeddings=256, patch_size=16, image_token_id=tokenizer.convert_tokens_to_ids("|SPEAKER|"),
-        image_newline_token_id=tokenizer.convert_tokens_to_ids("|NEWLINE|"), pad_token_id=0, bos_token_id=2, eos_token_id=3,
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        max_position_embeddings=256,
+        patch_size=16,
+        image_token_id=tokenizer.convert_tokens_to_ids("|SPEAKER|"),
+        image_newline_token_id=tokenizer.convert_tokens_to_ids("|NEWLINE|"),
+        pad_token_id=0,
+        bos_token_id=2,
+        eos_token_id=3,
     )
     torch.manual_seed(seed)
     return MosaicFuyuForCausalLM._from_config(config, attn_implementation="sdpa").eval(), processor
@@ -78,14 +90,27 @@ def error_lines(stderr: str, command: str = "pull") -> list[str]:
 
 def pull_and_run(repo, image_path, prompt, output, *, revision="", native=True, extra_env=None, cache=None):
     """Runs PULL_AND_RUN in a fresh process (mosaic_vlm blocked unless `native`) and returns its logits."""
-    script = (PULL_AND_RUN if native else BLOCK_MOSAIC_VLM + PULL_AND_RUN)
+    script = PULL_AND_RUN if native else BLOCK_MOSAIC_VLM + PULL_AND_RUN
     env = {**os.environ, **(extra_env or {})}
     if cache is not None:
         env["HF_HOME"] = str(cache)
         env["HF_HUB_CACHE"] = str(cache / "hub")
     result = subprocess.run(
-        [sys.executable, "-c", script, repo, revision, str(image_path), json.dumps(prompt), str(output), "1" if native else "0"],
-        env=env, capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "-c",
+            script,
+            repo,
+            revision,
+            str(image_path),
+            json.dumps(prompt),
+            str(output),
+            "1" if native else "0",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     return load_file(output)["logits"], result.stdout.strip().splitlines()[-1]
@@ -100,7 +125,9 @@ def test_push_then_pull_in_fresh_processes_with_and_without_the_package(hub, fam
 
     config = json.loads(open(hf_hub_download(repo, "config.json")).read())
     expected_auto = {"AutoConfig", "AutoModel"} | (
-        {"AutoModelForZeroShotImageClassification"} if family == "mosaic_clip" else {"AutoModelForCausalLM", "AutoModelForImageTextToText"}
+        {"AutoModelForZeroShotImageClassification"}
+        if family == "mosaic_clip"
+        else {"AutoModelForCausalLM", "AutoModelForImageTextToText"}
     )
     assert expected_auto <= set(config["auto_map"])
     processor_config = json.loads(open(hf_hub_download(repo, "processor_config.json")).read())
@@ -120,14 +147,27 @@ def test_push_then_pull_in_fresh_processes_with_and_without_the_package(hub, fam
     expected = local_logits(pushed, processor, PIL.Image.open(image_path), PROMPT[family])
     torch.testing.assert_close(local_logits(model, processor, PIL.Image.open(image_path), PROMPT[family]), expected)
     for native in (True, False):
-        logits, module = pull_and_run(repo, image_path, PROMPT[family], tmp_path / f"out-{native}.safetensors",
-                                      native=native, cache=tmp_path / f"fresh-cache-{native}")
+        logits, module = pull_and_run(
+            repo,
+            image_path,
+            PROMPT[family],
+            tmp_path / f"out-{native}.safetensors",
+            native=native,
+            cache=tmp_path / f"fresh-cache-{native}",
+        )
         assert torch.equal(logits, expected)
         assert module.startswith("mosaic_vlm" if native else "transformers_modules"), module
 
     # the cache of the last pull serves an offline process
-    logits, _ = pull_and_run(repo, image_path, PROMPT[family], tmp_path / "offline.safetensors", native=False,
-                             cache=tmp_path / "fresh-cache-False", extra_env={"HF_HUB_OFFLINE": "1"})
+    logits, _ = pull_and_run(
+        repo,
+        image_path,
+        PROMPT[family],
+        tmp_path / "offline.safetensors",
+        native=False,
+        cache=tmp_path / "fresh-cache-False",
+        extra_env={"HF_HUB_OFFLINE": "1"},
+    )
     assert torch.equal(logits, expected)
 
 
@@ -156,13 +196,18 @@ def test_missing_repo_revision_and_file_give_clear_errors(hub, clip_processor, t
     with pytest.raises(OSError, match="no-such-branch is not a valid git identifier"):
         AutoModel.from_pretrained("tester/clip-errors", revision="no-such-branch")
     HfApi().create_repo("tester/config-only")
-    HfApi().upload_file(path_or_fileobj=b'{"model_type": "mosaic_clip"}', path_in_repo="config.json", repo_id="tester/config-only")
+    HfApi().upload_file(
+        path_or_fileobj=b'{"model_type": "mosaic_clip"}', path_in_repo="config.json", repo_id="tester/config-only"
+    )
     with pytest.raises(OSError, match="does not appear to have a file named"):
         AutoModel.from_pretrained("tester/config-only")
 
     for argv, message in (
         (["pull", "tester/nothing-here"], "pulling 'tester/nothing-here': the repository is not on the Hub"),
-        (["pull", "tester/clip-errors", "--revision", "no-such-branch"], "at 'no-such-branch': the revision is not in"),
+        (
+            ["pull", "tester/clip-errors", "--revision", "no-such-branch"],
+            "at 'no-such-branch': the revision is not in",
+        ),
     ):
         capsys.readouterr()
         assert main([*argv, "--output", str(tmp_path / "pulled")]) == 2
@@ -171,7 +216,9 @@ def test_missing_repo_revision_and_file_give_clear_errors(hub, clip_processor, t
         assert not (tmp_path / "pulled").exists()
 
 
-def test_the_server_going_down_mid_pull_is_one_clear_error_and_leaves_no_partial_folder(hub, clip_processor, tmp_path, monkeypatch, capsys):
+def test_the_server_going_down_mid_pull_is_one_clear_error_and_leaves_no_partial_folder(
+    hub, clip_processor, tmp_path, monkeypatch, capsys
+):
     import huggingface_hub.file_download as file_download
 
     model, processor = tiny_clip(clip_processor)

@@ -62,10 +62,16 @@ def test_branches_tags_and_commit_shas_each_give_their_version(hub, pushed, tmp_
     api = HfApi()
     api.create_tag(REPO, tag="v1")
     api.create_branch(REPO, branch="dev/next")
-    update = api.upload_file(path_or_fileobj=b"version 2\n", path_in_repo="notes.txt", repo_id=REPO,
-                             revision="dev/next")
-    expected = {"main": "version 1\n", "v1": "version 1\n", pushed.oid: "version 1\n", "dev/next": "version 2\n",
-                update.oid: "version 2\n"}
+    update = api.upload_file(
+        path_or_fileobj=b"version 2\n", path_in_repo="notes.txt", repo_id=REPO, revision="dev/next"
+    )
+    expected = {
+        "main": "version 1\n",
+        "v1": "version 1\n",
+        pushed.oid: "version 1\n",
+        "dev/next": "version 2\n",
+        update.oid: "version 2\n",
+    }
     for revision, text in expected.items():
         assert Path(hf_hub_download(REPO, "notes.txt", revision=revision)).read_text() == text, revision
         folder = snapshot_download(REPO, revision=revision, cache_dir=tmp_path / "snapshots")
@@ -82,8 +88,9 @@ def test_branches_tags_and_commit_shas_each_give_their_version(hub, pushed, tmp_
 def test_dataset_repos_live_under_their_own_prefix(hub):
     api = HfApi()
     api.create_repo("tiny-data", repo_type="dataset")
-    api.upload_file(path_or_fileobj=b"a,b\n1,2\n", path_in_repo="data.csv", repo_id="tester/tiny-data",
-                    repo_type="dataset")
+    api.upload_file(
+        path_or_fileobj=b"a,b\n1,2\n", path_in_repo="data.csv", repo_id="tester/tiny-data", repo_type="dataset"
+    )
     assert Path(hf_hub_download("tester/tiny-data", "data.csv", repo_type="dataset")).read_text() == "a,b\n1,2\n"
     with pytest.raises(RepositoryNotFoundError):
         hf_hub_download("tester/tiny-data", "data.csv")  # no such model
@@ -99,8 +106,13 @@ def test_offline_child_process_loads_from_cache(hub, pushed):
         """
     )
     hub.stop()  # offline must not need the server
-    result = subprocess.run([sys.executable, "-c", code], env={**os.environ, "HF_HUB_OFFLINE": "1"},
-                            capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == cached
 

@@ -57,9 +57,22 @@ def _our_classes_in_transformers_tables():
 
 
 class MosaicClipVisionModelTester:
-    def __init__(self, parent, batch_size=7, image_size=30, patch_size=6, num_channels=3, is_training=True,
-                 hidden_size=32, projection_dim=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37,
-                 attention_dropout=0.1, initializer_range=0.02):
+    def __init__(
+        self,
+        parent,
+        batch_size=7,
+        image_size=30,
+        patch_size=6,
+        num_channels=3,
+        is_training=True,
+        hidden_size=32,
+        projection_dim=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=37,
+        attention_dropout=0.1,
+        initializer_range=0.02,
+    ):
         self.parent = parent
         self.batch_size = batch_size
         self.image_size = image_size
@@ -99,9 +112,22 @@ class MosaicClipVisionModelTester:
 
 
 class MosaicClipTextModelTester:
-    def __init__(self, parent, batch_size=7, seq_length=7, is_training=True, vocab_size=99, hidden_size=32,
-                 projection_dim=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37,
-                 attention_dropout=0.1, max_position_embeddings=512, initializer_range=0.02):
+    def __init__(
+        self,
+        parent,
+        batch_size=7,
+        seq_length=7,
+        is_training=True,
+        vocab_size=99,
+        hidden_size=32,
+        projection_dim=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=37,
+        attention_dropout=0.1,
+        max_position_embeddings=512,
+        initializer_range=0.02,
+    ):
         self.parent = parent
         self.batch_size = batch_size
         self.seq_length = seq_length
@@ -200,8 +226,9 @@ class MosaicClipVisionModelTest(TowerTests, ModelTesterMixin, unittest.TestCase)
 
     def setUp(self):
         self.model_tester = MosaicClipVisionModelTester(self)
-        self.config_tester = ConfigTester(self, config_class=MosaicClipVisionConfig, has_text_modality=False,
-                                          hidden_size=48, num_attention_heads=4)
+        self.config_tester = ConfigTester(
+            self, config_class=MosaicClipVisionConfig, has_text_modality=False, hidden_size=48, num_attention_heads=4
+        )
 
     def test_config(self):
         self.config_tester.run_common_tests()
@@ -221,8 +248,9 @@ class MosaicClipTextModelTest(TowerTests, ModelTesterMixin, unittest.TestCase):
 
     def setUp(self):
         self.model_tester = MosaicClipTextModelTester(self)
-        self.config_tester = ConfigTester(self, config_class=MosaicClipTextConfig, hidden_size=48,
-                                          num_attention_heads=4)
+        self.config_tester = ConfigTester(
+            self, config_class=MosaicClipTextConfig, hidden_size=48, num_attention_heads=4
+        )
 
     def test_config(self):
         self.config_tester.run_common_tests()
@@ -236,24 +264,34 @@ class MosaicClipModelTest(ModelTesterMixin, unittest.TestCase):
 
     def setUp(self):
         self.model_tester = MosaicClipModelTester(self)
-        self.config_tester = ConfigTester(self, config_class=MosaicClipConfig, has_text_modality=False,
-                                          common_properties=["projection_dim", "logit_scale_init_value"])
+        self.config_tester = ConfigTester(
+            self,
+            config_class=MosaicClipConfig,
+            has_text_modality=False,
+            common_properties=["projection_dim", "logit_scale_init_value"],
+        )
 
     def test_config(self):
         self.config_tester.run_common_tests()
 
-    @unittest.skip(reason="MosaicClipOutput keeps hidden states in text_model_output / vision_model_output, as "
-                   "CLIPOutput does (the tower tests check them)")
+    @unittest.skip(
+        reason="MosaicClipOutput keeps hidden states in text_model_output / vision_model_output, as "
+        "CLIPOutput does (the tower tests check them)"
+    )
     def test_hidden_states_output(self):
         pass
 
-    @unittest.skip(reason="MosaicClipOutput keeps attentions in text_model_output / vision_model_output, as "
-                   "CLIPOutput does (the tower tests check them)")
+    @unittest.skip(
+        reason="MosaicClipOutput keeps attentions in text_model_output / vision_model_output, as "
+        "CLIPOutput does (the tower tests check them)"
+    )
     def test_attention_outputs(self):
         pass
 
-    @unittest.skip(reason="MosaicClipOutput keeps hidden states and attentions in the tower outputs, as CLIPOutput "
-                   "does (the tower tests check them)")
+    @unittest.skip(
+        reason="MosaicClipOutput keeps hidden states and attentions in the tower outputs, as CLIPOutput "
+        "does (the tower tests check them)"
+    )
     def test_retain_grad_hidden_states_attentions(self):
         pass
 
@@ -263,8 +301,14 @@ class MosaicClipImageProcessingTester(ImageProcessingTester):
 
     def __init__(self, parent):
         super().__init__(
-            parent, size={"shortest_edge": 20}, crop_size={"height": 18, "width": 18}, do_resize=True,
-            do_center_crop=True, do_normalize=True, image_mean=[0.5, 0.5, 0.5], image_std=[0.5, 0.5, 0.5],
+            parent,
+            size={"shortest_edge": 20},
+            crop_size={"height": 18, "width": 18},
+            do_resize=True,
+            do_center_crop=True,
+            do_normalize=True,
+            image_mean=[0.5, 0.5, 0.5],
+            image_std=[0.5, 0.5, 0.5],
             do_convert_rgb=True,
         )
 
@@ -276,9 +320,11 @@ class MosaicClipImageProcessingTester(ImageProcessingTester):
 class MosaicClipImageProcessingTest(ImageProcessingTestMixin, unittest.TestCase):
     image_processor_tester_class = MosaicClipImageProcessingTester
 
-    @unittest.skip(reason="The mixin exempts 'old' models (CLIP among them, by the test folder's name) from a "
-                   "torchvision backend; ours is CLIP's processing, and torchvision cannot be installed next to the "
-                   "pinned CPU torch (its operators fail to register)")
+    @unittest.skip(
+        reason="The mixin exempts 'old' models (CLIP among them, by the test folder's name) from a "
+        "torchvision backend; ours is CLIP's processing, and torchvision cannot be installed next to the "
+        "pinned CPU torch (its operators fail to register)"
+    )
     def test_new_models_require_torchvision_backend(self):
         pass
 
@@ -289,8 +335,9 @@ class MosaicClipProcessorTest(ProcessorTesterMixin, unittest.TestCase):
     @classmethod
     def _setup_tokenizer(cls):
         # trained on the spot (no Hub); "lower newer" etc. are the mixin's own test texts
-        return train_bpe_tokenizer(CAPTIONS * 4 + ["lower newer upper older longer string"] * 4, vocab_size=128,
-                                   model_max_length=64)
+        return train_bpe_tokenizer(
+            CAPTIONS * 4 + ["lower newer upper older longer string"] * 4, vocab_size=128, model_max_length=64
+        )
 
     @classmethod
     def _setup_image_processor(cls):

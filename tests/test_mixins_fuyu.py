@@ -52,10 +52,25 @@ class MosaicFuyuModelTester:
     """Each sample: one image of `image_rows` x `image_cols` patches (a newline token ends each row), BOS, then
     text; `pixel_values` holds every sample's patches in image-token order."""
 
-    def __init__(self, parent, batch_size=7, image_rows=2, image_cols=2, text_length=5, patch_size=2,
-                 num_channels=3, is_training=True, vocab_size=99, hidden_size=32, num_hidden_layers=2,
-                 num_attention_heads=4, intermediate_size=37, hidden_act="relu2", max_position_embeddings=64,
-                 initializer_range=0.02):
+    def __init__(
+        self,
+        parent,
+        batch_size=7,
+        image_rows=2,
+        image_cols=2,
+        text_length=5,
+        patch_size=2,
+        num_channels=3,
+        is_training=True,
+        vocab_size=99,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=37,
+        hidden_act="relu2",
+        max_position_embeddings=64,
+        initializer_range=0.02,
+    ):
         self.parent = parent
         self.batch_size = batch_size
         self.image_rows, self.image_cols = image_rows, image_cols
@@ -116,8 +131,10 @@ class MosaicFuyuModelTest(ModelTesterMixin, GenerationTesterMixin, unittest.Test
     def test_config(self):
         self.config_tester.run_common_tests()
 
-    @unittest.skip(reason="No legacy checkpoint layout to convert: transformers' Fuyu maps the keys of its 4.x "
-                   "checkpoints (language_model.*) on load; ours were only ever saved in the current layout")
+    @unittest.skip(
+        reason="No legacy checkpoint layout to convert: transformers' Fuyu maps the keys of its 4.x "
+        "checkpoints (language_model.*) on load; ours were only ever saved in the current layout"
+    )
     def test_can_load_from_already_mapped_keys(self):
         pass
 
@@ -125,18 +142,24 @@ class MosaicFuyuModelTest(ModelTesterMixin, GenerationTesterMixin, unittest.Test
     def test_reverse_loading_mapping(self):
         pass
 
-    @unittest.skip(reason="MosaicFuyuConfig is flat: the decoder is the whole model, so there is no text_config "
-                   "sub-config (transformers' FuyuConfig nests Persimmon's)")
+    @unittest.skip(
+        reason="MosaicFuyuConfig is flat: the decoder is the whole model, so there is no text_config "
+        "sub-config (transformers' FuyuConfig nests Persimmon's)"
+    )
     def test_internal_model_config_and_subconfig_are_same(self):
         pass
 
-    @unittest.skip(reason="There is no vision encoder: get_image_features is one linear projection of the patches, "
-                   "with no hidden states to return (transformers' Fuyu neither)")
+    @unittest.skip(
+        reason="There is no vision encoder: get_image_features is one linear projection of the patches, "
+        "with no hidden states to return (transformers' Fuyu neither)"
+    )
     def test_get_image_features_hidden_states(self):
         pass
 
-    @unittest.skip(reason="There is no vision encoder: get_image_features is one linear projection of the patches, "
-                   "with no attentions to return (transformers' Fuyu neither)")
+    @unittest.skip(
+        reason="There is no vision encoder: get_image_features is one linear projection of the patches, "
+        "with no attentions to return (transformers' Fuyu neither)"
+    )
     def test_get_image_features_attentions(self):
         pass
 
@@ -145,8 +168,16 @@ class MosaicFuyuImageProcessingTester(ImageProcessingTester):
     """Random images of 30-400 px, fitted into 64 x 64 and cut into 16 x 16 patches."""
 
     def __init__(self, parent):
-        super().__init__(parent, size={"height": 64, "width": 64}, patch_size=16, do_resize=True, do_normalize=True,
-                         image_mean=[0.5, 0.5, 0.5], image_std=[0.5, 0.5, 0.5], do_convert_rgb=True)
+        super().__init__(
+            parent,
+            size={"height": 64, "width": 64},
+            patch_size=16,
+            do_resize=True,
+            do_normalize=True,
+            image_mean=[0.5, 0.5, 0.5],
+            image_std=[0.5, 0.5, 0.5],
+            do_convert_rgb=True,
+        )
 
     def _get_image_processing_classes(self):
         # the mixin looks the classes up by the test folder's name in transformers' tables; ours has one backend
@@ -156,14 +187,18 @@ class MosaicFuyuImageProcessingTester(ImageProcessingTester):
 class MosaicFuyuImageProcessingTest(ImageProcessingTestMixin, unittest.TestCase):
     image_processor_tester_class = MosaicFuyuImageProcessingTester
 
-    @unittest.skip(reason="The mixin exempts 'old' models (Fuyu among them, by the test folder's name) from a "
-                   "torchvision backend; ours is Fuyu's processing, and torchvision cannot be installed next to the "
-                   "pinned CPU torch (its operators fail to register)")
+    @unittest.skip(
+        reason="The mixin exempts 'old' models (Fuyu among them, by the test folder's name) from a "
+        "torchvision backend; ours is Fuyu's processing, and torchvision cannot be installed next to the "
+        "pinned CPU torch (its operators fail to register)"
+    )
     def test_new_models_require_torchvision_backend(self):
         pass
 
-    @unittest.skip(reason="A Fuyu image processor returns each image's patches (ragged), not a (batch, channels, "
-                   "height, width) `pixel_values` tensor; transformers' FuyuImageProcessorPil fails these too")
+    @unittest.skip(
+        reason="A Fuyu image processor returns each image's patches (ragged), not a (batch, channels, "
+        "height, width) `pixel_values` tensor; transformers' FuyuImageProcessorPil fails these too"
+    )
     def test_call_pil(self):
         pass
 
@@ -179,8 +214,10 @@ class MosaicFuyuImageProcessingTest(ImageProcessingTestMixin, unittest.TestCase)
     def test_call_numpy_4_channels(self):
         pass
 
-    @unittest.skip(reason="The mixin wants the kwargs class named <Processor>Kwargs; Fuyu's (ours and "
-                   "transformers' FuyuImagesKwargs) is named <Model>ImagesKwargs, and transformers' fails it too")
+    @unittest.skip(
+        reason="The mixin wants the kwargs class named <Processor>Kwargs; Fuyu's (ours and "
+        "transformers' FuyuImagesKwargs) is named <Model>ImagesKwargs, and transformers' fails it too"
+    )
     def test_valid_kwargs_set(self):
         pass
 
@@ -192,8 +229,9 @@ class MosaicFuyuProcessorTest(ProcessorTesterMixin, unittest.TestCase):
     def _setup_tokenizer(cls):
         # trained on the spot (no Hub), with Fuyu's special tokens; "lower newer" etc. are the mixin's test texts
         texts = ["what digit is this?", "seven", "a photo of a cat", "lower newer upper older longer string"]
-        return train_bpe_tokenizer(texts * 5, vocab_size=120, model_max_length=512,
-                                   extra_special_tokens=list(FUYU_SPECIAL_TOKENS))
+        return train_bpe_tokenizer(
+            texts * 5, vocab_size=120, model_max_length=512, extra_special_tokens=list(FUYU_SPECIAL_TOKENS)
+        )
 
     @classmethod
     def _setup_image_processor(cls):

@@ -50,7 +50,10 @@ class TestMosaicClipModel(ModelTesterMixin):
 
     def make_init_config(self):
         tower = dict(
-            hidden_size=INIT_WIDTH, intermediate_size=INIT_WIDTH * 4, num_hidden_layers=INIT_LAYERS, num_attention_heads=4
+            hidden_size=INIT_WIDTH,
+            intermediate_size=INIT_WIDTH * 4,
+            num_hidden_layers=INIT_LAYERS,
+            num_attention_heads=4,
         )
         return tiny_clip_config(text_config=tower, vision_config=tower)
 
@@ -66,7 +69,11 @@ class TestMosaicClipModel(ModelTesterMixin):
 
     def make_inputs(self, config, batch_size):
         input_ids, attention_mask = random_texts(config, batch_size)
-        return {"input_ids": input_ids, "attention_mask": attention_mask, "pixel_values": random_pixels(config, batch_size)}
+        return {
+            "input_ids": input_ids,
+            "attention_mask": attention_mask,
+            "pixel_values": random_pixels(config, batch_size),
+        }
 
     def check_output_shapes(self, model, inputs, outputs):
         batch = inputs["input_ids"].shape[0]
@@ -244,8 +251,10 @@ class TestMosaicClipModel(ModelTesterMixin):
             (dict(input_ids=input_ids[:, :-3] + 4, pixel_values=pixels), "must contain the EOS token"),
             (dict(input_ids=input_ids[:0], pixel_values=pixels), "non-empty"),
             (dict(input_ids=torch.full((2, 30), EOS), pixel_values=pixels), "longer than max_position_embeddings=24"),
-            (dict(input_ids=input_ids.masked_fill(input_ids == 0, 128), pixel_values=pixels),
-             "token id 128, outside the vocabulary of 128 tokens"),
+            (
+                dict(input_ids=input_ids.masked_fill(input_ids == 0, 128), pixel_values=pixels),
+                "token id 128, outside the vocabulary of 128 tokens",
+            ),
             (dict(input_ids=input_ids, pixel_values=pixels[:1], return_loss=True), "one text per image"),
         ]
         for inputs, message in cases:

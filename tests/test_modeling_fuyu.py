@@ -70,7 +70,10 @@ def varied_batch(batch_size: int) -> dict:
 
 class TestMosaicFuyu(ModelTesterMixin):
     model_classes = (MosaicFuyuForCausalLM, MosaicFuyuModel)
-    expected_init_std = {r".*\.(query_key_value|dense|dense_h_to_4h|dense_4h_to_h)\.weight": 0.02, r"lm_head\.weight": 0.02}
+    expected_init_std = {
+        r".*\.(query_key_value|dense|dense_h_to_4h|dense_4h_to_h)\.weight": 0.02,
+        r"lm_head\.weight": 0.02,
+    }
 
     def make_config(self):
         return tiny_fuyu_config()
@@ -133,7 +136,9 @@ class TestMosaicFuyu(ModelTesterMixin):
             decoded = [step.logits]
             for position in range(4):
                 mask = torch.cat([mask, torch.ones(3, 1, dtype=torch.long)], dim=1)
-                step = model(input_ids=continuation[:, position : position + 1], attention_mask=mask, past_key_values=cache)
+                step = model(
+                    input_ids=continuation[:, position : position + 1], attention_mask=mask, past_key_values=cache
+                )
                 decoded.append(step.logits)
         real = full_mask.bool()
         torch.testing.assert_close(torch.cat(decoded, dim=1)[real], full[real], atol=1e-5, rtol=1e-5)
@@ -174,12 +179,18 @@ class TestMosaicFuyu(ModelTesterMixin):
         model = self.build(MosaicFuyuForCausalLM)
         inputs = varied_batch(4)
         labels = torch.full_like(inputs["input_ids"], -100)
-        labels[0, -3:], labels[1, -1:], labels[2, -2:], labels[3, -4:] = (inputs["input_ids"][i, -n:] for i, n in ((0, 3), (1, 1), (2, 2), (3, 4)))
+        labels[0, -3:], labels[1, -1:], labels[2, -2:], labels[3, -4:] = (
+            inputs["input_ids"][i, -n:] for i, n in ((0, 3), (1, 1), (2, 2), (3, 4))
+        )
         full = model(**inputs, labels=labels).loss
         total_items = torch.tensor(int((labels[:, 1:] != -100).sum()))
         halves = [slice(0, 2), slice(2, 4)]
         accumulated = sum(
-            model(**{name: value[half] for name, value in inputs.items()}, labels=labels[half], num_items_in_batch=total_items).loss
+            model(
+                **{name: value[half] for name, value in inputs.items()},
+                labels=labels[half],
+                num_items_in_batch=total_items,
+            ).loss
             for half in halves
         )
         torch.testing.assert_close(accumulated, full)
@@ -290,10 +301,19 @@ class TestMosaicFuyu(ModelTesterMixin):
             {"rope_type": "linear", "factor": 4.0},
             {"rope_type": "dynamic", "factor": 4.0},
             {"rope_type": "yarn", "factor": 4.0},
-            {"rope_type": "llama3", "factor": 4.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
-             "original_max_position_embeddings": 32},
-            {"rope_type": "longrope", "short_factor": [1.0, 1.5], "long_factor": [2.0, 3.0],
-             "original_max_position_embeddings": 32},
+            {
+                "rope_type": "llama3",
+                "factor": 4.0,
+                "low_freq_factor": 1.0,
+                "high_freq_factor": 4.0,
+                "original_max_position_embeddings": 32,
+            },
+            {
+                "rope_type": "longrope",
+                "short_factor": [1.0, 1.5],
+                "long_factor": [2.0, 3.0],
+                "original_max_position_embeddings": 32,
+            },
         ],
         ids=lambda parameters: parameters["rope_type"],
     )
@@ -304,7 +324,10 @@ class TestMosaicFuyu(ModelTesterMixin):
         rope_parameters = {**rope_parameters, "rope_theta": 10000.0, "partial_rotary_factor": 0.5}
         ours = MosaicFuyuModel(tiny_fuyu_config(rope_parameters=dict(rope_parameters))).language_model.rotary_emb
         persimmon_config = transformers.PersimmonConfig(
-            vocab_size=64, hidden_size=32, num_attention_heads=4, max_position_embeddings=128,
+            vocab_size=64,
+            hidden_size=32,
+            num_attention_heads=4,
+            max_position_embeddings=128,
             rope_parameters=dict(rope_parameters),
         )
         theirs = PersimmonRotaryEmbedding(persimmon_config)
@@ -344,9 +367,19 @@ def test_special_token_ids_outside_the_vocabulary_warn_as_transformers(caplog):
 
 def test_config_defaults_are_fuyu_8b():
     config = MosaicFuyuConfig()
-    assert (config.hidden_size, config.num_hidden_layers, config.num_attention_heads, config.vocab_size) == (4096, 36, 64, 262144)
+    assert (config.hidden_size, config.num_hidden_layers, config.num_attention_heads, config.vocab_size) == (
+        4096,
+        36,
+        64,
+        262144,
+    )
     assert config.rope_parameters == {"rope_type": "default", "rope_theta": 25000.0, "partial_rotary_factor": 0.5}
-    assert (config.rope_theta, config.partial_rotary_factor, config.hidden_act, config.patch_dim) == (25000.0, 0.5, "relu2", 2700)
+    assert (config.rope_theta, config.partial_rotary_factor, config.hidden_act, config.patch_dim) == (
+        25000.0,
+        0.5,
+        "relu2",
+        2700,
+    )
 
 
 def test_flat_rope_fields_of_saved_configs_load_into_rope_parameters(tmp_path):

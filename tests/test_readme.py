@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+
 from mosaic_vlm.training import clip as train_clip
 from mosaic_vlm.training import fuyu as train_fuyu
 from mosaic_vlm.training import vstar as train_vstar
@@ -45,6 +46,12 @@ def test_the_readme_has_a_snippet_per_family_and_for_vstar():
 
 @pytest.mark.parametrize("index", range(len(SNIPPETS)))
 def test_readme_snippet_runs(demo_folders, index):
-    result = subprocess.run([sys.executable, "-c", SNIPPETS[index]], cwd=demo_folders, capture_output=True, text=True,
-                            timeout=300, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    result = subprocess.run(
+        [sys.executable, "-c", SNIPPETS[index]],
+        cwd=demo_folders,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
     assert result.returncode == 0, f"snippet {index}:\n{SNIPPETS[index]}\n{result.stderr[-3000:]}"

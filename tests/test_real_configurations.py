@@ -8,7 +8,8 @@ import torch
 from transformers import CLIPConfig, CLIPModel, FuyuConfig, FuyuForCausalLM
 
 from mosaic_vlm.conversion.clip import OPENAI_KEY_TABLE, config_from_transformers, infer_openai_config
-from mosaic_vlm.conversion.fuyu import TRANSFORMERS_FILE_KEY_TABLE, config_from_transformers as fuyu_config
+from mosaic_vlm.conversion.fuyu import TRANSFORMERS_FILE_KEY_TABLE
+from mosaic_vlm.conversion.fuyu import config_from_transformers as fuyu_config
 from mosaic_vlm.conversion.state_dict_mapping import invert, plan_keys
 from mosaic_vlm.conversion.streaming import expected_shapes
 from mosaic_vlm.modeling import MosaicClipConfig, MosaicClipModel, MosaicFuyuForCausalLM

@@ -74,7 +74,9 @@ def test_loading_in_bf16_gives_the_plain_outputs_within_bf16_precision(saved):
     model = auto_class.from_pretrained(folder, dtype=torch.bfloat16).eval()
     assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
     with torch.no_grad():
-        torch.testing.assert_close(model(**inputs)[output_name].float(), plain(**inputs)[output_name], atol=0.05, rtol=0.05)
+        torch.testing.assert_close(
+            model(**inputs)[output_name].float(), plain(**inputs)[output_name], atol=0.05, rtol=0.05
+        )
     if family == "fuyu":
         settings = {"max_new_tokens": 5, "min_new_tokens": 5, "do_sample": False}
         assert torch.equal(model.generate(**inputs, **settings), plain.generate(**inputs, **settings))
@@ -136,10 +138,15 @@ def test_fsdp2_shards_both_families_on_cpu_and_matches_ddp(family, tmp_path):
 
     port = 29600 + len(family)
     multiprocessing.spawn(fsdp_and_ddp_worker, args=(family, port, str(tmp_path)), nprocs=2)
-    sharded, replicated = load_file(tmp_path / "fsdp" / "model.safetensors"), load_file(tmp_path / "ddp" / "model.safetensors")
+    sharded, replicated = (
+        load_file(tmp_path / "fsdp" / "model.safetensors"),
+        load_file(tmp_path / "ddp" / "model.safetensors"),
+    )
     assert sorted(sharded) == sorted(replicated)
     for name, tensor in replicated.items():  # the same 3 steps on the same data, sharded or replicated
-        torch.testing.assert_close(sharded[name], tensor, atol=2e-5, rtol=1e-4, msg=lambda m: f"{name}: {m}")
+        torch.testing.assert_close(
+            sharded[name], tensor, atol=2e-5, rtol=1e-4, msg=lambda m, name=name: f"{name}: {m}"
+        )
     _, auto_class, _, _ = FAMILIES[family]
     model = auto_class.from_pretrained(tmp_path / "fsdp")
     config_class = type(model.config)

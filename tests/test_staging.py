@@ -10,6 +10,7 @@ import pytest
 from mosaic_vlm.cli import staging
 from mosaic_vlm.cli.staging import RETIRED_SUFFIX, STAGING_SUFFIX, clean_stale_staging, staged_folder
 
+
 def write_killed_at(output, kill_at: int, exchange: bool) -> bool:
     """In a forked child: replace `output` with a folder holding new.txt, dying (os._exit, no cleanup, as a
     SIGKILL) before its `kill_at`-th step: a folder made, a file written, an exchange, a rename or a removal.

@@ -38,7 +38,9 @@ def fuyu_source(tmp_path_factory):
     from transformers.models.fuyu.image_processing_pil_fuyu import FuyuImageProcessorPil
 
     folder = tmp_path_factory.mktemp("fuyu-source")
-    tokenizer = train_bpe_tokenizer(TEXTS, vocab_size=120, model_max_length=256, extra_special_tokens=list(FUYU_SPECIAL_TOKENS))
+    tokenizer = train_bpe_tokenizer(
+        TEXTS, vocab_size=120, model_max_length=256, extra_special_tokens=list(FUYU_SPECIAL_TOKENS)
+    )
     config = FuyuConfig(
         text_config={"vocab_size": len(tokenizer), "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 3,
                      "num_attention_heads": 4, "pad_token_id": tokenizer.pad_token_id,
@@ -48,7 +50,9 @@ def fuyu_source(tmp_path_factory):
     torch.manual_seed(0)
     FuyuForCausalLM(config).to(torch.bfloat16).save_pretrained(folder, max_shard_size="100KB")
     tokenizer.save_pretrained(folder)
-    FuyuImageProcessorPil(size={"height": 64, "width": 64}, patch_size={"height": 8, "width": 8}).save_pretrained(folder)
+    FuyuImageProcessorPil(size={"height": 64, "width": 64}, patch_size={"height": 8, "width": 8}).save_pretrained(
+        folder
+    )
     return folder, tokenizer
 
 
@@ -61,7 +65,9 @@ def test_fuyu_streams_both_ways_keeping_shards_dtype_and_every_bit(fuyu_source, 
     log = capsys.readouterr().err
     assert "every one of 3 layers matches FuyuForCausalLM" in log and "greedy generation of 6 tokens matches" in log
     index = json.loads((mosaic / WEIGHTS_INDEX_NAME).read_text())
-    assert len(set(index["weight_map"].values())) > 1 and all(path.stat().st_size < 200_000 for path in mosaic.glob("*.safetensors"))
+    assert len(set(index["weight_map"].values())) > 1 and all(
+        path.stat().st_size < 200_000 for path in mosaic.glob("*.safetensors")
+    )
     written = file_tensors(mosaic)
     assert {tensor.dtype for tensor in written.values()} == {torch.bfloat16}
     model = AutoModelForCausalLM.from_pretrained(mosaic)  # strict, our class, the folder's own config
@@ -69,9 +75,14 @@ def test_fuyu_streams_both_ways_keeping_shards_dtype_and_every_bit(fuyu_source, 
     assert (mosaic / "processor_config.json").is_file()
 
     back = tmp_path / "back"
-    assert main(["convert", "--model", "fuyu", "--from", "mosaic", "--to", "transformers", str(mosaic), "-o", str(back)]) == 0
+    assert (
+        main(["convert", "--model", "fuyu", "--from", "mosaic", "--to", "transformers", str(mosaic), "-o", str(back)])
+        == 0
+    )
     original, returned = file_tensors(source), file_tensors(back)
-    assert sorted(original) == sorted(returned)  # fuyu-8b's file layout: language_model.model.*, language_model.lm_head
+    assert sorted(original) == sorted(
+        returned
+    )  # fuyu-8b's file layout: language_model.model.*, language_model.lm_head
     assert all(torch.equal(original[key], returned[key]) for key in original)
     reloaded = FuyuForCausalLM.from_pretrained(back)
     assert torch.equal(reloaded.lm_head.weight, FuyuForCausalLM.from_pretrained(source).lm_head.weight)
@@ -80,7 +91,12 @@ def test_fuyu_streams_both_ways_keeping_shards_dtype_and_every_bit(fuyu_source, 
 def test_a_converted_fuyu_folder_answers_with_mosaic_vlm_ask(fuyu_source, photo_file, tmp_path, capsys):
     source, _ = fuyu_source
     output = tmp_path / "ready"
-    assert main(["convert", "--model", "fuyu", "--from", "transformers", "--to", "mosaic", str(source), "-o", str(output)]) == 0
+    assert (
+        main(
+            ["convert", "--model", "fuyu", "--from", "transformers", "--to", "mosaic", str(source), "-o", str(output)]
+        )
+        == 0
+    )
     capsys.readouterr()
     assert main(["ask", str(output), str(photo_file), "What digit is this?", "--max-new-tokens", "3"]) == 0
     assert capsys.readouterr().out.strip() != ""
@@ -95,7 +111,9 @@ def photo_file(tmp_path_factory, photos):
     return path
 
 
-def test_clip_from_a_transformers_folder_writes_the_processor_and_ranks_labels(clip_processor, photo_file, tmp_path, capsys):
+def test_clip_from_a_transformers_folder_writes_the_processor_and_ranks_labels(
+    clip_processor, photo_file, tmp_path, capsys
+):
     from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
 
     source = tmp_path / "clip-hf"
@@ -105,7 +123,23 @@ def test_clip_from_a_transformers_folder_writes_the_processor_and_ranks_labels(c
     clip_processor.tokenizer.save_pretrained(source)
     CLIPImageProcessorPil(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(source)
     output = tmp_path / "clip-mosaic"
-    assert main(["convert", "--from", "transformers", "--to", "mosaic", str(source), "-o", str(output), "--dtype", "float16"]) == 0
+    assert (
+        main(
+            [
+                "convert",
+                "--from",
+                "transformers",
+                "--to",
+                "mosaic",
+                str(source),
+                "-o",
+                str(output),
+                "--dtype",
+                "float16",
+            ]
+        )
+        == 0
+    )
     assert {tensor.dtype for tensor in file_tensors(output).values()} == {torch.float16}
     assert type(AutoModel.from_pretrained(output)).__name__ == "MosaicClipModel"
     capsys.readouterr()
@@ -119,7 +153,13 @@ def test_an_openai_state_dict_without_activation_warns(tmp_path, capsys):
     from mosaic_vlm.modeling import MosaicClipModel
 
     config = tiny_clip_config(
-        text_config={"eos_token_id": 127, "bos_token_id": 126, "hidden_size": 128, "intermediate_size": 256, "num_attention_heads": 2},
+        text_config={
+            "eos_token_id": 127,
+            "bos_token_id": 126,
+            "hidden_size": 128,
+            "intermediate_size": 256,
+            "num_attention_heads": 2,
+        },
         vision_config={"hidden_size": 128, "intermediate_size": 256, "num_attention_heads": 2},
     )
     torch.manual_seed(0)
@@ -162,7 +202,18 @@ def test_broken_sources_are_one_clear_error_and_no_output(fuyu_source, tmp_path,
     source = tmp_path / "source"
     shutil.copytree(fuyu_source[0], source)
     damage(source)
-    argv = ["convert", "--model", "fuyu", "--from", "transformers", "--to", "mosaic", str(source), "-o", str(tmp_path / "out")]
+    argv = [
+        "convert",
+        "--model",
+        "fuyu",
+        "--from",
+        "transformers",
+        "--to",
+        "mosaic",
+        str(source),
+        "-o",
+        str(tmp_path / "out"),
+    ]
     assert main(argv) == 2
     assert message in error_line(capsys)
     assert sorted(path.name for path in tmp_path.iterdir()) == ["source"]
@@ -172,10 +223,25 @@ def test_a_wrong_layer_is_named_and_nothing_is_written(fuyu_source, tmp_path, ca
     real_add = ShardedWriter.add
 
     def corrupt_layer_one(self, key, tensor):
-        real_add(self, key, tensor * 1.01 if key.startswith("model.language_model.layers.1.mlp.dense_4h_to_h.weight") else tensor)
+        real_add(
+            self,
+            key,
+            tensor * 1.01 if key.startswith("model.language_model.layers.1.mlp.dense_4h_to_h.weight") else tensor,
+        )
 
     monkeypatch.setattr(ShardedWriter, "add", corrupt_layer_one)
-    argv = ["convert", "--model", "fuyu", "--from", "transformers", "--to", "mosaic", str(fuyu_source[0]), "-o", str(tmp_path / "out")]
+    argv = [
+        "convert",
+        "--model",
+        "fuyu",
+        "--from",
+        "transformers",
+        "--to",
+        "mosaic",
+        str(fuyu_source[0]),
+        "-o",
+        str(tmp_path / "out"),
+    ]
     assert main(argv) == 2
     assert "Layer check failed at model.language_model.layers.1:" in error_line(capsys)
     assert list(tmp_path.iterdir()) == []

@@ -6,25 +6,56 @@ import sys
 
 import pytest
 import torch
+from transformers import AutoModel, AutoModelForCausalLM, TrainerCallback, TrainingArguments
+
 from mosaic_vlm.data.collators import MosaicClipCollator, MosaicFuyuCollator
 from mosaic_vlm.data.digits import digit_caption_dataset, digit_question_dataset
 from mosaic_vlm.training import clip as train_clip
 from mosaic_vlm.training import fuyu as train_fuyu
-from transformers import AutoModel, AutoModelForCausalLM, TrainerCallback, TrainingArguments
 
 QUICK_FUYU = [
-    "--per_device_train_batch_size", "32", "--learning_rate", "3e-3",
-    "--warmup_steps", "20", "--report_to", "none", "--logging_steps", "1000", "--disable_tqdm", "true",
+    "--per_device_train_batch_size",
+    "32",
+    "--learning_rate",
+    "3e-3",
+    "--warmup_steps",
+    "20",
+    "--report_to",
+    "none",
+    "--logging_steps",
+    "1000",
+    "--disable_tqdm",
+    "true",
 ]
 QUICK_CLIP = [
-    "--per_device_train_batch_size", "64", "--learning_rate", "2e-3",
-    "--warmup_steps", "5", "--report_to", "none", "--logging_steps", "1000", "--disable_tqdm", "true",
+    "--per_device_train_batch_size",
+    "64",
+    "--learning_rate",
+    "2e-3",
+    "--warmup_steps",
+    "5",
+    "--report_to",
+    "none",
+    "--logging_steps",
+    "1000",
+    "--disable_tqdm",
+    "true",
 ]
 
 
 def test_clip_recipe_trains_evaluates_and_saves(tmp_path):
     metrics = train_clip.main(
-        ["--output_dir", str(tmp_path), "--num_train_epochs", "6", "--eval_strategy", "epoch", "--save_strategy", "no", *QUICK_CLIP]
+        [
+            "--output_dir",
+            str(tmp_path),
+            "--num_train_epochs",
+            "6",
+            "--eval_strategy",
+            "epoch",
+            "--save_strategy",
+            "no",
+            *QUICK_CLIP,
+        ]
     )
     # 10 classes: chance is 10%; a shortened run already classifies most held-out digits zero-shot
     assert metrics["eval_zero_shot_accuracy"] > 0.5
@@ -36,7 +67,17 @@ def test_clip_recipe_trains_evaluates_and_saves(tmp_path):
 
 def test_fuyu_recipe_learns_to_answer_and_saves(tmp_path):
     metrics = train_fuyu.main(
-        ["--output_dir", str(tmp_path), "--num_train_epochs", "4", "--eval_strategy", "epoch", "--save_strategy", "no", *QUICK_FUYU]
+        [
+            "--output_dir",
+            str(tmp_path),
+            "--num_train_epochs",
+            "4",
+            "--eval_strategy",
+            "epoch",
+            "--save_strategy",
+            "no",
+            *QUICK_FUYU,
+        ]
     )
     # 10 possible answers; after 4 of the full run's epochs most held-out digits are already answered right
     assert metrics["eval_answer_accuracy"] > 0.8
@@ -80,9 +121,28 @@ def test_resume_from_checkpoint_is_bit_exact(tmp_path):
     def trainer_for(output_dir):
         parser = train_clip.HfArgumentParser((train_clip.ModelArguments, TrainingArguments))
         model_args, training_args = parser.parse_args_into_dataclasses(
-            args=["--output_dir", str(output_dir), "--max_steps", "6", "--save_steps", "3", "--save_strategy", "steps",
-                  "--eval_strategy", "no", "--max_train_samples", "192", "--per_device_train_batch_size", "32",
-                  "--learning_rate", "2e-3", "--report_to", "none", "--disable_tqdm", "true"]
+            args=[
+                "--output_dir",
+                str(output_dir),
+                "--max_steps",
+                "6",
+                "--save_steps",
+                "3",
+                "--save_strategy",
+                "steps",
+                "--eval_strategy",
+                "no",
+                "--max_train_samples",
+                "192",
+                "--per_device_train_batch_size",
+                "32",
+                "--learning_rate",
+                "2e-3",
+                "--report_to",
+                "none",
+                "--disable_tqdm",
+                "true",
+            ]
         )
         return train_clip.build_trainer(model_args, training_args)
 
@@ -158,8 +218,23 @@ def test_two_ranks_run_the_clip_recipe(tmp_path, launcher):
         (tmp_path / "accelerate.yaml").write_text(ACCELERATE_TWO_CPU)
         command = ["-m", "accelerate.commands.launch", "--config_file", str(tmp_path / "accelerate.yaml")]
     result = subprocess.run(
-        [sys.executable, *command, "-m", "mosaic_vlm.training.clip", "--output_dir", str(tmp_path / "out"),
-         "--max_steps", "4", "--save_strategy", "no", "--eval_strategy", "no", "--ddp_backend", "gloo", *QUICK_CLIP],
+        [
+            sys.executable,
+            *command,
+            "-m",
+            "mosaic_vlm.training.clip",
+            "--output_dir",
+            str(tmp_path / "out"),
+            "--max_steps",
+            "4",
+            "--save_strategy",
+            "no",
+            "--eval_strategy",
+            "no",
+            "--ddp_backend",
+            "gloo",
+            *QUICK_CLIP,
+        ],
         env={**os.environ, "OMP_NUM_THREADS": "1"},
         capture_output=True,
         text=True,
@@ -173,9 +248,10 @@ def test_two_ranks_run_the_clip_recipe(tmp_path, launcher):
 def test_fuyu_gradient_accumulation_equals_the_large_batch(tmp_path):
     """One optimizer step over 4 samples: batch 4 equals 2 micro-batches of 2 (Trainer passes
     num_items_in_batch, so unequal answer lengths are weighted per token, not per micro-batch)."""
-    from mosaic_vlm.modeling import MosaicFuyuForCausalLM
     from test_modeling_fuyu import tiny_fuyu_config, varied_batch
     from transformers import Trainer, default_data_collator
+
+    from mosaic_vlm.modeling import MosaicFuyuForCausalLM
 
     inputs = varied_batch(4)
     labels = torch.full_like(inputs["input_ids"], -100)
@@ -187,10 +263,19 @@ def test_fuyu_gradient_accumulation_equals_the_large_batch(tmp_path):
         torch.manual_seed(0)
         model = MosaicFuyuForCausalLM._from_config(tiny_fuyu_config(), attn_implementation="eager")
         args = TrainingArguments(
-            output_dir=str(tmp_path / f"b{batch_size}"), per_device_train_batch_size=batch_size,
-            gradient_accumulation_steps=accumulation, max_steps=1, learning_rate=0.1, optim="sgd",
-            lr_scheduler_type="constant", report_to=[], save_strategy="no", logging_steps=1, disable_tqdm=True,
-            remove_unused_columns=False, dataloader_pin_memory=False,
+            output_dir=str(tmp_path / f"b{batch_size}"),
+            per_device_train_batch_size=batch_size,
+            gradient_accumulation_steps=accumulation,
+            max_steps=1,
+            learning_rate=0.1,
+            optim="sgd",
+            lr_scheduler_type="constant",
+            report_to=[],
+            save_strategy="no",
+            logging_steps=1,
+            disable_tqdm=True,
+            remove_unused_columns=False,
+            dataloader_pin_memory=False,
         )
         trainer = Trainer(model=model, args=args, train_dataset=rows, data_collator=default_data_collator)
         loss = trainer.train().training_loss
@@ -200,15 +285,35 @@ def test_fuyu_gradient_accumulation_equals_the_large_batch(tmp_path):
     small_loss, accumulated = one_step(2, 2)
     assert abs(large_loss - small_loss) < 1e-5
     for name, tensor in large.items():
-        torch.testing.assert_close(accumulated[name], tensor, atol=1e-6, rtol=1e-5, msg=lambda m: f"{name}: {m}")
+        torch.testing.assert_close(
+            accumulated[name], tensor, atol=1e-6, rtol=1e-5, msg=lambda m, name=name: f"{name}: {m}"
+        )
 
 
 @pytest.mark.slow
 def test_two_ranks_run_the_fuyu_recipe(tmp_path):
     result = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-         "-m", "mosaic_vlm.training.fuyu", "--output_dir", str(tmp_path), "--max_steps", "4",
-         "--save_strategy", "no", "--eval_strategy", "no", "--ddp_backend", "gloo", *QUICK_FUYU],
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node",
+            "2",
+            "-m",
+            "mosaic_vlm.training.fuyu",
+            "--output_dir",
+            str(tmp_path),
+            "--max_steps",
+            "4",
+            "--save_strategy",
+            "no",
+            "--eval_strategy",
+            "no",
+            "--ddp_backend",
+            "gloo",
+            *QUICK_FUYU,
+        ],
         env={**os.environ, "OMP_NUM_THREADS": "1"},
         capture_output=True,
         text=True,
@@ -223,8 +328,20 @@ def test_the_cli_trains_into_a_staged_output_folder(tmp_path, capsys):
     from mosaic_vlm.cli.main import main
 
     output = tmp_path / "fuyu"
-    argv = ["fuyu", "--output_dir", str(output), "--max_steps", "2", "--max_train_samples", "64",
-            "--save_strategy", "no", "--eval_strategy", "no", *QUICK_FUYU]
+    argv = [
+        "fuyu",
+        "--output_dir",
+        str(output),
+        "--max_steps",
+        "2",
+        "--max_train_samples",
+        "64",
+        "--save_strategy",
+        "no",
+        "--eval_strategy",
+        "no",
+        *QUICK_FUYU,
+    ]
     assert main(["train", *argv]) == 0
     assert (output / "model.safetensors").is_file() and sorted(os.listdir(tmp_path)) == ["fuyu"]
     assert main(["train", *argv]) == 2  # a second run would replace the first: only with --overwrite

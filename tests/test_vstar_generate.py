@@ -5,6 +5,8 @@ import math
 
 import pytest
 import torch
+from transformers import HfArgumentParser, TrainingArguments
+
 from mosaic_vlm.data.vstar_scenes import benchmark_questions, training_rows
 from mosaic_vlm.training import vstar as train_vstar
 from mosaic_vlm.vstar import (
@@ -16,7 +18,6 @@ from mosaic_vlm.vstar import (
     parse_targets,
     vstar_generate,
 )
-from transformers import HfArgumentParser, TrainingArguments
 
 GENERATE = {"max_new_tokens": 6, "do_sample": False}
 
@@ -24,11 +25,32 @@ GENERATE = {"max_new_tokens": 6, "do_sample": False}
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     parser = HfArgumentParser((train_vstar.VStarArguments, TrainingArguments))
-    args, training_args = parser.parse_args_into_dataclasses(args=[
-        "--output_dir", str(tmp_path_factory.mktemp("vstar")), "--hidden_size", "32", "--num_hidden_layers", "2",
-        "--max_steps", "60", "--train_rows", "1920", "--eval_rows", "32", "--per_device_train_batch_size", "32",
-        "--learning_rate", "3e-3", "--report_to", "none", "--save_strategy", "no", "--disable_tqdm", "true",
-    ])
+    args, training_args = parser.parse_args_into_dataclasses(
+        args=[
+            "--output_dir",
+            str(tmp_path_factory.mktemp("vstar")),
+            "--hidden_size",
+            "32",
+            "--num_hidden_layers",
+            "2",
+            "--max_steps",
+            "60",
+            "--train_rows",
+            "1920",
+            "--eval_rows",
+            "32",
+            "--per_device_train_batch_size",
+            "32",
+            "--learning_rate",
+            "3e-3",
+            "--report_to",
+            "none",
+            "--save_strategy",
+            "no",
+            "--disable_tqdm",
+            "true",
+        ]
+    )
     trainer = train_vstar.build_trainer(args, training_args)
     trainer.train()
     return trainer.model.eval(), trainer.processing_class
@@ -82,15 +104,17 @@ def test_vstar_generate_names_targets_searches_and_answers_from_the_crops(traine
     model, processor = trained
     question = benchmark_questions(3)[2]  # a left/right question: two targets
     image = question.scene.render()
-    output = vstar_generate(model, processor, image, question.question, search_config=SearchConfig(min_size=128, max_calls=40), **GENERATE)
+    output = vstar_generate(
+        model, processor, image, question.question, search_config=SearchConfig(min_size=128, max_calls=40), **GENERATE
+    )
     reply = generate_text(model, processor, [image], TARGETS_PROMPT.format(question.question))
     assert output.targets == parse_targets(reply)
     assert set(output.searches) == set(output.targets)
-    for target, result in output.searches.items():
+    for result in output.searches.values():
         assert 1 <= result.num_calls <= 40 and result.path[0][0] == (0, 0, *image.size)
     found = [(target, result) for target, result in output.searches.items() if result.found]
     assert [entry[0] for entry in output.memory] == [target for target, _ in found]
-    for (target, box, normalised), (_, result) in zip(output.memory, found):
+    for (_, box, normalised), (_, result) in zip(output.memory, found):
         assert box == enlarge_box(result.box, 1.2, *image.size)
         assert normalised == (box[0] / image.width, box[1] / image.height, box[2] / image.width, box[3] / image.height)
     if output.memory:  # the answer comes from the whole image, the crops and the question
@@ -116,8 +140,16 @@ def test_given_targets_skip_the_naming_and_nothing_to_search_answers_directly(tr
         def heatmap(self, image, target):
             return torch.ones(2, 2)
 
-    missing = vstar_generate(model, processor, image, question.question, targets=["digit"], scorer=NeverThere(),
-                             search_config=SearchConfig(min_size=256), **GENERATE)
+    missing = vstar_generate(
+        model,
+        processor,
+        image,
+        question.question,
+        targets=["digit"],
+        scorer=NeverThere(),
+        search_config=SearchConfig(min_size=256),
+        **GENERATE,
+    )
     assert not missing.searches["digit"].found and missing.memory == []
     assert missing.answer == direct.answer  # nothing found: answered from the whole image
 
@@ -139,8 +171,15 @@ def test_a_string_names_one_target_and_empty_names_are_refused(trained):
     model, processor = trained
     question = benchmark_questions(1, seed=5)[0]
     image = question.scene.render()
-    output = vstar_generate(model, processor, image, question.question, targets="digit",
-                            search_config=SearchConfig(min_size=512, max_calls=6), **GENERATE)
+    output = vstar_generate(
+        model,
+        processor,
+        image,
+        question.question,
+        targets="digit",
+        search_config=SearchConfig(min_size=512, max_calls=6),
+        **GENERATE,
+    )
     assert output.targets == ["digit"] and list(output.searches) == ["digit"]
     with pytest.raises(ValueError, match="targets must be non-empty strings"):
         vstar_generate(model, processor, image, question.question, targets=["digit", " "], **GENERATE)

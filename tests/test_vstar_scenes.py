@@ -3,6 +3,7 @@
 import collections
 
 import pytest
+
 from mosaic_vlm.data.digits import DIGIT_NAMES
 from mosaic_vlm.data.vstar_scenes import benchmark_questions, shows, training_rows
 
@@ -37,7 +38,9 @@ def test_training_rows_of_the_answering_model():
     kinds = collections.Counter(row["kind"] for row in rows)
     questions = sum(kinds[f"focus {kind}"] for kind in ("digit", "colour", "spatial"))  # one per question
     assert 0.15 * questions < kinds["targets"] < 0.35 * questions
-    assert 0.15 * questions < sum(kinds[f"direct {kind}"] for kind in ("digit", "colour", "spatial")) < 0.35 * questions
+    assert (
+        0.15 * questions < sum(kinds[f"direct {kind}"] for kind in ("digit", "colour", "spatial")) < 0.35 * questions
+    )
     # digit and left/right questions weighted 3x
     assert kinds["focus spatial"] > 2 * kinds["focus colour"] and kinds["focus digit"] > 2 * kinds["focus colour"]
     for row in rows:

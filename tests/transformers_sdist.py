@@ -11,7 +11,8 @@ The sdist leaves out a few modules those files import; small stand-ins are writt
   (no export tests run; our generation tests are in tests/test_generation_fuyu.py);
 - `utils/test_configuration_utils.py`: the common config kwargs ConfigTester sets (PreTrainedConfig's common
   fields, each with a non-default value);
-- `utils/fetch_hub_objects_for_ci.py` (beside the package, where the mixins look for it): the CI's Hub fixture cache, which hands every URL back unchanged (the
+- `utils/fetch_hub_objects_for_ci.py` (beside the package, where the mixins look for it): the CI's Hub fixture
+  cache, which hands every URL back unchanged (the
   tests that read Hub fixtures are the ones that do not run without the Hub).
 The mixins also need `parameterized` (in the test extras).
 """
@@ -56,7 +57,7 @@ class GenerationTesterMixin:
     (ModelTesterMixin checks that); mosaic-vlm's own generation tests are in tests/test_generation_fuyu.py."""
 ''',
     f"{PACKAGE}/utils/__init__.py": "",
-    f"{PACKAGE}/utils/test_configuration_utils.py": '''
+    f"{PACKAGE}/utils/test_configuration_utils.py": """
 # PreTrainedConfig's common fields, each with a non-default value (ConfigTester.check_config_arguments_init)
 config_common_kwargs = {
     "return_dict": False,
@@ -69,7 +70,7 @@ config_common_kwargs = {
     "label2id": {"label": "0"},
     "problem_type": "regression",
 }
-''',
+""",
     "utils/fetch_hub_objects_for_ci.py": '''
 def url_to_local_path(url, return_url_if_not_found=True):
     """Stand-in for the CI's Hub fixture cache: nothing is cached, the URL comes back unchanged."""
@@ -113,8 +114,17 @@ def _build(root: Path) -> None:
             (scratch / relative).parent.mkdir(parents=True, exist_ok=True)
             (scratch / relative).write_text(text.lstrip("\n"))
         with tempfile.TemporaryDirectory() as download:
-            _pip("download", "--no-binary", ":all:", "--no-deps", f"transformers=={transformers.__version__}",
-                 "-d", download, "--quiet", cwd=download)
+            _pip(
+                "download",
+                "--no-binary",
+                ":all:",
+                "--no-deps",
+                f"transformers=={transformers.__version__}",
+                "-d",
+                download,
+                "--quiet",
+                cwd=download,
+            )
             (sdist,) = Path(download).glob("transformers-*.tar.gz")
             _unpack_mixins(sdist, scratch)
         (scratch / "VERSION").write_text(transformers.__version__)
@@ -140,6 +150,7 @@ def load(module: str) -> ModuleType:
 
 
 # Shared by the mixin test modules of both families.
+
 
 @contextlib.contextmanager
 def auto_tables_with(**entries: dict[str, str]):

@@ -33,8 +33,10 @@ def require_box_inside(box, width: int, height: int, what: str) -> Box:
         raise ValueError(f"{what} must be a box (x0, y0, x1, y1) of 4 numbers, got {box!r}.")
     x0, y0, x1, y1 = (int(v) for v in box)
     if not (0 <= x0 < x1 <= width and 0 <= y0 < y1 <= height):
-        raise ValueError(f"{what} {tuple(box)} is not inside the {width}x{height} image (need 0 <= x0 < x1 <= width, "
-                         "0 <= y0 < y1 <= height).")
+        raise ValueError(
+            f"{what} {tuple(box)} is not inside the {width}x{height} image (need 0 <= x0 < x1 <= width, "
+            "0 <= y0 < y1 <= height)."
+        )
     return (x0, y0, x1, y1)
 
 

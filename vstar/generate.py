@@ -55,7 +55,12 @@ def separate_targets(
             again = visual_search(image, target, scorer, config, exclude=taken)
             if again.found:
                 separated[target] = SearchResult(
-                    True, again.box, again.score, again.boxes, first.path + again.path, first.num_calls + again.num_calls
+                    True,
+                    again.box,
+                    again.score,
+                    again.boxes,
+                    first.path + again.path,
+                    first.num_calls + again.num_calls,
                 )
         taken.append(separated[target].box)
     found = [target for target, result in separated.items() if result.found]
@@ -64,14 +69,20 @@ def separate_targets(
     boxes = [separated[target].box for target in found]
     crops = [enlarge_box(box, 1.2, width, height) for box in boxes]
     confidence = [CheckedScorer(scorer, image, target).score(crops) for target in found]  # (targets, boxes)
-    best = max(itertools.permutations(range(len(found))), key=lambda order: sum(confidence[t][b] for t, b in enumerate(order)))
+    best = max(
+        itertools.permutations(range(len(found))), key=lambda order: sum(confidence[t][b] for t, b in enumerate(order))
+    )
     for target_index, (target, box_index) in enumerate(zip(found, best)):
         result = separated[target]
         if box_index == target_index:  # keeps its own box (and every instance its search saw)
             separated[target] = replace(result, num_calls=result.num_calls + len(crops))
         else:
             separated[target] = SearchResult(
-                True, boxes[box_index], confidence[target_index][box_index], [boxes[box_index]], result.path,
+                True,
+                boxes[box_index],
+                confidence[target_index][box_index],
+                [boxes[box_index]],
+                result.path,
                 result.num_calls + len(crops),
             )
     return separated
@@ -113,7 +124,9 @@ def vstar_generate(
     if targets is not None and not all(isinstance(t, str) and t.strip() for t in targets):
         raise ValueError(f"vstar_generate's targets must be non-empty strings (or one string), got {targets!r}.")
     if targets is None:
-        targets = parse_targets(_generate_text(model, processor, [image], TARGETS_PROMPT.format(question), **generate_kwargs))
+        targets = parse_targets(
+            _generate_text(model, processor, [image], TARGETS_PROMPT.format(question), **generate_kwargs)
+        )
     scorer = scorer if scorer is not None else FuyuScorer(model, processor)
     searches = {target: visual_search(image, target, scorer, search_config) for target in targets}
     searches = separate_targets(image, searches, scorer, search_config)
@@ -123,7 +136,9 @@ def vstar_generate(
             box = enlarge_box(result.box, 1.2, width, height)
             memory.append((target, box, normalised(box, image.size)))
     if not memory:
-        return VStarOutput(_generate_text(model, processor, [image], question, **generate_kwargs), list(targets), searches, memory)
+        return VStarOutput(
+            _generate_text(model, processor, [image], question, **generate_kwargs), list(targets), searches, memory
+        )
     prompt = focus_question(question, [(target, box) for target, _, box in memory])
     crops = [image.crop(box) for _, box, _ in memory]
     answer = _generate_text(model, processor, [image, *crops], prompt, **generate_kwargs)

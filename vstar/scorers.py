@@ -83,8 +83,10 @@ class ClipScorer:
         background_prompts: Sequence[str] = ("a photo", "a photo of the background", "a photo of something"),
     ):
         if not background_prompts:
-            raise ValueError("ClipScorer needs at least one background prompt: the target's confidence is its softmax "
-                             "probability against them (with none, every image scores 1.0).")
+            raise ValueError(
+                "ClipScorer needs at least one background prompt: the target's confidence is its softmax "
+                "probability against them (with none, every image scores 1.0)."
+            )
         if "{}" not in prompt:
             raise ValueError(f"ClipScorer's prompt must hold '{{}}' where the target goes, got {prompt!r}.")
         self.model, self.processor = model.eval(), processor
@@ -100,7 +102,9 @@ class ClipScorer:
         """Whole images stretched to the model's square input: no centre crop, so a heatmap covers all of it."""
         side = self.model.config.vision_config.image_size
         size = {"height": side, "width": side}
-        return self.processor.image_processor(images, do_center_crop=False, size=size, return_tensors="pt")["pixel_values"]
+        return self.processor.image_processor(images, do_center_crop=False, size=size, return_tensors="pt")[
+            "pixel_values"
+        ]
 
     @torch.no_grad()
     def score(self, images: list[PIL.Image.Image], target: str) -> list[float]:
@@ -157,7 +161,9 @@ class FuyuScorer:
         scores = []
         for start in range(0, len(images), self.batch_size):
             batch = images[start : start + self.batch_size]
-            inputs = self.processor(images=[[image] for image in batch], text=[self.question.format(target)] * len(batch))
+            inputs = self.processor(
+                images=[[image] for image in batch], text=[self.question.format(target)] * len(batch)
+            )
             logits = self.model(**inputs.to(self.model.device), logits_to_keep=1).logits[:, -1]
             scores += logits[:, self.answer_ids].float().softmax(dim=-1)[:, 0].tolist()
         self.evaluations += len(images)

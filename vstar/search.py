@@ -37,7 +37,9 @@ class SearchConfig:
 
     def __post_init__(self):
         if self.min_size is not None and (not isinstance(self.min_size, int) or self.min_size < 1):
-            raise ValueError(f"SearchConfig.min_size must be a whole number of pixels >= 1 (or None), got {self.min_size!r}.")
+            raise ValueError(
+                f"SearchConfig.min_size must be a whole number of pixels >= 1 (or None), got {self.min_size!r}."
+            )
         if not 0.0 <= self.conf_low <= self.conf_high <= 1.0:
             raise ValueError(
                 f"SearchConfig needs 0 <= conf_low <= conf_high <= 1, got conf_low={self.conf_low}, "
@@ -71,7 +73,7 @@ class SearchResult:
 def _overlap_weights(cells: int, start: float, stop: float) -> torch.Tensor:
     """Length of overlap of each unit cell [i, i + 1) with [start, stop)."""
     edges = torch.arange(cells, dtype=torch.float64)
-    return (torch.clamp(torch.minimum(edges + 1, torch.tensor(stop)) - torch.maximum(edges, torch.tensor(start)), min=0))
+    return torch.clamp(torch.minimum(edges + 1, torch.tensor(stop)) - torch.maximum(edges, torch.tensor(start)), min=0)
 
 
 def heatmap_share(heatmap: torch.Tensor, outer: Box, inner: Box) -> float:
@@ -189,7 +191,9 @@ def paint_over(image: PIL.Image.Image, boxes: Sequence[Box]) -> PIL.Image.Image:
         pixels = torch.from_numpy(np.array(image.crop(ring)))  # (ring height, ring width, 3)
         outside = torch.ones(pixels.shape[:2], dtype=torch.bool)
         outside[y0 - ring[1] : y1 - ring[1], x0 - ring[0] : x1 - ring[0]] = False
-        colour = pixels[outside].median(dim=0).values if bool(outside.any()) else pixels.reshape(-1, 3).median(dim=0).values
+        colour = (
+            pixels[outside].median(dim=0).values if bool(outside.any()) else pixels.reshape(-1, 3).median(dim=0).values
+        )
         painted.paste(tuple(colour.tolist()), box)
     return painted
 
@@ -209,8 +213,8 @@ def visual_search(
 ) -> SearchResult:
     """V*'s best-first hierarchical search for `target` in `image`.
 
-    The settings are `config`'s (a `SearchConfig`; None: its defaults). The root patch is the whole image. A popped patch that
-    scores at least `conf_high` ends the search
+    The settings are `config`'s (a `SearchConfig`; None: its defaults). The root patch is the whole image. A
+    popped patch that scores at least `conf_high` ends the search
     (at the root, every confident instance found in the heatmap is collected). Patches whose short side
     is at most `min_size` are leaves; others are split 2x2 (or into 4 strips when elongated) and each
     child gets priority sum over the patch and its ancestors a of share(heatmap_a, child) / 4^level(a),
@@ -286,7 +290,9 @@ def visual_search(
             if region_score > best_score:
                 best_box, best_score = region, region_score
         for child, child_score in zip(children, scores):
-            priority = sum(heatmap_share(a_heatmap, a_box, child) / 4**a_level for a_box, a_level, a_heatmap in lineage)
+            priority = sum(
+                heatmap_share(a_heatmap, a_box, child) / 4**a_level for a_box, a_level, a_heatmap in lineage
+            )
             heapq.heappush(queue, (-priority, next(order), child, level + 1, child_score, lineage))
             if child_score > best_score:
                 best_box, best_score = child, child_score
@@ -304,7 +310,9 @@ def exhaustive_search(
     if not isinstance(image, PIL.Image.Image) or min(image.size) == 0:
         raise ValueError(f"exhaustive_search takes a non-empty PIL.Image.Image, got {image!r}.")
     if window < 1 or batch_size < 1:
-        raise ValueError(f"exhaustive_search needs window >= 1 and batch_size >= 1, got window={window}, batch_size={batch_size}.")
+        raise ValueError(
+            f"exhaustive_search needs window >= 1 and batch_size >= 1, got window={window}, batch_size={batch_size}."
+        )
     image = image.convert("RGB")
     width, height = image.size
     window = min(window, width, height)
@@ -322,5 +330,3 @@ def exhaustive_search(
         return SearchResult(False, None, scores[best], [], path, counter.calls)
     box = tighten(counter, boxes[best], window / 4)
     return SearchResult(True, box, scores[best], [box], path, counter.calls)
-
-
