@@ -209,6 +209,7 @@ def test_vstar_prints_the_answer_and_saves_the_search_picture(fuyu_folder, photo
     assert "missing" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_train_runs_the_clip_recipe(tmp_path, capsys):
     code = main(
         [
@@ -233,6 +234,7 @@ def test_train_runs_the_clip_recipe(tmp_path, capsys):
     assert (tmp_path / "model.safetensors").is_file()
 
 
+@pytest.mark.slow
 def test_bench_quick_writes_json_markdown_and_chart(tmp_path, capsys):
     import json
 

@@ -92,6 +92,7 @@ def test_zero_shot_pipeline(saved_clip, photos):
         assert by_label[label] == pytest.approx(probability, abs=1e-5)
 
 
+@pytest.mark.slow
 def test_remote_code_loads_where_mosaic_vlm_is_not_importable(saved_clip, photos, tmp_path):
     folder, model, processor = saved_clip
     for name in (

@@ -331,6 +331,7 @@ def test_openai_dtypes_and_files(tmp_path):
         clip_from_openai({**exported, "logit_scale": torch.tensor(3)}, config)
 
 
+@pytest.mark.slow
 def test_vit_b32_shapes_through_every_layout():
     """transformers' default CLIPConfig (ViT-B/32) with random weights: transformers -> mosaic -> OpenAI ->
     mosaic with the config inferred from shapes -> transformers, logits compared with the source."""
@@ -479,6 +480,7 @@ def test_cli_output_folder_is_replaced_only_with_overwrite(openai_file, tmp_path
     assert leftovers(tmp_path) == []
 
 
+@pytest.mark.slow
 def test_cli_usage():
     with pytest.raises(SystemExit) as exit_info:
         cli.main([])

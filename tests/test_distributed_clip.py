@@ -40,6 +40,7 @@ def two_rank_results(tmp_path_factory):
     return {loss_type: load_file(out_dir / f"{loss_type}.safetensors") for loss_type in ("clip", "siglip")}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("loss_type", ["clip", "siglip"])
 def test_two_ranks_of_batch_b_equal_one_process_of_batch_2b(two_rank_results, loss_type):
     torch.manual_seed(0)

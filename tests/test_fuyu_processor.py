@@ -426,6 +426,7 @@ def test_bad_inputs_raise_one_clear_error(fuyu_processor, kwargs, message):
         fuyu_processor(**kwargs)
 
 
+@pytest.mark.slow
 def test_save_load_pipeline_and_remote_code(fuyu_processor, photos, tmp_path):
     model = tiny_model(fuyu_processor)
     model.save_pretrained(tmp_path)

@@ -116,6 +116,7 @@ def pull_and_run(repo, image_path, prompt, output, *, revision="", native=True, 
     return load_file(output)["logits"], result.stdout.strip().splitlines()[-1]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("family", ["mosaic_clip", "mosaic_fuyu"])
 def test_push_then_pull_in_fresh_processes_with_and_without_the_package(hub, family, clip_processor, photos, tmp_path):
     model, processor = tiny_clip(clip_processor) if family == "mosaic_clip" else tiny_fuyu()

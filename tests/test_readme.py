@@ -44,6 +44,7 @@ def test_the_readme_has_a_snippet_per_family_and_for_vstar():
     assert any("AutoModel.from_pretrained" in s for s in SNIPPETS) and any("vstar_generate" in s for s in SNIPPETS)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("index", range(len(SNIPPETS)))
 def test_readme_snippet_runs(demo_folders, index):
     result = subprocess.run(

@@ -43,6 +43,7 @@ QUICK_CLIP = [
 ]
 
 
+@pytest.mark.slow
 def test_clip_recipe_trains_evaluates_and_saves(tmp_path):
     metrics = train_clip.main(
         [
@@ -65,6 +66,7 @@ def test_clip_recipe_trains_evaluates_and_saves(tmp_path):
     assert os.path.isfile(tmp_path / "processor_config.json")
 
 
+@pytest.mark.slow
 def test_fuyu_recipe_learns_to_answer_and_saves(tmp_path):
     metrics = train_fuyu.main(
         [
@@ -117,6 +119,7 @@ class KillAfterSave(TrainerCallback):
             raise KeyboardInterrupt
 
 
+@pytest.mark.slow
 def test_resume_from_checkpoint_is_bit_exact(tmp_path):
     def trainer_for(output_dir):
         parser = train_clip.HfArgumentParser((train_clip.ModelArguments, TrainingArguments))
@@ -324,6 +327,7 @@ def test_two_ranks_run_the_fuyu_recipe(tmp_path):
     assert os.path.isfile(tmp_path / "model.safetensors")
 
 
+@pytest.mark.slow
 def test_the_cli_trains_into_a_staged_output_folder(tmp_path, capsys):
     from mosaic_vlm.cli.main import main
 
