@@ -21,6 +21,7 @@ from functools import cache
 
 import numpy as np
 import PIL.Image
+
 from mosaic_vlm.processing.fuyu_special_tokens import IMAGE_PLACEHOLDER
 from mosaic_vlm.processing.image_processing_mosaic_fuyu import fitted_size
 from mosaic_vlm.vstar.boxes import Box, normalised, overlap
@@ -65,7 +66,9 @@ class Tile:
         strokes, _ = _digit_strokes()
         side = self.box[2] - self.box[0]
         inner = side - max(2, side // 8) * 2
-        ink = PIL.Image.fromarray((strokes[self.sample] * 255).astype(np.uint8)).resize((inner, inner), PIL.Image.BILINEAR)
+        ink = PIL.Image.fromarray((strokes[self.sample] * 255).astype(np.uint8)).resize(
+            (inner, inner), PIL.Image.BILINEAR
+        )
         tile = PIL.Image.new("RGB", (side, side), (255, 255, 255))
         tile.paste(PIL.Image.new("RGB", (inner, inner), COLOURS[self.colour]), ((side - inner) // 2,) * 2, mask=ink)
         return tile
@@ -163,7 +166,12 @@ def search_crop(rng: random.Random, size: tuple[int, int], tile: Box) -> tuple[i
         column, row = (tile[0] + tile[2]) * cells // (2 * width), (tile[1] + tile[3]) * cells // (2 * height)
     else:
         column, row = rng.randrange(cells), rng.randrange(cells)
-    return cells, (column * width // cells, row * height // cells, (column + 1) * width // cells, (row + 1) * height // cells)
+    return cells, (
+        column * width // cells,
+        row * height // cells,
+        (column + 1) * width // cells,
+        (row + 1) * height // cells,
+    )
 
 
 def shows(crop: Box, tile: Box) -> bool:
@@ -184,7 +192,9 @@ def _focus_row(
     return {
         "kind": f"focus {item.kind}",
         "images": [whole, *(_fitted(full, box, max_size) for box in memory)],
-        "question": focus_question(item.question, [(name, normalised(box, full.size)) for name, box in zip(item.targets, memory)]),
+        "question": focus_question(
+            item.question, [(name, normalised(box, full.size)) for name, box in zip(item.targets, memory)]
+        ),
         "answer": item.answer,
     }
 
@@ -201,10 +211,18 @@ def _answer_rows(rng: random.Random, max_size: tuple[int, int]) -> list[dict]:
     whole = _fitted(full, (0, 0, *full.size), max_size)
     rows = [_focus_row(rng, item, full, whole, max_size)]
     if rng.random() < 1 / 4:
-        rows.append({"kind": "targets", "images": [whole], "question": TARGETS_PROMPT.format(item.question),
-                     "answer": ", ".join(item.targets)})
+        rows.append(
+            {
+                "kind": "targets",
+                "images": [whole],
+                "question": TARGETS_PROMPT.format(item.question),
+                "answer": ", ".join(item.targets),
+            }
+        )
     if rng.random() < 1 / 4:
-        rows.append({"kind": f"direct {item.kind}", "images": [whole], "question": item.question, "answer": item.answer})
+        rows.append(
+            {"kind": f"direct {item.kind}", "images": [whole], "question": item.question, "answer": item.answer}
+        )
     return rows
 
 
@@ -230,14 +248,18 @@ def _presence_rows(rng: random.Random, max_size: tuple[int, int], count: int) ->
         tile = rng.choice(scene.tiles)
         cells, crop = search_crop(rng, full.size, tile.box)
         others = [t.colour for t in scene.tiles if t is not tile] or [c for c in COLOURS if c != tile.colour]
-        target = "digit" if rng.random() < 0.4 else f"{tile.colour if rng.random() < 0.5 else rng.choice(others)} digit"
+        target = (
+            "digit" if rng.random() < 0.4 else f"{tile.colour if rng.random() < 0.5 else rng.choice(others)} digit"
+        )
         shown = any(shows(crop, t.box) for t in scene.tiles if target in ("digit", f"{t.colour} digit"))
-        rows.append({
-            "kind": f"presence {cells}x{cells}",
-            "images": [_fitted(full, crop, max_size)],
-            "question": PRESENCE_QUESTION.format(target),
-            "answer": "yes" if shown else "no",
-        })
+        rows.append(
+            {
+                "kind": f"presence {cells}x{cells}",
+                "images": [_fitted(full, crop, max_size)],
+                "question": PRESENCE_QUESTION.format(target),
+                "answer": "yes" if shown else "no",
+            }
+        )
     return rows
 
 

@@ -20,35 +20,70 @@ from pathlib import Path
 
 import PIL.Image
 import torch
+from transformers import AutoModel, AutoModelForCausalLM, AutoProcessor, HfArgumentParser, TrainingArguments, pipeline
+
 from mosaic_vlm.bench import vstar as bench_vstar
 from mosaic_vlm.data.digits import PHOTO_CAPTIONS
 from mosaic_vlm.training import clip as train_clip
 from mosaic_vlm.training import fuyu as train_fuyu
 from mosaic_vlm.training import vstar as train_vstar
-from transformers import AutoModel, AutoModelForCausalLM, AutoProcessor, HfArgumentParser, TrainingArguments, pipeline
 
 # full run / --quick run (every stage still runs; only the amounts shrink)
 SETTINGS = {
-    "full": {"clip_epochs": "20", "photo_crops": "60", "fuyu_epochs": "8", "vstar_digit_steps": 1000,
-             "vstar_answer_steps": 3000, "vstar_search_steps": 6000, "questions": 45, "exhaustive": 10},
-    "quick": {"clip_epochs": "1", "photo_crops": "4", "fuyu_epochs": "1", "vstar_digit_steps": 10,
-              "vstar_answer_steps": 20, "vstar_search_steps": 20, "questions": 3, "exhaustive": 1},
+    "full": {
+        "clip_epochs": "20",
+        "photo_crops": "60",
+        "fuyu_epochs": "8",
+        "vstar_digit_steps": 1000,
+        "vstar_answer_steps": 3000,
+        "vstar_search_steps": 6000,
+        "questions": 45,
+        "exhaustive": 10,
+    },
+    "quick": {
+        "clip_epochs": "1",
+        "photo_crops": "4",
+        "fuyu_epochs": "1",
+        "vstar_digit_steps": 10,
+        "vstar_answer_steps": 20,
+        "vstar_search_steps": 20,
+        "questions": 3,
+        "exhaustive": 1,
+    },
 }
 COMMON = ["--report_to", "none", "--save_strategy", "no", "--logging_steps", "200", "--seed", "0"]
 
 
 def trainer_of(module, arguments_class, argv):
-    model_args, training_args = HfArgumentParser((arguments_class, TrainingArguments)).parse_args_into_dataclasses(args=argv)
+    model_args, training_args = HfArgumentParser((arguments_class, TrainingArguments)).parse_args_into_dataclasses(
+        args=argv
+    )
     return module.build_trainer(model_args, training_args)
 
 
 def stage_clip(settings, output: Path) -> tuple[list[str], object]:
     print("\n== 1. CLIP-style model on captioned digits and photo crops (Trainer)")
-    trainer = trainer_of(train_clip, train_clip.ModelArguments, [
-        "--output_dir", str(output / "clip"), "--num_train_epochs", settings["clip_epochs"], "--photo_crops",
-        settings["photo_crops"], "--per_device_train_batch_size", "64", "--learning_rate", "2e-3", "--warmup_steps", "20",
-        "--eval_strategy", "no", *COMMON,
-    ])
+    trainer = trainer_of(
+        train_clip,
+        train_clip.ModelArguments,
+        [
+            "--output_dir",
+            str(output / "clip"),
+            "--num_train_epochs",
+            settings["clip_epochs"],
+            "--photo_crops",
+            settings["photo_crops"],
+            "--per_device_train_batch_size",
+            "64",
+            "--learning_rate",
+            "2e-3",
+            "--warmup_steps",
+            "20",
+            "--eval_strategy",
+            "no",
+            *COMMON,
+        ],
+    )
     trainer.train()
     accuracy = trainer.evaluate()["eval_zero_shot_accuracy"]
     trainer.save_model(str(output / "clip"))
@@ -56,23 +91,47 @@ def stage_clip(settings, output: Path) -> tuple[list[str], object]:
     classifier = pipeline("zero-shot-image-classification", model=str(output / "clip"))
     from skimage import data
 
-    lines = [f"- zero-shot accuracy on {len(trainer.eval_dataset)} held-out digits: **{accuracy:.1%}**", "",
-             "| photo | 1st label | score | 2nd label | score |", "|---|---|---:|---|---:|"]
+    lines = [
+        f"- zero-shot accuracy on {len(trainer.eval_dataset)} held-out digits: **{accuracy:.1%}**",
+        "",
+        "| photo | 1st label | score | 2nd label | score |",
+        "|---|---|---:|---|---:|",
+    ]
     for name in PHOTO_CAPTIONS:
-        ranked = classifier(PIL.Image.fromarray(getattr(data, name)()), candidate_labels=list(PHOTO_CAPTIONS.values()),
-                            hypothesis_template="{}")
+        ranked = classifier(
+            PIL.Image.fromarray(getattr(data, name)()),
+            candidate_labels=list(PHOTO_CAPTIONS.values()),
+            hypothesis_template="{}",
+        )
         print(f"  {name:10s} " + "  ".join(f"{r['score']:.2f} {r['label']}" for r in ranked[:2]))
-        lines.append(f"| {name} | {ranked[0]['label']} | {ranked[0]['score']:.2f} | {ranked[1]['label']} | {ranked[1]['score']:.2f} |")
+        lines.append(
+            f"| {name} | {ranked[0]['label']} | {ranked[0]['score']:.2f} | "
+            f"{ranked[1]['label']} | {ranked[1]['score']:.2f} |"
+        )
     return lines, trainer
 
 
 def stage_fuyu(settings, output: Path) -> tuple[list[str], object]:
     print("\n== 2. Fuyu-style model answers 'What digit is this?' (Trainer)")
-    trainer = trainer_of(train_fuyu, train_fuyu.ModelArguments, [
-        "--output_dir", str(output / "fuyu"), "--num_train_epochs", settings["fuyu_epochs"],
-        "--per_device_train_batch_size", "32", "--learning_rate", "3e-3", "--warmup_steps", "20",
-        "--eval_strategy", "no", *COMMON,
-    ])
+    trainer = trainer_of(
+        train_fuyu,
+        train_fuyu.ModelArguments,
+        [
+            "--output_dir",
+            str(output / "fuyu"),
+            "--num_train_epochs",
+            settings["fuyu_epochs"],
+            "--per_device_train_batch_size",
+            "32",
+            "--learning_rate",
+            "3e-3",
+            "--warmup_steps",
+            "20",
+            "--eval_strategy",
+            "no",
+            *COMMON,
+        ],
+    )
     trainer.train()
     trainer.save_model(str(output / "fuyu"))
     test_set, processor = trainer.eval_dataset, trainer.processing_class
@@ -80,10 +139,16 @@ def stage_fuyu(settings, output: Path) -> tuple[list[str], object]:
     print(f"answered right on {accuracy:.1%} of {len(test_set)} held-out digits")
     rows = test_set[:5]
     inputs = processor(images=[[image] for image in rows["image"]], text=rows["question"])
-    answers = processor.post_process_image_text_to_text(trainer.model.generate(**inputs, max_new_tokens=4, do_sample=False))
-    lines = [f"- 'What digit is this?' answered right on **{accuracy:.1%}** of {len(test_set)} held-out digits", "",
-             "| held-out digit | answer |", "|---|---|"]
-    for image, expected, answer in zip(rows["image"], rows["answer"], answers):
+    answers = processor.post_process_image_text_to_text(
+        trainer.model.generate(**inputs, max_new_tokens=4, do_sample=False)
+    )
+    lines = [
+        f"- 'What digit is this?' answered right on **{accuracy:.1%}** of {len(test_set)} held-out digits",
+        "",
+        "| held-out digit | answer |",
+        "|---|---|",
+    ]
+    for expected, answer in zip(rows["answer"], answers):
         print(f"  a {expected}: {answer!r}")
         lines.append(f"| {expected} | {answer} |")
     return lines, trainer
@@ -92,11 +157,18 @@ def stage_fuyu(settings, output: Path) -> tuple[list[str], object]:
 def start_vstar_training(settings, output: Path):
     """V*'s two models train in the background (two processes) while stages 1 and 2 run."""
     quick = settings is SETTINGS["quick"]
-    steps = {"digits": settings["vstar_digit_steps"], "answer": settings["vstar_answer_steps"],
-             "search": settings["vstar_search_steps"]}
-    print(f"V*'s two models start training in the background: logs in train.log of {output / 'vstar-digits'} "
-          f"and then {output / 'vstar'}, and of {output / 'vstar-search'}")
-    return train_vstar.start_training(output, steps, train_vstar.QUICK_MODEL if quick else train_vstar.FULL_MODEL, log=True)
+    steps = {
+        "digits": settings["vstar_digit_steps"],
+        "answer": settings["vstar_answer_steps"],
+        "search": settings["vstar_search_steps"],
+    }
+    print(
+        f"V*'s two models start training in the background: logs in train.log of {output / 'vstar-digits'} "
+        f"and then {output / 'vstar'}, and of {output / 'vstar-search'}"
+    )
+    return train_vstar.start_training(
+        output, steps, train_vstar.QUICK_MODEL if quick else train_vstar.FULL_MODEL, log=True
+    )
 
 
 def stage_vstar(settings, output: Path, finish_training) -> list[str]:
@@ -109,23 +181,33 @@ def stage_vstar(settings, output: Path, finish_training) -> list[str]:
         print(f"  {name}: held-out answer accuracy {accuracy:.1%}")
         trained.append(f"{name} {accuracy:.1%}")
     quick = settings is SETTINGS["quick"]
-    result = bench_vstar.run_vstar_benchmark(answerer, searcher, settings["questions"], settings["exhaustive"],
-                                             output / "traces", quick=quick)
+    result = bench_vstar.run_vstar_benchmark(
+        answerer, searcher, settings["questions"], settings["exhaustive"], output / "traces", quick=quick
+    )
     bench_vstar.print_result(result)
     scan = result["exhaustive"]
     lines = [
         f"- held-out answer accuracy (teacher-forced) of the two models: {', '.join(trained)}",
         f"- {result['questions']} questions (skimage photos of 1024+ px, digit tiles of ~3% of the short side): "
         f"direct **{result['direct_accuracy']:.1%}**, V* **{result['vstar_accuracy']:.1%}**",
-        "", "| kind | questions | direct | V* |", "|---|---:|---:|---:|",
-        *(f"| {kind} | {f['questions']} | {f['direct_accuracy']:.1%} | {f['vstar_accuracy']:.1%} |" for kind, f in result["by_kind"].items()),
         "",
-        f"- targets named right: {result['targets_named']:.1%}; search success (IoU > 0.5): {result['search_success']:.1%}",
-        f"- scorer calls per search: {result['calls_per_search']:.1f} ({result['evaluations_per_search']:.0f} crops scored)",
+        "| kind | questions | direct | V* |",
+        "|---|---:|---:|---:|",
+        *(
+            f"| {kind} | {f['questions']} | {f['direct_accuracy']:.1%} | {f['vstar_accuracy']:.1%} |"
+            for kind, f in result["by_kind"].items()
+        ),
+        "",
+        f"- targets named right: {result['targets_named']:.1%}; "
+        f"search success (IoU > 0.5): {result['search_success']:.1%}",
+        f"- scorer calls per search: {result['calls_per_search']:.1f} "
+        f"({result['evaluations_per_search']:.0f} crops scored)",
         f"- against an exhaustive scan on {scan['searches']} searches: V* {scan['vstar_calls_per_search']:.0f} calls "
         f"({scan['vstar_crops_per_search']:.0f} crops), hit rate {scan['vstar_hit_rate']:.0%}; scan "
-        f"{scan['scan_calls_per_search']:.0f} calls ({scan['scan_crops_per_search']:.0f} crops), hit rate {scan['scan_hit_rate']:.0%}",
-        "", *(f"![search]({path.relative_to(output)})" for path in sorted((output / "traces").glob("*.png"))[:4]),
+        f"{scan['scan_calls_per_search']:.0f} calls ({scan['scan_crops_per_search']:.0f} crops), "
+        f"hit rate {scan['scan_hit_rate']:.0%}",
+        "",
+        *(f"![search]({path.relative_to(output)})" for path in sorted((output / "traces").glob("*.png"))[:4]),
     ]
     return lines
 
@@ -138,7 +220,9 @@ def stage_reload(clip_trainer, fuyu_trainer, output: Path) -> list[str]:
         rows = trainer.eval_dataset.select(range(4))
         batch = trainer.data_collator([rows[i] for i in range(4)])
         reloaded = auto_class.from_pretrained(folder).eval()
-        reloaded_batch = type(trainer.data_collator)(AutoProcessor.from_pretrained(folder))([rows[i] for i in range(4)])
+        reloaded_batch = type(trainer.data_collator)(AutoProcessor.from_pretrained(folder))(
+            [rows[i] for i in range(4)]
+        )
         with torch.no_grad():
             before = trainer.model.eval()(**batch)
             after = reloaded(**reloaded_batch)
@@ -166,12 +250,27 @@ def run_main_job(output: Path, quick: bool = False) -> float:
     reload_lines = stage_reload(clip_trainer, fuyu_trainer, output)
     minutes = (time.perf_counter() - start) / 60
     report = [
-        "# mosaic-vlm demo", "",
-        f"{'Quick' if quick else 'Full'} run, {minutes:.1f} min on {os.cpu_count()} cores ({torch.get_num_threads()} torch threads).",
-        "", "## 1. CLIP-style zero-shot", "", *clip_lines,
-        "", "## 2. Fuyu-style question answering", "", *fuyu_lines,
-        "", "## 3. V* guided visual search", "", *vstar_lines,
-        "", "## 4. Save and reload", "", *reload_lines, "",
+        "# mosaic-vlm demo",
+        "",
+        f"{'Quick' if quick else 'Full'} run, {minutes:.1f} min on {os.cpu_count()} cores "
+        f"({torch.get_num_threads()} torch threads).",
+        "",
+        "## 1. CLIP-style zero-shot",
+        "",
+        *clip_lines,
+        "",
+        "## 2. Fuyu-style question answering",
+        "",
+        *fuyu_lines,
+        "",
+        "## 3. V* guided visual search",
+        "",
+        *vstar_lines,
+        "",
+        "## 4. Save and reload",
+        "",
+        *reload_lines,
+        "",
     ]
     (output / "report.md").write_text("\n".join(report))
     return minutes

@@ -4,6 +4,7 @@ import numpy as np
 import PIL.Image
 import pytest
 import torch
+
 from mosaic_vlm.vstar import (
     SearchConfig,
     SearchResult,
@@ -112,10 +113,25 @@ def test_backtracks_when_the_first_branch_is_wrong():
 
 
 def test_elongated_patches_split_into_strips():
-    assert split_box((0, 0, 2000, 500)) == [(0, 0, 500, 500), (500, 0, 1000, 500), (1000, 0, 1500, 500), (1500, 0, 2000, 500)]
-    assert split_box((0, 0, 400, 1000)) == [(0, 0, 400, 250), (0, 250, 400, 500), (0, 500, 400, 750), (0, 750, 400, 1000)]
+    assert split_box((0, 0, 2000, 500)) == [
+        (0, 0, 500, 500),
+        (500, 0, 1000, 500),
+        (1000, 0, 1500, 500),
+        (1500, 0, 2000, 500),
+    ]
+    assert split_box((0, 0, 400, 1000)) == [
+        (0, 0, 400, 250),
+        (0, 250, 400, 500),
+        (0, 500, 400, 750),
+        (0, 750, 400, 1000),
+    ]
     assert split_box((10, 10, 110, 60)) == [(10, 10, 35, 60), (35, 10, 60, 60), (60, 10, 85, 60), (85, 10, 110, 60)]
-    assert split_box((0, 0, 300, 200)) == [(0, 0, 150, 100), (150, 0, 300, 100), (0, 100, 150, 200), (150, 100, 300, 200)]
+    assert split_box((0, 0, 300, 200)) == [
+        (0, 0, 150, 100),
+        (150, 0, 300, 100),
+        (0, 100, 150, 200),
+        (150, 100, 300, 200),
+    ]
 
     class FlatHeatmapScorer(PlantedColorScorer):
         """No heatmap region to look inside: the search must go down the strips."""
@@ -169,7 +185,9 @@ def test_several_instances_found_at_the_root():
 def test_excluded_boxes_are_painted_over_and_the_search_finds_another_instance():
     image = photo_with_squares((1024, 1024), [(100, 120, 40, RED), (800, 700, 30, RED)])
     painted = paint_over(image, [(100, 120, 140, 160)])
-    assert not color_mask(painted.crop((100, 120, 140, 160)), RED).any() and color_mask(image, RED).sum() == 40**2 + 30**2
+    assert (
+        not color_mask(painted.crop((100, 120, 140, 160)), RED).any() and color_mask(image, RED).sum() == 40**2 + 30**2
+    )
     ring = np.asarray(image.crop((90, 110, 150, 170))).reshape(-1, 3).copy()
     inside = np.zeros((60, 60), bool)
     inside[10:50, 10:50] = True
@@ -217,12 +235,20 @@ def test_different_targets_get_different_objects():
     searches = {target: visual_search(image, target, scorer) for target in ("blue square", "red square")}
     assert all(box_iou(result.box, red_box) > 0.5 for result in searches.values())  # both stop on the larger red one
     separated = separate_targets(image, searches, scorer)
-    assert box_iou(separated["red square"].box, red_box) > 0.5 and box_iou(separated["blue square"].box, blue_box) > 0.5
+    assert (
+        box_iou(separated["red square"].box, red_box) > 0.5 and box_iou(separated["blue square"].box, blue_box) > 0.5
+    )
     red = separated["red square"]  # kept its own box: its search's result, plus the assignment's calls
-    assert (red.score, red.boxes, red.path) == (searches["red square"].score, searches["red square"].boxes, searches["red square"].path)
+    assert (red.score, red.boxes, red.path) == (
+        searches["red square"].score,
+        searches["red square"].boxes,
+        searches["red square"].path,
+    )
     assert red.num_calls == searches["red square"].num_calls + 2
     blue = separated["blue square"]
-    assert blue.path[: len(searches["blue square"].path)] == searches["blue square"].path  # the first search, then the second
+    assert (
+        blue.path[: len(searches["blue square"].path)] == searches["blue square"].path
+    )  # the first search, then the second
     assert blue.num_calls > searches["blue square"].num_calls + 2
     # two searches that each stopped on the other's square are swapped back by their joint confidence
     swapped = {"red square": separated["blue square"], "blue square": separated["red square"]}
@@ -300,6 +326,7 @@ def test_draw_search_marks_path_and_final_box(tmp_path):
 
 def test_clip_scorer_scores_and_heatmaps(clip_processor):
     from conftest import tiny_clip_config
+
     from mosaic_vlm.modeling import MosaicClipModel
     from mosaic_vlm.vstar import ClipScorer
 

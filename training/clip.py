@@ -3,7 +3,8 @@ the held-out digits during and after training; save (and optionally push) the mo
 
     mosaic-vlm train clip --output_dir out/clip-digits --num_train_epochs 20
     torchrun --nproc_per_node 2 -m mosaic_vlm.training.clip --output_dir out/clip-digits --ddp_backend gloo
-    accelerate launch --config_file examples/accelerate_two_cpu.yaml examples/train_clip.py --output_dir out/clip-digits --ddp_backend gloo
+    accelerate launch --config_file examples/accelerate_two_cpu.yaml -m mosaic_vlm.training.clip \\
+        --output_dir out/clip-digits --ddp_backend gloo
 
 Every TrainingArguments flag works (see --help), e.g. --push_to_hub --hub_model_id you/clip-digits.
 """
@@ -15,6 +16,8 @@ import sys
 
 import numpy as np
 import torch
+from transformers import HfArgumentParser, Trainer, TrainingArguments
+
 from mosaic_vlm.data.collators import MosaicClipCollator
 from mosaic_vlm.data.digits import (
     DIGIT_NAMES,
@@ -25,7 +28,6 @@ from mosaic_vlm.data.digits import (
 )
 from mosaic_vlm.modeling import MosaicClipConfig, MosaicClipModel
 from mosaic_vlm.processing import MosaicClipImageProcessor, MosaicClipProcessor, train_bpe_tokenizer
-from transformers import HfArgumentParser, Trainer, TrainingArguments
 
 
 @dataclasses.dataclass
@@ -37,7 +39,9 @@ class ModelArguments:
     image_size: int = dataclasses.field(default=32, metadata={"help": "side of the square model input"})
     patch_size: int = dataclasses.field(default=8, metadata={"help": "side of a square patch"})
     loss_type: str = dataclasses.field(default="clip", metadata={"help": "'clip' (softmax) or 'siglip' (sigmoid)"})
-    max_train_samples: int | None = dataclasses.field(default=None, metadata={"help": "cap the training set (for quick runs)"})
+    max_train_samples: int | None = dataclasses.field(
+        default=None, metadata={"help": "cap the training set (for quick runs)"}
+    )
     photo_crops: int = dataclasses.field(
         default=0, metadata={"help": "add this many captioned crops of each of four skimage photos (everyday labels)"}
     )
@@ -141,7 +145,10 @@ def main(argv=None) -> dict:
             json.dump(metrics, file, indent=2)
         accuracy = metrics["eval_zero_shot_accuracy"]
         processes = trainer.args.world_size
-        print(f"zero-shot accuracy on {len(trainer.eval_dataset)} held-out digits: {accuracy:.1%} ({processes} processes{', FSDP' if trainer.is_fsdp_enabled else ''})")
+        print(
+            f"zero-shot accuracy on {len(trainer.eval_dataset)} held-out digits: {accuracy:.1%} "
+            f"({processes} processes{', FSDP' if trainer.is_fsdp_enabled else ''})"
+        )
     if training_args.push_to_hub:
         trainer.push_to_hub()
     return metrics

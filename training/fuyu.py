@@ -4,7 +4,8 @@ report held-out answer accuracy during training (teacher-forced, which equals gr
 
     mosaic-vlm train fuyu --output_dir out/fuyu-digits --num_train_epochs 12
     torchrun --nproc_per_node 2 -m mosaic_vlm.training.fuyu --output_dir out/fuyu-digits --ddp_backend gloo
-    accelerate launch --config_file examples/accelerate_two_cpu.yaml examples/train_fuyu.py --output_dir out/fuyu-digits --ddp_backend gloo
+    accelerate launch --config_file examples/accelerate_two_cpu.yaml -m mosaic_vlm.training.fuyu \\
+        --output_dir out/fuyu-digits --ddp_backend gloo
 
 Every TrainingArguments flag works (see --help), e.g. --push_to_hub --hub_model_id you/fuyu-digits.
 """
@@ -16,12 +17,13 @@ import sys
 
 import numpy as np
 import torch
+from transformers import HfArgumentParser, Trainer, TrainingArguments
+
 from mosaic_vlm.data.collators import MosaicFuyuCollator
 from mosaic_vlm.data.digits import DIGIT_NAMES, DIGIT_QUESTION, digit_question_dataset
 from mosaic_vlm.modeling import MosaicFuyuConfig, MosaicFuyuForCausalLM
 from mosaic_vlm.processing import MosaicFuyuImageProcessor, MosaicFuyuProcessor, train_bpe_tokenizer
 from mosaic_vlm.processing.fuyu_special_tokens import FUYU_SPECIAL_TOKENS, IMAGE_NEWLINE_TOKEN, IMAGE_TOKEN
-from transformers import HfArgumentParser, Trainer, TrainingArguments
 
 
 @dataclasses.dataclass
@@ -31,12 +33,16 @@ class ModelArguments:
     num_attention_heads: int = dataclasses.field(default=4, metadata={"help": "attention heads"})
     image_size: int = dataclasses.field(default=32, metadata={"help": "side of the digit images"})
     patch_size: int = dataclasses.field(default=8, metadata={"help": "side of a square patch"})
-    max_train_samples: int | None = dataclasses.field(default=None, metadata={"help": "cap the training set (for quick runs)"})
+    max_train_samples: int | None = dataclasses.field(
+        default=None, metadata={"help": "cap the training set (for quick runs)"}
+    )
 
 
 def build_processor(image_size: int, patch_size: int, extra_texts: tuple[str, ...] = ()) -> MosaicFuyuProcessor:
     texts = [DIGIT_QUESTION, *DIGIT_NAMES, *extra_texts] * 8
-    tokenizer = train_bpe_tokenizer(texts, vocab_size=128, model_max_length=128, extra_special_tokens=list(FUYU_SPECIAL_TOKENS))
+    tokenizer = train_bpe_tokenizer(
+        texts, vocab_size=128, model_max_length=128, extra_special_tokens=list(FUYU_SPECIAL_TOKENS)
+    )
     image_processor = MosaicFuyuImageProcessor(patch_size=patch_size, size={"height": image_size, "width": image_size})
     return MosaicFuyuProcessor(image_processor=image_processor, tokenizer=tokenizer)
 
@@ -120,7 +126,9 @@ def main(argv=None) -> dict:
     metrics = trainer.evaluate()
     trainer.save_model(training_args.output_dir)
     if trainer.is_world_process_zero():
-        metrics["generated_accuracy"] = generated_accuracy(trainer.model, trainer.processing_class, trainer.eval_dataset)
+        metrics["generated_accuracy"] = generated_accuracy(
+            trainer.model, trainer.processing_class, trainer.eval_dataset
+        )
         with open(os.path.join(training_args.output_dir, "final_metrics.json"), "w") as file:
             json.dump(metrics, file, indent=2)
         print(

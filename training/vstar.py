@@ -25,12 +25,13 @@ import sys
 from pathlib import Path
 
 import torch
+from transformers import AutoModelForCausalLM, AutoProcessor, HfArgumentParser, Trainer, TrainingArguments
+
 from mosaic_vlm.data.collators import MosaicFuyuCollator
 from mosaic_vlm.data.vstar_scenes import TASKS, tokenizer_texts, training_rows
 from mosaic_vlm.modeling import MosaicFuyuForCausalLM
 from mosaic_vlm.processing import MosaicFuyuImageProcessor, MosaicFuyuProcessor, train_bpe_tokenizer
 from mosaic_vlm.processing.fuyu_special_tokens import FUYU_SPECIAL_TOKENS
-from transformers import AutoModelForCausalLM, AutoProcessor, HfArgumentParser, Trainer, TrainingArguments
 
 from .fuyu import answer_accuracy, build_model, greedy_predictions
 
@@ -39,23 +40,31 @@ from .fuyu import answer_accuracy, build_model, greedy_predictions
 class VStarArguments:
     task: str = dataclasses.field(
         default="answer",
-        metadata={"help": "which rows: 'answer', 'digits' (the answering model's first stage) or 'search'", "choices": TASKS},
+        metadata={
+            "help": "which rows: 'answer', 'digits' (the answering model's first stage) or 'search'",
+            "choices": TASKS,
+        },
     )
     init_from: str | None = dataclasses.field(
-        default=None, metadata={"help": "start from this saved model (e.g. the 'digits' stage) instead of random weights"}
+        default=None,
+        metadata={"help": "start from this saved model (e.g. the 'digits' stage) instead of random weights"},
     )
     hidden_size: int = dataclasses.field(default=64, metadata={"help": "width of the decoder"})
     num_hidden_layers: int = dataclasses.field(default=3, metadata={"help": "decoder layers"})
     num_attention_heads: int = dataclasses.field(default=4, metadata={"help": "attention heads"})
     # a 4x4 grid of coarse patches: a tiny decoder learns to read it far faster than 8x8 finer ones
-    image_size: int = dataclasses.field(default=48, metadata={"help": "the model's input: images are fitted into this square"})
+    image_size: int = dataclasses.field(
+        default=48, metadata={"help": "the model's input: images are fitted into this square"}
+    )
     patch_size: int = dataclasses.field(default=12, metadata={"help": "side of a square patch"})
     train_rows: int = dataclasses.field(default=64000, metadata={"help": "generated training rows"})
     eval_rows: int = dataclasses.field(default=600, metadata={"help": "generated held-out rows (another seed)"})
 
 
 def build_processor(image_size: int, patch_size: int) -> MosaicFuyuProcessor:
-    tokenizer = train_bpe_tokenizer(tokenizer_texts() * 4, vocab_size=512, model_max_length=512, extra_special_tokens=list(FUYU_SPECIAL_TOKENS))
+    tokenizer = train_bpe_tokenizer(
+        tokenizer_texts() * 4, vocab_size=512, model_max_length=512, extra_special_tokens=list(FUYU_SPECIAL_TOKENS)
+    )
     image_processor = MosaicFuyuImageProcessor(patch_size=patch_size, size={"height": image_size, "width": image_size})
     return MosaicFuyuProcessor(image_processor=image_processor, tokenizer=tokenizer)
 
@@ -102,7 +111,10 @@ def start_training(output_dir: Path, steps: dict, model_args: list[str] = FULL_M
     to train.log in its folder instead of the terminal, without progress bars. Returns a function that
     waits for both models and returns the two (model, processor) pairs."""
     stages = {
-        "answer": [("digits", output_dir / "vstar-digits", []), ("answer", output_dir / "vstar", ["--init_from", str(output_dir / "vstar-digits")])],
+        "answer": [
+            ("digits", output_dir / "vstar-digits", []),
+            ("answer", output_dir / "vstar", ["--init_from", str(output_dir / "vstar-digits")]),
+        ],
         "search": [("search", output_dir / "vstar-search", [])],
     }
     environment = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
@@ -112,10 +124,35 @@ def start_training(output_dir: Path, steps: dict, model_args: list[str] = FULL_M
         for task, folder, extra in model_stages:
             folder.mkdir(parents=True, exist_ok=True)
             command = [
-                sys.executable, "-m", "mosaic_vlm.training.vstar", *model_args, *extra, "--task", task, "--output_dir", str(folder),
-                "--max_steps", str(steps[task]), "--train_rows", str(32 * steps[task]), "--per_device_train_batch_size", "32",
-                "--learning_rate", "3e-3", "--warmup_steps", "50", "--eval_strategy", "no", "--save_strategy", "no",
-                "--report_to", "none", "--logging_steps", "1000", "--disable_tqdm", "true" if log or task == "search" else "false",
+                sys.executable,
+                "-m",
+                "mosaic_vlm.training.vstar",
+                *model_args,
+                *extra,
+                "--task",
+                task,
+                "--output_dir",
+                str(folder),
+                "--max_steps",
+                str(steps[task]),
+                "--train_rows",
+                str(32 * steps[task]),
+                "--per_device_train_batch_size",
+                "32",
+                "--learning_rate",
+                "3e-3",
+                "--warmup_steps",
+                "50",
+                "--eval_strategy",
+                "no",
+                "--save_strategy",
+                "no",
+                "--report_to",
+                "none",
+                "--logging_steps",
+                "1000",
+                "--disable_tqdm",
+                "true" if log or task == "search" else "false",
             ]
             redirect = f" > {shlex.quote(str(folder / 'train.log'))} 2>&1" if log else ""
             script.append(shlex.join(command) + redirect)
@@ -145,8 +182,10 @@ def main(argv=None) -> dict:
     if trainer.is_world_process_zero():
         with open(os.path.join(training_args.output_dir, "final_metrics.json"), "w") as file:
             json.dump(metrics, file, indent=2)
-        print(f"V* {args.task} model: held-out answer accuracy {metrics['eval_answer_accuracy']:.1%} over "
-              f"{len(trainer.eval_dataset)} rows")
+        print(
+            f"V* {args.task} model: held-out answer accuracy {metrics['eval_answer_accuracy']:.1%} over "
+            f"{len(trainer.eval_dataset)} rows"
+        )
     return metrics
 
 
