@@ -85,6 +85,11 @@ class LazyCheckpoint(Mapping):
             with self._open(file) as handle:
                 for key in handle.keys():
                     tensor_slice = handle.get_slice(key)
+                    if tensor_slice.get_dtype() not in _SAFETENSORS_DTYPES:
+                        raise ValueError(
+                            f"{file}: tensor {key} is stored as {tensor_slice.get_dtype()}, which mosaic-vlm does "
+                            "not read; weights must be float32, float16 or bfloat16."
+                        )
                     self._files[key] = file
                     self._headers[key] = (
                         tuple(tensor_slice.get_shape()),
