@@ -16,6 +16,7 @@ import os
 import statistics
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -39,71 +40,91 @@ SCORER = {"max_cell": 128}
 QUICK_SEARCH = SearchConfig(min_size=256, conf_high=0.65, conf_low=0.3, max_calls=40)  # smoke runs: coarse, bounded
 GENERATE = {"max_new_tokens": 6, "do_sample": False}
 
+# how each kind of question is named in tables and charts
+KIND_NAMES = {"digit": "digit", "colour": "colour", "spatial": "left / right"}
+
 
 def answer_directly(model, processor, image, question: str) -> str:
     inputs = processor(images=image, text=question)
     return processor.post_process_image_text_to_text(model.generate(**inputs, **GENERATE))[0]
 
 
-def run_vstar_benchmark(
-    answerer=None,
-    searcher=None,
-    questions: int = 120,
-    exhaustive: int = 12,
+def _no_progress(done: str) -> None:
+    pass
+
+
+@torch.no_grad()
+def answer_questions(
+    answerer,
+    searcher,
+    items: list,
+    search: SearchConfig,
     traces: Path | None = None,
-    train_steps: dict | None = None,
-    output_dir: Path | None = None,
-    quick: bool = False,
-) -> dict:
-    """`answerer` and `searcher` are (model, processor) pairs; without them both are trained first, for
-    `train_steps[task]` steps, into output_dir/vstar and output_dir/vstar-search. `quick` (smoke runs):
-    tiny models, a few steps, coarse bounded searches. Pictures of the first searches go to `traces`."""
-    if (answerer is None) != (searcher is None):
-        raise ValueError(
-            "run_vstar_benchmark takes both models (answerer and searcher) or neither (both are trained)."
-        )
-    search = QUICK_SEARCH if quick else SEARCH
-    steps = QUICK_STEPS if quick else {**TRAIN_STEPS, **(train_steps or {})}
-    output_dir = output_dir or Path(tempfile.mkdtemp(prefix="mosaic-vstar-"))
-    model_args = QUICK_MODEL if quick else FULL_MODEL
-    if answerer is None:
-        answerer, searcher = start_training(output_dir, steps, model_args)()
+    pictures: int = 6,
+    progress: Callable[[str], None] = _no_progress,
+) -> list[dict]:
+    """Each question answered directly and with `vstar_generate`: one row per question. Pictures of the
+    searches of the first `pictures` questions go to `traces` (with the question, the answer, the target's
+    true box and the crops the answerer saw). `progress` is told of each question done."""
     model, processor = answerer
     scorer = FuyuScorer(*searcher, **SCORER)
-    items = benchmark_questions(questions)
-    rows, started = [], time.perf_counter()
-    with torch.no_grad():
-        for item in tqdm(items, desc="V*Bench-like questions"):
-            image = item.scene.render()
-            direct = answer_directly(model, processor, image, item.question)
-            evaluations_before = scorer.evaluations
-            output = vstar_generate(
-                model, processor, image, item.question, scorer=scorer, search_config=search, **GENERATE
-            )
-            hits = [
-                target in output.searches
-                and output.searches[target].found
-                and box_iou(output.searches[target].box, box) > 0.5
-                for target, box in zip(item.targets, item.target_boxes)
-            ]
-            rows.append(
-                {
-                    "kind": item.kind,
-                    "direct": direct == item.answer,
-                    "vstar": output.answer == item.answer,
-                    "targets_named": sorted(output.targets) == sorted(item.targets),
-                    "hits": hits,
-                    "calls": [result.num_calls for result in output.searches.values()],
-                    "evaluations": scorer.evaluations - evaluations_before,
-                    "searches": len(output.searches),
-                }
-            )
-    vstar_seconds = time.perf_counter() - started
+    rows = []
+    for index, item in enumerate(items):
+        image = item.scene.render()
+        direct = answer_directly(model, processor, image, item.question)
+        evaluations_before = scorer.evaluations
+        output = vstar_generate(
+            model, processor, image, item.question, scorer=scorer, search_config=search, **GENERATE
+        )
+        truths = dict(zip(item.targets, item.target_boxes))
+        hits = [
+            target in output.searches
+            and output.searches[target].found
+            and box_iou(output.searches[target].box, box) > 0.5
+            for target, box in truths.items()
+        ]
+        rows.append(
+            {
+                "kind": item.kind,
+                "direct": direct == item.answer,
+                "vstar": output.answer == item.answer,
+                "targets_named": sorted(output.targets) == sorted(item.targets),
+                "hits": hits,
+                "calls": [result.num_calls for result in output.searches.values()],
+                "evaluations": scorer.evaluations - evaluations_before,
+                "searches": len(output.searches),
+            }
+        )
+        if traces is not None and index < pictures:
+            traces.mkdir(parents=True, exist_ok=True)
+            crops = [(target, image.crop(box)) for target, box, _ in output.memory]
+            verdict = "correct" if output.answer == item.answer else f"wrong: the answer is {item.answer!r}"
+            for target, result in output.searches.items():
+                picture = draw_search(
+                    image,
+                    result,
+                    question=item.question,
+                    target=target,
+                    answer=f"{output.answer!r} ({verdict})",
+                    truth=truths.get(target),
+                    crops=crops,
+                    config=search,
+                )
+                picture.save(traces / f"q{index:02d}-{item.kind}-{target.replace(' ', '_')}.png")
+        progress(f"{index + 1} of {len(items)} questions done")
+    return rows
 
-    # the exhaustive scan on the first questions' targets, at V*'s leaf size and confidence threshold; a
-    # call scores one crop or makes one heatmap, and a FuyuScorer heatmap scores one crop per cell, so both are counted
+
+@torch.no_grad()
+def scan_questions(
+    searcher, items: list, search: SearchConfig, progress: Callable[[str], None] = _no_progress
+) -> list[dict]:
+    """V*'s search against the exhaustive scan on each target of `items`, at V*'s leaf size and confidence
+    threshold: one row per target. A call scores one crop or makes one heatmap, and a FuyuScorer heatmap scores one
+    crop per cell, so both are counted. Needs the search model only. `progress` is told of each question done."""
+    scorer = FuyuScorer(*searcher, **SCORER)
     scan_rows = []
-    for index, item in enumerate(tqdm(items[:exhaustive], desc="exhaustive scans")):
+    for index, item in enumerate(items):
         image = item.scene.render()
         for target, box in zip(item.targets, item.target_boxes):
             before = scorer.evaluations
@@ -112,9 +133,6 @@ def run_vstar_benchmark(
             )
             between = scorer.evaluations
             ours = visual_search(image, target, scorer, search)
-            if traces is not None:
-                traces.mkdir(parents=True, exist_ok=True)
-                draw_search(image, ours).save(traces / f"search{index}-{target.replace(' ', '_')}.png")
             scan_rows.append(
                 {
                     "scan_calls": scan.num_calls,
@@ -125,6 +143,12 @@ def run_vstar_benchmark(
                     "vstar_hit": ours.found and box_iou(ours.box, box) > 0.5,
                 }
             )
+        progress(f"{index + 1} of {len(items)} exhaustive scans done")
+    return scan_rows
+
+
+def summarise(rows: list[dict], scan_rows: list[dict]) -> dict:
+    """The figures of `answer_questions`' rows and `scan_questions`' rows."""
 
     def share(values) -> float:
         values = list(values)
@@ -182,34 +206,87 @@ def run_vstar_benchmark(
             "vstar_crops_per_search": vstar_crops,
             "vstar_hit_rate": share(row["vstar_hit"] for row in scan_rows),
         },
-        "seconds_per_question": vstar_seconds / max(1, len(rows)),
         "cases": cases,
         "threads": torch.get_num_threads(),
     }
 
 
-def print_result(result: dict) -> None:
-    print(
-        f"{result['questions']} questions: direct {result['direct_accuracy']:.1%}, V* {result['vstar_accuracy']:.1%}"
-    )
-    for kind, figures in result["by_kind"].items():
-        print(
-            f"  {kind}: {figures['questions']} questions, direct {figures['direct_accuracy']:.1%}, "
-            f"V* {figures['vstar_accuracy']:.1%}"
+def run_vstar_benchmark(
+    answerer=None,
+    searcher=None,
+    questions: int = 120,
+    exhaustive: int = 12,
+    traces: Path | None = None,
+    train_steps: dict | None = None,
+    output_dir: Path | None = None,
+    quick: bool = False,
+    progress: Callable[[str], None] = _no_progress,
+) -> dict:
+    """`answerer` and `searcher` are (model, processor) pairs; without them both are trained first, for
+    `train_steps[task]` steps, into output_dir/vstar and output_dir/vstar-search. `quick` (smoke runs):
+    tiny models, a few steps, coarse bounded searches. Pictures of the first searches go to `traces`.
+    `progress` is told of each question and scan done."""
+    if (answerer is None) != (searcher is None):
+        raise ValueError(
+            "run_vstar_benchmark takes both models (answerer and searcher) or neither (both are trained)."
         )
-    print(
-        f"targets named right {result['targets_named']:.1%}; search success (IoU > 0.5) {result['search_success']:.1%}"
-    )
-    print(
-        f"scorer calls per search {result['calls_per_search']:.1f} "
-        f"({result['evaluations_per_search']:.1f} crops scored)"
-    )
-    scan = result["exhaustive"]
+    search = QUICK_SEARCH if quick else SEARCH
+    if answerer is None:
+        steps = QUICK_STEPS if quick else {**TRAIN_STEPS, **(train_steps or {})}
+        training = start_training(
+            output_dir or Path(tempfile.mkdtemp(prefix="mosaic-vstar-")), steps, QUICK_MODEL if quick else FULL_MODEL
+        )
+        answerer, searcher = training.model("answer"), training.model("search")
+    items = benchmark_questions(questions)
+    started = time.perf_counter()
+    rows = answer_questions(answerer, searcher, items, search, traces, progress=progress)
+    seconds_per_question = (time.perf_counter() - started) / max(1, len(rows))
+    return {
+        **summarise(rows, scan_questions(searcher, items[:exhaustive], search, progress)),
+        "seconds_per_question": seconds_per_question,
+    }
+
+
+def accuracy_chart(result: dict, path: Path) -> Path:
+    """A bar chart of direct and V* accuracy per question kind (and over all questions), saved as PNG to `path`."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels = [*KIND_NAMES.values(), "all"]
+    direct = [result["by_kind"][kind]["direct_accuracy"] for kind in KIND_NAMES] + [result["direct_accuracy"]]
+    vstar = [result["by_kind"][kind]["vstar_accuracy"] for kind in KIND_NAMES] + [result["vstar_accuracy"]]
+    figure, axis = plt.subplots(figsize=(5, 3))
+    positions = range(len(labels))
+    for offset, values, name, colour in ((-0.2, direct, "direct", "tab:gray"), (0.2, vstar, "V*", "tab:green")):
+        bars = axis.bar(
+            [p + offset for p in positions], [100 * v for v in values], width=0.4, label=name, color=colour
+        )
+        axis.bar_label(bars, fmt="%.0f", fontsize=8)
+    axis.set_xticks(list(positions), labels)
+    axis.set_ylabel("answered right (%)")
+    axis.set_ylim(0, 105)
+    axis.set_title(f"V*Bench-like set, {result['questions']} questions", fontsize=10)
+    axis.legend(loc="upper left", fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return path
+
+
+def print_result(result: dict) -> None:
+    r, scan = result, result["exhaustive"]
+    print(f"{r['questions']} questions: direct {r['direct_accuracy']:.1%}, V* {r['vstar_accuracy']:.1%}")
+    for kind, f in r["by_kind"].items():
+        print(f"  {kind}: {f['questions']} questions, direct {f['direct_accuracy']:.1%}, V* {f['vstar_accuracy']:.1%}")
+    print(f"targets named right {r['targets_named']:.1%}; search success (IoU > 0.5) {r['search_success']:.1%}")
+    print(f"scorer calls per search {r['calls_per_search']:.1f} ({r['evaluations_per_search']:.1f} crops scored)")
     print(
         f"exhaustive scan on {scan['searches']} searches: {scan['scan_calls_per_search']:.0f} calls "
         f"({scan['scan_crops_per_search']:.0f} crops), hit rate {scan['scan_hit_rate']:.1%}; V* on the same: "
-        f"{scan['vstar_calls_per_search']:.1f} calls ({scan['vstar_crops_per_search']:.0f} crops), "
-        f"hit rate {scan['vstar_hit_rate']:.1%}"
+        f"{scan['vstar_calls_per_search']:.1f} calls ({scan['vstar_crops_per_search']:.0f} crops), hit rate "
+        f"{scan['vstar_hit_rate']:.1%}"
     )
 
 
@@ -230,16 +307,25 @@ def main(argv=None) -> None:
         "--train-steps",
         type=int,
         default=None,
-        help="Trainer steps for each model when training here (default: 1000 reading digits, then "
-        "3000 answering; 6000 search)",
+        help="Trainer steps for each model when training here (default: 1500 reading digits, then "
+        "2000 answering; 6000 search)",
     )
     args = parser.parse_args(argv)
     if (args.model is None) != (args.search_model is None):
         parser.error("give both --model and --search-model, or neither (then both are trained)")
     answerer = load_model(args.model) if args.model else None
     searcher = load_model(args.search_model) if args.search_model else None
-    steps = {"answer": args.train_steps, "search": args.train_steps} if args.train_steps else None  # digit stage: 1000
-    print_result(run_vstar_benchmark(answerer, searcher, args.questions, args.exhaustive, args.traces, steps))
+    steps = {"answer": args.train_steps, "search": args.train_steps} if args.train_steps else None  # digit stage: 1500
+    with tqdm(total=args.questions + args.exhaustive, desc="V*Bench-like set") as bar:
+
+        def progress(done: str) -> None:
+            bar.set_postfix_str(done)
+            bar.update()
+
+        result = run_vstar_benchmark(
+            answerer, searcher, args.questions, args.exhaustive, args.traces, steps, progress=progress
+        )
+    print_result(result)
 
 
 if __name__ == "__main__":

@@ -1,9 +1,11 @@
 """`zero-shot`, `ask` and `vstar`: answers from saved models."""
 
 import argparse
+import functools
 from pathlib import Path
 
 from .inputs import load_model_folder, open_image, require_model_folder
+from .staging import save_file
 
 
 def add_zero_shot_command(subparsers) -> None:
@@ -174,8 +176,11 @@ def run_vstar(args: argparse.Namespace) -> None:
         where = f"box {result.box}" if result.found else "not found"
         print(f"target {target!r}: {where}, score {result.score:.2f}, {result.num_calls} scorer calls")
         path = args.output if len(output.searches) == 1 else args.output.with_stem(f"{args.output.stem}-{index}")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        draw_search(image, result).save(path)
+        crops = [(name, image.crop(box)) for name, box, _ in output.memory]
+        picture = draw_search(
+            image, result, question=args.question, target=target, answer=output.answer, crops=crops, config=search
+        )
+        save_file(path, functools.partial(picture.save, format="PNG"))
         print(f"search picture: {path}")
     if not output.searches:
         print("no target to search for: answered from the whole image")

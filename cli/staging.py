@@ -13,7 +13,7 @@ import errno
 import os
 import secrets
 import shutil
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -96,3 +96,19 @@ def staged_folder(output: Path) -> Iterator[Path]:
             shutil.rmtree(retired)
     finally:
         shutil.rmtree(staging, ignore_errors=True)  # gone already after a successful rename
+
+
+def save_file(output: Path, write: Callable[[Path], None]) -> None:
+    """`write(path)` writes a file into a staging file beside `output`, which then replaces `output` by a rename:
+    a kill at any moment leaves the old file or the new one, never part of one; the next call removes the
+    staging file a killed one left."""
+    output.parent.mkdir(parents=True, exist_ok=True)
+    for stale in _ours(output, STAGING_SUFFIX):
+        if stale.is_file():
+            stale.unlink()
+    staging = _sibling(output, STAGING_SUFFIX)
+    try:
+        write(staging)
+        os.replace(staging, output)
+    finally:
+        staging.unlink(missing_ok=True)  # gone already after a successful rename

@@ -144,7 +144,9 @@ def test_vstar_prints_the_answer_and_saves_the_search_picture(fuyu_folder, photo
     calls = int(lines[1].split(" scorer calls")[0].split()[-1])
     assert 1 <= calls <= 12
     assert lines[2] == f"search picture: {output}"
-    assert PIL.Image.open(output).size == PIL.Image.open(photo_file).size
+    # the photo with a caption above and a legend below (the crops the answerer saw, if any, to its right)
+    picture, photo = PIL.Image.open(output), PIL.Image.open(photo_file)
+    assert picture.width >= photo.width and picture.height > photo.height
     # the same folder as a separate search model: the same search, scored through --search-model
     assert (
         main(

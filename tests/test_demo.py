@@ -1,19 +1,36 @@
 """The demo (the README's first command) in its shortened mode: every stage runs and reports."""
 
+import json
+
+import PIL.Image
+
 from mosaic_vlm.cli.main import main
 
 
 def test_quick_demo_runs_every_stage_and_writes_the_report(tmp_path, capsys):
     assert main(["demo", "--quick", "--output-dir", str(tmp_path)]) == 0
-    out = capsys.readouterr().out
-    for stage in ("== 1. CLIP-style", "== 2. Fuyu-style", "== 3. V* guided visual search", "== 4. Reload"):
+    captured = capsys.readouterr()
+    out = captured.out
+    for stage in (
+        "== 1. CLIP-style",
+        "== 2. Fuyu-style",
+        "== 3. V*'s two models finish",
+        "== 4. V* guided visual search",
+        "== 5. Save and reload",
+    ):
         assert stage in out
+    # the terminal shows bars and results; Trainer's log dicts and library warnings go to the stages' log files
+    assert "{'loss'" not in out + captured.err and "{'train_runtime'" not in out + captured.err
+    assert "Warning" not in captured.err
+    assert "'train_runtime'" in (tmp_path / "logs" / "1-clip.log").read_text()
     report = (tmp_path / "report.md").read_text()
     for section in (
         "## 1. CLIP-style zero-shot",
         "## 2. Fuyu-style question answering",
-        "## 3. V* guided visual search",
-        "## 4. Save and reload",
+        "## 3. V*'s two models",
+        "## 4. V* guided visual search",
+        "## 5. Save and reload",
+        "## Where the time went",
     ):
         assert section in report
     assert "| astronaut |" in report and "held-out digits" in report and "direct **" in report
@@ -23,6 +40,10 @@ def test_quick_demo_runs_every_stage_and_writes_the_report(tmp_path, capsys):
     assert (tmp_path / "vstar-digits" / "model.safetensors").exists() and (
         tmp_path / "vstar" / "model.safetensors"
     ).exists()
+    # the report shows: the accuracy chart beside the table, and every search picture
+    assert '<img src="vstar-accuracy.png"' in report and PIL.Image.open(tmp_path / "vstar-accuracy.png").width > 100
     pictures = sorted((tmp_path / "traces").glob("*.png"))
-    assert pictures and f"![search](traces/{pictures[0].name})" in report
+    assert pictures and all(f"(traces/{picture.name})" in report for picture in pictures)
+    timing = json.loads((tmp_path / "timing.json").read_text())
+    assert timing["cpu_minutes"] >= timing["background_cpu_minutes"] > 0 and timing["wall_minutes"] > 0
     assert f"report: {tmp_path / 'report.md'}" in out

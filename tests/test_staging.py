@@ -8,7 +8,7 @@ import shutil
 import pytest
 
 from mosaic_vlm.cli import staging
-from mosaic_vlm.cli.staging import RETIRED_SUFFIX, STAGING_SUFFIX, clean_stale_staging, staged_folder
+from mosaic_vlm.cli.staging import RETIRED_SUFFIX, STAGING_SUFFIX, clean_stale_staging, save_file, staged_folder
 
 
 def write_killed_at(output, kill_at: int, exchange: bool) -> bool:
@@ -94,3 +94,23 @@ def test_output_permissions_follow_the_umask(tmp_path, umask):
         os.umask(previous)
     assert (tmp_path / "out").stat().st_mode & 0o777 == 0o777 & ~umask
     assert (tmp_path / "out" / "file.txt").stat().st_mode & 0o777 == 0o666 & ~umask
+
+
+def test_a_file_is_saved_whole_or_not_at_all(tmp_path):
+    output = tmp_path / "search.png"
+    output.write_bytes(b"old picture")
+
+    def half_then_fail(path):
+        path.write_bytes(b"half a pic")
+        raise RuntimeError("the drawing failed")
+
+    with pytest.raises(RuntimeError):
+        save_file(output, half_then_fail)
+    assert output.read_bytes() == b"old picture" and leftovers(tmp_path) == []
+    pid = os.fork()
+    if pid == 0:  # killed (no cleanup) after writing half the new file
+        save_file(output, lambda path: (path.write_bytes(b"half a pic"), os._exit(9)))
+    os.waitpid(pid, 0)
+    assert output.read_bytes() == b"old picture" and len(leftovers(tmp_path)) == 1
+    save_file(output, lambda path: path.write_bytes(b"new picture"))
+    assert output.read_bytes() == b"new picture" and leftovers(tmp_path) == []

@@ -1,5 +1,7 @@
 """V* search on real photos with a planted target, scored by a deterministic pixel-counting scorer."""
 
+import itertools
+
 import numpy as np
 import PIL.Image
 import pytest
@@ -313,15 +315,65 @@ def test_bad_scorers_and_inputs_raise_clear_errors():
         visual_search(image, "x", PlantedColorScorer(), SearchConfig(conf_low=0.6, conf_high=0.5))
 
 
-def test_draw_search_marks_path_and_final_box(tmp_path):
+def colour_pixels(picture: PIL.Image.Image, colour) -> int:
+    return int(np.all(np.asarray(picture) == colour, axis=-1).sum())
+
+
+def test_draw_search_shows_the_search_the_truth_and_the_crops(tmp_path):
+    from mosaic_vlm.vstar.draw import CONFIDENT, TRUTH, UNSURE
+
     image = photo_with_squares((1024, 1024), [(700, 100, 30, RED)])
-    result = visual_search(image, "red square", PlantedColorScorer(gain=150))
-    picture = draw_search(image, result)
-    assert picture.size == image.size
-    x0, y0, x1, y1 = result.boxes[0]
-    assert picture.getpixel((x0, (y0 + y1) // 2)) == (0, 200, 0)  # final box outline in green
+    config = SearchConfig(min_size=64, conf_high=0.65)
+    result = visual_search(image, "red square", PlantedColorScorer(gain=150), config)
+    assert result.found and result.score >= 0.65
+    plain = draw_search(image, result)  # as `mosaic-vlm vstar` draws it: caption and legend around the image
+    assert plain.width == image.width and plain.height > image.height
+    assert (
+        colour_pixels(plain, CONFIDENT) > 0 and colour_pixels(plain, UNSURE) == 0 and colour_pixels(plain, TRUTH) == 0
+    )
+    crop = PIL.Image.new("RGB", (36, 36), (255, 0, 255))
+    picture = draw_search(
+        image,
+        result,
+        question="Where is it?",
+        target="red square",
+        answer="here",
+        truth=(700, 100, 730, 130),
+        crops=[("red square", crop)],
+        config=config,
+    )
+    assert picture.width > image.width and colour_pixels(picture, TRUTH) > 0
+    assert colour_pixels(picture.crop((image.width, 0, picture.width, picture.height)), (255, 0, 255)) >= 36 * 36
+    assert picture.height > plain.height  # the question's line
     picture.save(tmp_path / "trace.png")
-    assert PIL.Image.open(tmp_path / "trace.png").size == image.size
+    assert PIL.Image.open(tmp_path / "trace.png").size == picture.size
+
+
+def test_draw_search_marks_an_unsure_search_red():
+    from mosaic_vlm.vstar.draw import CONFIDENT, UNSURE
+
+    image = photo_with_squares((512, 512), [])
+    unsure = SearchResult(True, (100, 100, 164, 164), 0.4, [(100, 100, 164, 164)], [((0, 0, 512, 512), 0.1)], 5)
+    picture = draw_search(image, unsure, config=SearchConfig(conf_high=0.65, conf_low=0.3))
+    assert colour_pixels(picture, UNSURE) > 0 and colour_pixels(picture, CONFIDENT) == 0
+    missed = SearchResult(False, None, 0.1, [], [((0, 0, 512, 512), 0.1)], 5)
+    assert colour_pixels(draw_search(image, missed), CONFIDENT) == 0
+
+
+def test_draw_search_numbers_a_few_key_patches_with_labels_apart():
+    from mosaic_vlm.vstar.draw import KEY_PATCHES, _labels
+
+    # a long search that keeps returning to the same corner: many patches, their labels compete for one place
+    path = [((0, 0, 1024, 1024), 0.1)] + [((0, 0, 512 - 8 * i, 512 - 8 * i), 0.1 + i / 100) for i in range(30)]
+    result = SearchResult(True, (40, 40, 72, 72), 0.9, [(40, 40, 72, 72)], path, 120)
+    labels = _labels(result, [(34, 34, 78, 78)], (1024, 1024), lambda text: (60, 20))
+    assert 2 <= len(labels) <= KEY_PATCHES
+    numbers = [number for number, _, _ in labels]
+    assert numbers == sorted(numbers) and numbers[0] == 1 and numbers[-1] == 30  # where it started and ended
+    spots = [spot for _, _, spot in labels] + [(34, 34, 78, 78)]
+    for a, b in itertools.combinations(spots, 2):
+        assert a[2] <= b[0] or b[2] <= a[0] or a[3] <= b[1] or b[3] <= a[1], (a, b)  # no two overlap
+    assert all(0 <= x0 and 0 <= y0 and x1 <= 1024 and y1 <= 1024 for x0, y0, x1, y1 in spots)
 
 
 def test_clip_scorer_scores_and_heatmaps(clip_processor):

@@ -6,11 +6,13 @@
   visits; `FuyuScorer` turns it into the search's scorer.
 Evaluation during training: held-out answer accuracy (teacher-forced, equal to greedy decoding).
 
-    mosaic-vlm train vstar --task digits --output_dir out/vstar-digits --max_steps 1000
-    mosaic-vlm train vstar --task answer --init_from out/vstar-digits --output_dir out/vstar --max_steps 3000
-    mosaic-vlm train vstar --task search --output_dir out/vstar-search --max_steps 6000
+    mosaic-vlm train vstar --task digits --output_dir out/vstar-digits --max_steps 1500 --train_rows 48000
+    mosaic-vlm train vstar --task answer --init_from out/vstar-digits --output_dir out/vstar --max_steps 2000 \
+        --train_rows 64000
+    mosaic-vlm train vstar --task search --output_dir out/vstar-search --max_steps 6000 --train_rows 192000
 
-(`python -m mosaic_vlm.training.vstar ...` runs the same.)
+(`python -m mosaic_vlm.training.vstar ...` runs the same; the demo's launcher, `start_training`, adds
+`LAUNCH_FLAGS`: batches of 32, learning rate 3e-3, 50 warmup steps.)
 
 The rows come from `mosaic_vlm.data.vstar_scenes` (skimage photos, sklearn digits); every
 TrainingArguments flag works (see --help).
@@ -22,10 +24,18 @@ import os
 import shlex
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForCausalLM, AutoProcessor, HfArgumentParser, Trainer, TrainingArguments
+from transformers import (
+    AutoModelForCausalLM,
+    AutoProcessor,
+    HfArgumentParser,
+    Trainer,
+    TrainerCallback,
+    TrainingArguments,
+)
 
 from mosaic_vlm.data.collators import MosaicFuyuCollator
 from mosaic_vlm.data.vstar_scenes import TASKS, tokenizer_texts, training_rows
@@ -59,19 +69,39 @@ class VStarArguments:
     patch_size: int = dataclasses.field(default=12, metadata={"help": "side of a square patch"})
     train_rows: int = dataclasses.field(default=64000, metadata={"help": "generated training rows"})
     eval_rows: int = dataclasses.field(default=600, metadata={"help": "generated held-out rows (another seed)"})
+    progress_file: str | None = dataclasses.field(
+        default=None,
+        metadata={"help": "keep 'steps done, steps in all' in this file while training (for a launcher to watch)"},
+    )
 
 
 def build_processor(image_size: int, patch_size: int) -> MosaicFuyuProcessor:
     tokenizer = train_bpe_tokenizer(
-        tokenizer_texts() * 4, vocab_size=512, model_max_length=512, extra_special_tokens=list(FUYU_SPECIAL_TOKENS)
+        tokenizer_texts(), vocab_size=512, model_max_length=512, extra_special_tokens=list(FUYU_SPECIAL_TOKENS)
     )
     image_processor = MosaicFuyuImageProcessor(patch_size=patch_size, size={"height": image_size, "width": image_size})
     return MosaicFuyuProcessor(image_processor=image_processor, tokenizer=tokenizer)
 
 
+class ProgressFile(TrainerCallback):
+    """Writes "steps done, steps in all" to a file every few steps, for a launcher in another process to watch."""
+
+    def __init__(self, path: str, every: int = 10):
+        self.path, self.every = Path(path), every
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step % self.every == 0 or state.global_step == state.max_steps:
+            written = self.path.with_suffix(".writing")
+            written.write_text(f"{state.global_step} {state.max_steps}")
+            written.replace(self.path)  # whole, so that a reader never sees a half-written file
+
+
 def build_trainer(args: VStarArguments, training_args: TrainingArguments) -> Trainer:
     training_args.remove_unused_columns = False
     training_args.dataloader_pin_memory = False
+    # the rows come in runs of one batch with the same number of images (little padding); they are random, so
+    # they are read in order
+    training_args.train_sampling_strategy = "sequential"
     torch.manual_seed(training_args.seed)
     processor = build_processor(args.image_size, args.patch_size)
     size = (args.image_size, args.image_size)
@@ -87,85 +117,113 @@ def build_trainer(args: VStarArguments, training_args: TrainingArguments) -> Tra
     return Trainer(
         model=model,
         args=training_args,
-        train_dataset=training_rows(args.train_rows, training_args.seed, size, args.task),
+        train_dataset=training_rows(
+            args.train_rows, training_args.seed, size, args.task, training_args.per_device_train_batch_size
+        ),
         eval_dataset=training_rows(args.eval_rows, training_args.seed + 1_000_000, size, args.task),
         data_collator=MosaicFuyuCollator(processor, image_column="images"),
         processing_class=processor,
         compute_metrics=answer_accuracy,
         preprocess_logits_for_metrics=greedy_predictions,
+        callbacks=[ProgressFile(args.progress_file)] if args.progress_file else None,
     )
 
 
 # Steps of each stage of a full run and of a smoke run, and the model flags of each (a full run: the defaults)
-TRAIN_STEPS = {"digits": 1000, "answer": 3000, "search": 6000}
+TRAIN_STEPS = {"digits": 1500, "answer": 2000, "search": 6000}
 QUICK_STEPS = {"digits": 10, "answer": 20, "search": 20}
 FULL_MODEL = []
 QUICK_MODEL = ["--hidden_size", "32", "--num_hidden_layers", "1", "--eval_rows", "8"]
+# The recipe's settings in both models' processes
+LAUNCH_FLAGS = {
+    "per_device_train_batch_size": 32,
+    "learning_rate": 3e-3,
+    "warmup_steps": 50,
+    "eval_strategy": "no",
+    "save_strategy": "no",
+    "report_to": "none",
+    "logging_steps": 500,
+}
 
 
-def start_training(output_dir: Path, steps: dict, model_args: list[str] = FULL_MODEL, log: bool = False):
-    """Starts this recipe (Trainer) for both models at once, each in its own process with one
-    thread (these tiny models make poor use of a second thread, and full use of a second process), into
-    output_dir/vstar and output_dir/vstar-search. The answering model trains in two stages, one after the
-    other: `digits` (into output_dir/vstar-digits), then `answer` from it. With `log`, each stage writes
-    to train.log in its folder instead of the terminal, without progress bars. Returns a function that
-    waits for both models and returns the two (model, processor) pairs."""
+class BackgroundTraining:
+    """V*'s two models training at once (`start_training`), each in its own process: the answering model's
+    stages (`digits`, then `answer` from it) one after the other in one, the search model in the other."""
+
+    def __init__(self, stages: dict[str, list[tuple[str, Path, int]]], processes: dict, log: bool):
+        self.stages, self.processes, self.log = stages, processes, log
+
+    def progress(self) -> dict[str, float]:
+        """The share of its training steps each model has done, 0 to 1 (read from the stages' progress files)."""
+        shares = {}
+        for model, stages in self.stages.items():
+            files = [folder / "progress" for _, folder, _ in stages]
+            done = sum(int(file.read_text().split()[0]) for file in files if file.exists())
+            shares[model] = done / sum(steps for _, _, steps in stages)
+        return shares
+
+    def finished(self, model: str) -> bool:
+        return self.processes[model].poll() is not None
+
+    def model(self, model: str):
+        """Waits for the process training `model` ("answer" or "search"); returns its (model, processor)."""
+        if self.processes[model].wait() != 0:
+            folders = " and ".join(str(folder / "train.log") for _, folder, _ in self.stages[model])
+            raise RuntimeError(f"Training the V* {model} model failed" + (f" (see {folders})." if self.log else "."))
+        return load_model(self.stages[model][-1][1])
+
+    def metrics(self) -> dict[str, dict]:
+        """Each finished stage's final_metrics.json (held-out accuracy, CPU seconds), by task."""
+        return {
+            task: json.loads((folder / "final_metrics.json").read_text())
+            for stages in self.stages.values()
+            for task, folder, _ in stages
+            if (folder / "final_metrics.json").exists()
+        }
+
+
+def start_training(
+    output_dir: Path, steps: dict, model_args: list[str] = FULL_MODEL, log: bool = False
+) -> BackgroundTraining:
+    """Starts this recipe (Trainer) for both models at once, each in its own process with one thread (these
+    tiny models make poor use of a second thread, and full use of a second process), into output_dir/vstar
+    (after output_dir/vstar-digits) and output_dir/vstar-search, `steps[task]` steps each with one fresh row
+    per step and batch row. With `log`, each stage writes to train.log in its folder instead of the terminal,
+    without progress bars."""
     stages = {
         "answer": [
-            ("digits", output_dir / "vstar-digits", []),
-            ("answer", output_dir / "vstar", ["--init_from", str(output_dir / "vstar-digits")]),
+            ("digits", output_dir / "vstar-digits", steps["digits"]),
+            ("answer", output_dir / "vstar", steps["answer"]),
         ],
-        "search": [("search", output_dir / "vstar-search", [])],
+        "search": [("search", output_dir / "vstar-search", steps["search"])],
     }
     environment = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
-    commands = []
+    processes = {}
     for model, model_stages in stages.items():
         script = []
-        for task, folder, extra in model_stages:
+        for (task, folder, task_steps), previous in zip(model_stages, [None, *model_stages]):
             folder.mkdir(parents=True, exist_ok=True)
+            flags = {
+                **LAUNCH_FLAGS,
+                "task": task,
+                "output_dir": folder,
+                "max_steps": task_steps,
+                "train_rows": LAUNCH_FLAGS["per_device_train_batch_size"] * task_steps,
+                "progress_file": folder / "progress",
+                "disable_tqdm": log or task == "search",
+                **({"init_from": previous[1]} if previous else {}),
+            }
             command = [
                 sys.executable,
                 "-m",
                 "mosaic_vlm.training.vstar",
                 *model_args,
-                *extra,
-                "--task",
-                task,
-                "--output_dir",
-                str(folder),
-                "--max_steps",
-                str(steps[task]),
-                "--train_rows",
-                str(32 * steps[task]),
-                "--per_device_train_batch_size",
-                "32",
-                "--learning_rate",
-                "3e-3",
-                "--warmup_steps",
-                "50",
-                "--eval_strategy",
-                "no",
-                "--save_strategy",
-                "no",
-                "--report_to",
-                "none",
-                "--logging_steps",
-                "1000",
-                "--disable_tqdm",
-                "true" if log or task == "search" else "false",
+                *(f"--{k}={v}" for k, v in flags.items()),
             ]
             redirect = f" > {shlex.quote(str(folder / 'train.log'))} 2>&1" if log else ""
             script.append(shlex.join(command) + redirect)
-        commands.append((model, subprocess.Popen(["/bin/sh", "-c", " && ".join(script)], env=environment)))
-
-    def finish():
-        failed = [model for model, process in commands if process.wait() != 0]
-        if failed:
-            logs = f" (see the train.log files in {output_dir})" if log else ""
-            raise RuntimeError(f"Training the V* {' and '.join(failed)} model failed{logs}.")
-        return load_model(output_dir / "vstar"), load_model(output_dir / "vstar-search")
-
-    return finish
+        processes[model] = subprocess.Popen(["/bin/sh", "-c", " && ".join(script)], env=environment)
+    return BackgroundTraining(stages, processes, log)
 
 
 def load_model(folder: Path):
@@ -176,8 +234,10 @@ def main(argv=None) -> dict:
     parser = HfArgumentParser((VStarArguments, TrainingArguments), description=__doc__)
     args, training_args = parser.parse_args_into_dataclasses(args=argv)
     trainer = build_trainer(args, training_args)
+    rows_cpu_seconds = time.process_time()  # making the rows is most of building the trainer
     trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
     metrics = trainer.evaluate()
+    metrics.update(cpu_seconds=time.process_time(), rows_cpu_seconds=rows_cpu_seconds)
     trainer.save_model(training_args.output_dir)
     if trainer.is_world_process_zero():
         with open(os.path.join(training_args.output_dir, "final_metrics.json"), "w") as file:
