@@ -307,24 +307,32 @@ def training_rows(
     - "search": yes/no presence questions about crops shaped like those a search scores (8 per scene).
     Images are fitted into `max_size` (height, width), the model's input size, as its processor would.
     The rows come in runs of `batch_size` with the same number of images, so that a batch read in order pads
-    little (an answering row holds one to three images: a third of its tokens would be padding); the rows
-    are random, so reading them in order is as good as shuffling them."""
+    little (an answering row holds one to three images: a third of its tokens would be padding). The runs are
+    drawn from all the rows, in random order, so that a batch holds rows of many scenes (a scene's rows, such as
+    its eight search crops, are made together) and the rows can be read in order, unshuffled."""
     if task not in TASKS:
         raise ValueError(f"Unknown task {task!r}; expected one of {TASKS}.")
     rng = random.Random(seed)
-    rows, waiting = [], collections.defaultdict(list)  # rows by their number of images, until a run is full
-    while len(rows) < count:
+    by_images = collections.defaultdict(list)  # rows by their number of images
+
+    def in_whole_runs() -> int:
+        return sum(len(group) // batch_size * batch_size for group in by_images.values())
+
+    while in_whole_runs() < count:
         if task == "search":
             made = _presence_rows(rng, max_size, 8)
         else:
             made = _answer_rows(rng, max_size) if task == "answer" else _digit_rows(rng, max_size)
         for row in made:
-            run = waiting[len(row["images"])]
-            run.append(row)
-            if len(run) == batch_size:
-                rows += run
-                run.clear()
-    return rows[:count]
+            by_images[len(row["images"])].append(row)
+    runs = []
+    for group in by_images.values():
+        rng.shuffle(group)
+        runs += [
+            group[start : start + batch_size] for start in range(0, len(group) // batch_size * batch_size, batch_size)
+        ]
+    rng.shuffle(runs)
+    return [row for run in runs for row in run][:count]
 
 
 def tokenizer_texts() -> list[str]:

@@ -6,7 +6,7 @@ import random
 
 import numpy as np
 
-from mosaic_vlm.data.vstar_scenes import _fitted, random_question, training_rows
+from mosaic_vlm.data.vstar_scenes import _fitted, _presence_rows, random_question, training_rows
 from mosaic_vlm.training.vstar import build_processor
 
 
@@ -31,6 +31,19 @@ def test_rows_come_in_runs_of_one_batch_with_as_many_images():
     # one at a time, the same generator makes the same kinds of rows
     kinds = collections.Counter(row["kind"] for row in training_rows(320, seed=0, max_size=(48, 48), task="answer"))
     assert set(kinds) == {row["kind"] for row in rows}
+
+
+def test_a_batch_holds_rows_of_many_scenes():
+    # the search rows of one scene (8 crops) are made together; the runs spread them over several batches
+    rows = training_rows(64, seed=0, max_size=(48, 48), task="search", batch_size=8)  # 8 scenes, all rows
+    first_scene = _presence_rows(random.Random(0), (48, 48), 8)
+
+    def key(row):
+        return row["question"], row["images"][0].tobytes()
+
+    positions = {key(row): index for index, row in enumerate(rows)}
+    batches = {positions[key(row)] // 8 for row in first_scene}
+    assert len(batches) > 2, batches
 
 
 def test_the_rows_tokenizer_spends_one_token_per_word_of_the_prompts():

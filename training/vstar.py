@@ -99,8 +99,8 @@ class ProgressFile(TrainerCallback):
 def build_trainer(args: VStarArguments, training_args: TrainingArguments) -> Trainer:
     training_args.remove_unused_columns = False
     training_args.dataloader_pin_memory = False
-    # the rows come in runs of one batch with the same number of images (little padding); they are random, so
-    # they are read in order
+    # the rows come in runs of one batch with the same number of images (little padding), the runs in random
+    # order: read in order, each batch keeps its run
     training_args.train_sampling_strategy = "sequential"
     torch.manual_seed(training_args.seed)
     processor = build_processor(args.image_size, args.patch_size)
