@@ -23,7 +23,7 @@ import torch
 from tqdm.auto import tqdm
 
 from mosaic_vlm.data.vstar_scenes import benchmark_questions
-from mosaic_vlm.training.vstar import FULL_MODEL, QUICK_MODEL, QUICK_STEPS, TRAIN_STEPS, load_model, start_training
+from mosaic_vlm.training.vstar import FULL_FLAGS, QUICK_FLAGS, QUICK_STEPS, TRAIN_STEPS, load_model, start_training
 from mosaic_vlm.vstar import (
     FuyuScorer,
     SearchConfig,
@@ -234,7 +234,7 @@ def run_vstar_benchmark(
     if answerer is None:
         steps = QUICK_STEPS if quick else {**TRAIN_STEPS, **(train_steps or {})}
         training = start_training(
-            output_dir or Path(tempfile.mkdtemp(prefix="mosaic-vstar-")), steps, QUICK_MODEL if quick else FULL_MODEL
+            output_dir or Path(tempfile.mkdtemp(prefix="mosaic-vstar-")), steps, QUICK_FLAGS if quick else FULL_FLAGS
         )
         answerer, searcher = training.model("answer"), training.model("search")
     items = benchmark_questions(questions)

@@ -16,6 +16,7 @@ beside report.md (figures, tables, the accuracy chart and the search pictures) a
 """
 
 import json
+import math
 import os
 import resource
 import time
@@ -42,7 +43,7 @@ SETTINGS = {
         "photo_crops": 60,
         "fuyu_epochs": 8,
         "vstar_steps": train_vstar.TRAIN_STEPS,
-        "vstar_model": train_vstar.FULL_MODEL,
+        "vstar_flags": train_vstar.FULL_FLAGS,
         "questions": 45,
         "exhaustive": 10,
         "pictures": 6,
@@ -52,7 +53,7 @@ SETTINGS = {
         "photo_crops": 4,
         "fuyu_epochs": 1,
         "vstar_steps": train_vstar.QUICK_STEPS,
-        "vstar_model": train_vstar.QUICK_MODEL,
+        "vstar_flags": train_vstar.QUICK_FLAGS,
         "questions": 3,
         "exhaustive": 1,
         "pictures": 3,
@@ -198,7 +199,12 @@ def stage_vstar_bench(settings, output: Path, answerer, searcher, stage: Stage) 
     )
     stage.say(f"{result['questions']} questions: direct {direct:.1%}, V* {vstar:.1%} ({by_kind})")
     calls, success = result["calls_per_search"], result["search_success"]
-    stage.say(f"search success (IoU > 0.5) {success:.1%}, {calls:.1f} scorer calls per search")
+    searched = (
+        f"{calls:.1f} ({result['evaluations_per_search']:.0f} crops scored)"
+        if not math.isnan(calls)  # NaN when the answering model named no target to search for
+        else "none: the answering model named no target"
+    )
+    stage.say(f"search success (IoU > 0.5) {success:.1%}, scorer calls per search: {searched}")
     lines = [
         f"- {result['questions']} questions (skimage photos of 1024+ px, digit tiles of ~3% of the short side): "
         f"direct **{direct:.1%}**, V* **{vstar:.1%}**",
@@ -213,7 +219,7 @@ def stage_vstar_bench(settings, output: Path, answerer, searcher, stage: Stage) 
         ),
         "",
         f"- targets named right: {result['targets_named']:.1%}; search success (IoU > 0.5): {success:.1%}",
-        f"- scorer calls per search: {calls:.1f} ({result['evaluations_per_search']:.0f} crops scored)",
+        f"- scorer calls per search: {searched}",
         f"- against an exhaustive scan on {scan['searches']} searches: V* {scan['vstar_calls_per_search']:.0f} "
         f"calls ({scan['vstar_crops_per_search']:.0f} crops), hit rate {scan['vstar_hit_rate']:.0%}; scan "
         f"{scan['scan_calls_per_search']:.0f} calls ({scan['scan_crops_per_search']:.0f} crops), hit rate "
@@ -300,7 +306,7 @@ def _run_stages(output: Path, settings: dict, quick: bool) -> float:
         "V*'s two models train in two background processes from now on (logs: train.log in vstar-digits, vstar and "
         "vstar-search); the other stages run meanwhile. Every log is in the output folder."
     )
-    training = train_vstar.start_training(output, settings["vstar_steps"], settings["vstar_model"], log=True)
+    training = train_vstar.start_training(output, settings["vstar_steps"], settings["vstar_flags"], log=True)
     title = "CLIP-style model on captioned digits and photo crops (Trainer)"
     with Stage(1, STAGES, title, logs / "1-clip.log", total=1 + len(PHOTO_CAPTIONS)) as clip_stage:
         clip_lines, clip_trainer = stage_clip(settings, output, clip_stage)

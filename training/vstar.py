@@ -129,11 +129,12 @@ def build_trainer(args: VStarArguments, training_args: TrainingArguments) -> Tra
     )
 
 
-# Steps of each stage of a full run and of a smoke run, and the model flags of each (a full run: the defaults)
+# Steps of each stage of a full run and of a smoke run, and the flags of each beyond `LAUNCH_FLAGS` (a full run:
+# the defaults). A smoke run's answering model takes enough steps to name targets (so that the demo searches).
 TRAIN_STEPS = {"digits": 1500, "answer": 2000, "search": 6000}
-QUICK_STEPS = {"digits": 10, "answer": 20, "search": 20}
-FULL_MODEL = []
-QUICK_MODEL = ["--hidden_size", "32", "--num_hidden_layers", "1", "--eval_rows", "8"]
+QUICK_STEPS = {"digits": 10, "answer": 200, "search": 20}
+FULL_FLAGS = []
+QUICK_FLAGS = ["--hidden_size", "32", "--num_hidden_layers", "1", "--eval_rows", "8", "--warmup_steps", "2"]
 # The recipe's settings in both models' processes
 LAUNCH_FLAGS = {
     "per_device_train_batch_size": 32,
@@ -183,13 +184,13 @@ class BackgroundTraining:
 
 
 def start_training(
-    output_dir: Path, steps: dict, model_args: list[str] = FULL_MODEL, log: bool = False
+    output_dir: Path, steps: dict, flags: list[str] = FULL_FLAGS, log: bool = False
 ) -> BackgroundTraining:
     """Starts this recipe (Trainer) for both models at once, each in its own process with one thread (these
     tiny models make poor use of a second thread, and full use of a second process), into output_dir/vstar
     (after output_dir/vstar-digits) and output_dir/vstar-search, `steps[task]` steps each with one fresh row
-    per step and batch row. With `log`, each stage writes to train.log in its folder instead of the terminal,
-    without progress bars."""
+    per step and batch row, with `LAUNCH_FLAGS` and then `flags` (which win). With `log`, each stage writes to
+    train.log in its folder instead of the terminal, without progress bars."""
     stages = {
         "answer": [
             ("digits", output_dir / "vstar-digits", steps["digits"]),
@@ -203,7 +204,7 @@ def start_training(
         script = []
         for (task, folder, task_steps), previous in zip(model_stages, [None, *model_stages]):
             folder.mkdir(parents=True, exist_ok=True)
-            flags = {
+            stage_flags = {
                 **LAUNCH_FLAGS,
                 "task": task,
                 "output_dir": folder,
@@ -217,8 +218,8 @@ def start_training(
                 sys.executable,
                 "-m",
                 "mosaic_vlm.training.vstar",
-                *model_args,
-                *(f"--{k}={v}" for k, v in flags.items()),
+                *(f"--{k}={v}" for k, v in stage_flags.items()),
+                *flags,
             ]
             redirect = f" > {shlex.quote(str(folder / 'train.log'))} 2>&1" if log else ""
             script.append(shlex.join(command) + redirect)
