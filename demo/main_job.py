@@ -303,10 +303,10 @@ def _run_stages(output: Path, settings: dict, quick: bool) -> float:
     start, start_cpu = time.perf_counter(), time.process_time()
     children_cpu = resource.getrusage(resource.RUSAGE_CHILDREN)
     print(
-        "V*'s two models train in two background processes from now on (logs: train.log in vstar-digits, vstar and "
-        "vstar-search); the other stages run meanwhile. Every log is in the output folder."
+        "V*'s two models train in two background processes from now on (logs: logs/vstar-digits.log, then "
+        "logs/vstar-answer.log, and logs/vstar-search.log); the other stages run meanwhile."
     )
-    training = train_vstar.start_training(output, settings["vstar_steps"], settings["vstar_flags"], log=True)
+    training = train_vstar.start_training(output, settings["vstar_steps"], settings["vstar_flags"], log_dir=logs)
     title = "CLIP-style model on captioned digits and photo crops (Trainer)"
     with Stage(1, STAGES, title, logs / "1-clip.log", total=1 + len(PHOTO_CAPTIONS)) as clip_stage:
         clip_lines, clip_trainer = stage_clip(settings, output, clip_stage)

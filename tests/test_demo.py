@@ -23,6 +23,9 @@ def test_quick_demo_runs_every_stage_and_writes_the_report(tmp_path, capsys):
     assert "{'loss'" not in out + captured.err and "{'train_runtime'" not in out + captured.err
     assert "Warning" not in captured.err
     assert "'train_runtime'" in (tmp_path / "logs" / "1-clip.log").read_text()
+    for task in ("digits", "answer", "search"):  # V*'s background training logs there too, not in its model folders
+        assert "'train_runtime'" in (tmp_path / "logs" / f"vstar-{task}.log").read_text(), task
+    assert not list(tmp_path.glob("*/train.log"))
     report = (tmp_path / "report.md").read_text()
     for section in (
         "## 1. CLIP-style zero-shot",

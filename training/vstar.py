@@ -151,8 +151,8 @@ class BackgroundTraining:
     """V*'s two models training at once (`start_training`), each in its own process: the answering model's
     stages (`digits`, then `answer` from it) one after the other in one, the search model in the other."""
 
-    def __init__(self, stages: dict[str, list[tuple[str, Path, int]]], processes: dict, log: bool):
-        self.stages, self.processes, self.log = stages, processes, log
+    def __init__(self, stages: dict[str, list[tuple[str, Path, int]]], processes: dict, log_dir: Path | None):
+        self.stages, self.processes, self.log_dir = stages, processes, log_dir
 
     def progress(self) -> dict[str, float]:
         """The share of its training steps each model has done, 0 to 1 (read from the stages' progress files)."""
@@ -169,8 +169,8 @@ class BackgroundTraining:
     def model(self, model: str):
         """Waits for the process training `model` ("answer" or "search"); returns its (model, processor)."""
         if self.processes[model].wait() != 0:
-            folders = " and ".join(str(folder / "train.log") for _, folder, _ in self.stages[model])
-            raise RuntimeError(f"Training the V* {model} model failed" + (f" (see {folders})." if self.log else "."))
+            logs = " and ".join(str(training_log(self.log_dir, task)) for task, _, _ in self.stages[model])
+            raise RuntimeError(f"Training the V* {model} model failed" + (f" (see {logs})." if self.log_dir else "."))
         return load_model(self.stages[model][-1][1])
 
     def metrics(self) -> dict[str, dict]:
@@ -184,13 +184,13 @@ class BackgroundTraining:
 
 
 def start_training(
-    output_dir: Path, steps: dict, flags: list[str] = FULL_FLAGS, log: bool = False
+    output_dir: Path, steps: dict, flags: list[str] = FULL_FLAGS, log_dir: Path | None = None
 ) -> BackgroundTraining:
     """Starts this recipe (Trainer) for both models at once, each in its own process with one thread (these
     tiny models make poor use of a second thread, and full use of a second process), into output_dir/vstar
     (after output_dir/vstar-digits) and output_dir/vstar-search, `steps[task]` steps each with one fresh row
-    per step and batch row, with `LAUNCH_FLAGS` and then `flags` (which win). With `log`, each stage writes to
-    train.log in its folder instead of the terminal, without progress bars."""
+    per step and batch row, with `LAUNCH_FLAGS` and then `flags` (which win). With `log_dir`, each stage writes
+    to its log there (`training_log`) instead of the terminal, without progress bars."""
     stages = {
         "answer": [
             ("digits", output_dir / "vstar-digits", steps["digits"]),
@@ -198,6 +198,8 @@ def start_training(
         ],
         "search": [("search", output_dir / "vstar-search", steps["search"])],
     }
+    if log_dir is not None:
+        log_dir.mkdir(parents=True, exist_ok=True)
     environment = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
     processes = {}
     for model, model_stages in stages.items():
@@ -211,7 +213,7 @@ def start_training(
                 "max_steps": task_steps,
                 "train_rows": LAUNCH_FLAGS["per_device_train_batch_size"] * task_steps,
                 "progress_file": folder / "progress",
-                "disable_tqdm": log or task == "search",
+                "disable_tqdm": log_dir is not None or task == "search",
                 **({"init_from": previous[1]} if previous else {}),
             }
             command = [
@@ -221,10 +223,15 @@ def start_training(
                 *(f"--{k}={v}" for k, v in stage_flags.items()),
                 *flags,
             ]
-            redirect = f" > {shlex.quote(str(folder / 'train.log'))} 2>&1" if log else ""
+            redirect = f" > {shlex.quote(str(training_log(log_dir, task)))} 2>&1" if log_dir else ""
             script.append(shlex.join(command) + redirect)
         processes[model] = subprocess.Popen(["/bin/sh", "-c", " && ".join(script)], env=environment)
-    return BackgroundTraining(stages, processes, log)
+    return BackgroundTraining(stages, processes, log_dir)
+
+
+def training_log(log_dir: Path, task: str) -> Path:
+    """The log file of `start_training`'s `task` stage in `log_dir`."""
+    return log_dir / f"vstar-{task}.log"
 
 
 def load_model(folder: Path):
