@@ -50,7 +50,7 @@ def answer_directly(model, processor, image, question: str) -> str:
 
 
 def _no_progress(done: str) -> None:
-    pass
+    """The default `progress` callback: tells no one."""
 
 
 @torch.no_grad()
@@ -220,12 +220,13 @@ def run_vstar_benchmark(
     train_steps: dict | None = None,
     output_dir: Path | None = None,
     quick: bool = False,
+    pictures: int = 6,
     progress: Callable[[str], None] = _no_progress,
 ) -> dict:
     """`answerer` and `searcher` are (model, processor) pairs; without them both are trained first, for
     `train_steps[task]` steps, into output_dir/vstar and output_dir/vstar-search. `quick` (smoke runs):
-    tiny models, a few steps, coarse bounded searches. Pictures of the first searches go to `traces`.
-    `progress` is told of each question and scan done."""
+    tiny models, a few steps, coarse bounded searches. Pictures of the searches of the first `pictures`
+    questions go to `traces`. `progress` is told of each question and scan done."""
     if (answerer is None) != (searcher is None):
         raise ValueError(
             "run_vstar_benchmark takes both models (answerer and searcher) or neither (both are trained)."
@@ -239,7 +240,7 @@ def run_vstar_benchmark(
         answerer, searcher = training.model("answer"), training.model("search")
     items = benchmark_questions(questions)
     started = time.perf_counter()
-    rows = answer_questions(answerer, searcher, items, search, traces, progress=progress)
+    rows = answer_questions(answerer, searcher, items, search, traces, pictures, progress)
     seconds_per_question = (time.perf_counter() - started) / max(1, len(rows))
     return {
         **summarise(rows, scan_questions(searcher, items[:exhaustive], search, progress)),

@@ -69,6 +69,14 @@ def require_label_template(template: str) -> None:
         raise ValueError(f"--template {template!r} must hold '{{}}' once, where the label goes.")
 
 
+def add_question_arguments(parser) -> None:
+    """The arguments `ask` and `vstar` share: a model folder, an image, a question and the answer's length."""
+    parser.add_argument("model", type=Path, help="a saved MosaicFuyuForCausalLM folder (with its processor)")
+    parser.add_argument("image", type=Path, help="an image file")
+    parser.add_argument("question", help="the question")
+    parser.add_argument("--max-new-tokens", type=int, default=20, help="longest answer in tokens (default 20)")
+
+
 def add_ask_command(subparsers) -> None:
     parser = subparsers.add_parser(
         "ask",
@@ -80,14 +88,11 @@ def add_ask_command(subparsers) -> None:
         "  mosaic-vlm ask fuyu-folder photo.png 'What is in this region?' --box 10 20 110 220",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("model", type=Path, help="a saved MosaicFuyuForCausalLM folder (with its processor)")
-    parser.add_argument("image", type=Path, help="an image file")
-    parser.add_argument("question", help="the question")
+    add_question_arguments(parser)
     parser.add_argument(
         "--box", type=float, nargs=4, metavar=("Y1", "X1", "Y2", "X2"), help="a box to add to the question"
     )
     parser.add_argument("--point", type=float, nargs=2, metavar=("X", "Y"), help="a point to add to the question")
-    parser.add_argument("--max-new-tokens", type=int, default=20, help="longest answer in tokens (default 20)")
     parser.set_defaults(handler=run_ask)
 
 
@@ -116,9 +121,7 @@ def add_vstar_command(subparsers) -> None:
         "--search-model demo-output/vstar-search --targets digit --output search.png",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("model", type=Path, help="a saved MosaicFuyuForCausalLM folder (with its processor)")
-    parser.add_argument("image", type=Path, help="an image file")
-    parser.add_argument("question", help="the question")
+    add_question_arguments(parser)
     parser.add_argument("--targets", nargs="+", default=None, help="what to search for (default: ask the model)")
     parser.add_argument(
         "--search-model",
@@ -144,7 +147,6 @@ def add_vstar_command(subparsers) -> None:
     parser.add_argument("--conf-high", type=float, default=0.5, help="confidence that ends a search (default 0.5)")
     parser.add_argument("--conf-low", type=float, default=0.3, help="least confidence of a fallback box (default 0.3)")
     parser.add_argument("--max-calls", type=int, default=None, help="scorer calls allowed per search")
-    parser.add_argument("--max-new-tokens", type=int, default=20, help="longest answer in tokens (default 20)")
     parser.set_defaults(handler=run_vstar)
 
 

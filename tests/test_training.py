@@ -6,7 +6,7 @@ import sys
 
 import pytest
 import torch
-from transformers import AutoModel, AutoModelForCausalLM, TrainerCallback, TrainingArguments
+from transformers import AutoModel, AutoModelForCausalLM, HfArgumentParser, TrainerCallback, TrainingArguments
 
 from mosaic_vlm.data.collators import MosaicClipCollator, MosaicFuyuCollator
 from mosaic_vlm.data.digits import digit_caption_dataset, digit_question_dataset
@@ -122,7 +122,7 @@ class KillAfterSave(TrainerCallback):
 @pytest.mark.slow
 def test_resume_from_checkpoint_is_bit_exact(tmp_path):
     def trainer_for(output_dir):
-        parser = train_clip.HfArgumentParser((train_clip.ModelArguments, TrainingArguments))
+        parser = HfArgumentParser((train_clip.ModelArguments, TrainingArguments))
         model_args, training_args = parser.parse_args_into_dataclasses(
             args=[
                 "--output_dir",

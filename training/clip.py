@@ -10,13 +10,11 @@ Every TrainingArguments flag works (see --help), e.g. --push_to_hub --hub_model_
 """
 
 import dataclasses
-import json
-import os
 import sys
 
 import numpy as np
 import torch
-from transformers import HfArgumentParser, Trainer, TrainingArguments
+from transformers import Trainer, TrainingArguments
 
 from mosaic_vlm.data.collators import MosaicClipCollator
 from mosaic_vlm.data.digits import (
@@ -28,6 +26,8 @@ from mosaic_vlm.data.digits import (
 )
 from mosaic_vlm.modeling import MosaicClipConfig, MosaicClipModel
 from mosaic_vlm.processing import MosaicClipImageProcessor, MosaicClipProcessor, train_bpe_tokenizer
+
+from .recipe import run_recipe
 
 
 @dataclasses.dataclass
@@ -134,24 +134,11 @@ def build_trainer(model_args: ModelArguments, training_args: TrainingArguments) 
 
 
 def main(argv=None) -> dict:
-    parser = HfArgumentParser((ModelArguments, TrainingArguments), description=__doc__)
-    model_args, training_args = parser.parse_args_into_dataclasses(args=argv)
-    trainer = build_trainer(model_args, training_args)
-    trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
-    metrics = trainer.evaluate()
-    trainer.save_model(training_args.output_dir)
-    if trainer.is_world_process_zero():
-        with open(os.path.join(training_args.output_dir, "final_metrics.json"), "w") as file:
-            json.dump(metrics, file, indent=2)
+    def summary(args, trainer, metrics) -> str:
         accuracy = metrics["eval_zero_shot_accuracy"]
-        processes = trainer.args.world_size
-        print(
-            f"zero-shot accuracy on {len(trainer.eval_dataset)} held-out digits: {accuracy:.1%} "
-            f"({processes} processes{', FSDP' if trainer.is_fsdp_enabled else ''})"
-        )
-    if training_args.push_to_hub:
-        trainer.push_to_hub()
-    return metrics
+        return f"zero-shot accuracy on {len(trainer.eval_dataset)} held-out digits: {accuracy:.1%}"
+
+    return run_recipe(ModelArguments, build_trainer, argv, __doc__, summary)
 
 
 if __name__ == "__main__":

@@ -11,19 +11,19 @@ Every TrainingArguments flag works (see --help), e.g. --push_to_hub --hub_model_
 """
 
 import dataclasses
-import json
-import os
 import sys
 
 import numpy as np
 import torch
-from transformers import HfArgumentParser, Trainer, TrainingArguments
+from transformers import Trainer, TrainingArguments
 
 from mosaic_vlm.data.collators import MosaicFuyuCollator
 from mosaic_vlm.data.digits import DIGIT_NAMES, DIGIT_QUESTION, digit_question_dataset
 from mosaic_vlm.modeling import MosaicFuyuConfig, MosaicFuyuForCausalLM
 from mosaic_vlm.processing import MosaicFuyuImageProcessor, MosaicFuyuProcessor, train_bpe_tokenizer
 from mosaic_vlm.processing.fuyu_special_tokens import FUYU_SPECIAL_TOKENS, IMAGE_NEWLINE_TOKEN, IMAGE_TOKEN
+
+from .recipe import run_recipe
 
 
 @dataclasses.dataclass
@@ -119,25 +119,18 @@ def build_trainer(model_args: ModelArguments, training_args: TrainingArguments) 
 
 
 def main(argv=None) -> dict:
-    parser = HfArgumentParser((ModelArguments, TrainingArguments), description=__doc__)
-    model_args, training_args = parser.parse_args_into_dataclasses(args=argv)
-    trainer = build_trainer(model_args, training_args)
-    trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
-    metrics = trainer.evaluate()
-    trainer.save_model(training_args.output_dir)
-    if trainer.is_world_process_zero():
-        metrics["generated_accuracy"] = generated_accuracy(
-            trainer.model, trainer.processing_class, trainer.eval_dataset
+    def answered(trainer) -> dict:
+        return {
+            "generated_accuracy": generated_accuracy(trainer.model, trainer.processing_class, trainer.eval_dataset)
+        }
+
+    def summary(args, trainer, metrics) -> str:
+        return (
+            f"'{DIGIT_QUESTION}' answered right on {metrics['generated_accuracy']:.1%} of "
+            f"{len(trainer.eval_dataset)} held-out digits"
         )
-        with open(os.path.join(training_args.output_dir, "final_metrics.json"), "w") as file:
-            json.dump(metrics, file, indent=2)
-        print(
-            f"'{DIGIT_QUESTION}' answered right on {metrics['generated_accuracy']:.1%} of {len(trainer.eval_dataset)} "
-            f"held-out digits ({trainer.args.world_size} processes{', FSDP' if trainer.is_fsdp_enabled else ''})"
-        )
-    if training_args.push_to_hub:
-        trainer.push_to_hub()
-    return metrics
+
+    return run_recipe(ModelArguments, build_trainer, argv, __doc__, summary, answered)
 
 
 if __name__ == "__main__":

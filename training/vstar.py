@@ -24,14 +24,12 @@ import os
 import shlex
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import torch
 from transformers import (
     AutoModelForCausalLM,
     AutoProcessor,
-    HfArgumentParser,
     Trainer,
     TrainerCallback,
     TrainingArguments,
@@ -44,6 +42,7 @@ from mosaic_vlm.processing import MosaicFuyuImageProcessor, MosaicFuyuProcessor,
 from mosaic_vlm.processing.fuyu_special_tokens import FUYU_SPECIAL_TOKENS
 
 from .fuyu import answer_accuracy, build_model, greedy_predictions
+from .recipe import run_recipe
 
 
 @dataclasses.dataclass
@@ -239,22 +238,13 @@ def load_model(folder: Path):
 
 
 def main(argv=None) -> dict:
-    parser = HfArgumentParser((VStarArguments, TrainingArguments), description=__doc__)
-    args, training_args = parser.parse_args_into_dataclasses(args=argv)
-    trainer = build_trainer(args, training_args)
-    rows_cpu_seconds = time.process_time()  # making the rows is most of building the trainer
-    trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
-    metrics = trainer.evaluate()
-    metrics.update(cpu_seconds=time.process_time(), rows_cpu_seconds=rows_cpu_seconds)
-    trainer.save_model(training_args.output_dir)
-    if trainer.is_world_process_zero():
-        with open(os.path.join(training_args.output_dir, "final_metrics.json"), "w") as file:
-            json.dump(metrics, file, indent=2)
-        print(
+    def summary(args, trainer, metrics) -> str:
+        return (
             f"V* {args.task} model: held-out answer accuracy {metrics['eval_answer_accuracy']:.1%} over "
             f"{len(trainer.eval_dataset)} rows"
         )
-    return metrics
+
+    return run_recipe(VStarArguments, build_trainer, argv, __doc__, summary)
 
 
 if __name__ == "__main__":

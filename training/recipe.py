@@ -1,0 +1,42 @@
+"""What every recipe's command line does once its Trainer is built: train, evaluate, save, report, push."""
+
+import json
+import os
+import time
+from collections.abc import Callable
+
+from transformers import HfArgumentParser, Trainer, TrainingArguments
+
+
+def run_recipe(
+    arguments_class,
+    build_trainer: Callable[..., Trainer],
+    argv: list[str] | None,
+    description: str,
+    summary: Callable[[object, Trainer, dict], str],
+    extra_metrics: Callable[[Trainer], dict] | None = None,
+) -> dict:
+    """Parses `argv` into the recipe's `arguments_class` and TrainingArguments, builds the Trainer with
+    `build_trainer`, trains (from --resume_from_checkpoint when given), evaluates and saves the model. On the main
+    process it adds `extra_metrics(trainer)`, writes final_metrics.json beside the model (with this process's CPU
+    seconds: `setup_cpu_seconds` to build the Trainer and its data, `cpu_seconds` in all) and prints
+    `summary(args, trainer, metrics)` with the number of processes. With --push_to_hub it pushes. Returns the
+    metrics."""
+    parser = HfArgumentParser((arguments_class, TrainingArguments), description=description)
+    args, training_args = parser.parse_args_into_dataclasses(args=argv)
+    trainer = build_trainer(args, training_args)
+    setup_cpu_seconds = time.process_time()
+    trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    metrics = trainer.evaluate()
+    metrics.update(setup_cpu_seconds=setup_cpu_seconds, cpu_seconds=time.process_time())
+    trainer.save_model(training_args.output_dir)
+    if trainer.is_world_process_zero():
+        if extra_metrics is not None:
+            metrics.update(extra_metrics(trainer))
+        with open(os.path.join(training_args.output_dir, "final_metrics.json"), "w") as file:
+            json.dump(metrics, file, indent=2)
+        fsdp = ", FSDP" if trainer.is_fsdp_enabled else ""
+        print(f"{summary(args, trainer, metrics)} ({trainer.args.world_size} processes{fsdp})")
+    if training_args.push_to_hub:
+        trainer.push_to_hub()
+    return metrics
