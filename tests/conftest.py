@@ -61,6 +61,13 @@ def tiny_clip_config(**overrides) -> MosaicClipConfig:
     return MosaicClipConfig(text_config=text_config, vision_config=vision_config, projection_dim=16, **overrides)
 
 
+def convert_argv(family: str, source_layout: str, target_layout: str, source, output, *flags: str) -> list[str]:
+    """`mosaic-vlm convert` arguments: the `family` checkpoint at `source`, from one layout to another, into
+    `output`, with any further `flags`."""
+    layouts = ["--from", source_layout, "--to", target_layout]
+    return ["convert", "--model", family, *layouts, *flags, str(source), "--output", str(output)]
+
+
 @pytest.fixture(scope="session")
 def tokenizer():
     return train_bpe_tokenizer(CAPTIONS * 4, vocab_size=128, model_max_length=24)

@@ -117,27 +117,9 @@ def test_ask_prints_the_answer_with_boxes_in_image_pixels(fuyu_folder, photo_fil
 def test_vstar_prints_the_answer_and_saves_the_search_picture(fuyu_folder, photo_file, tmp_path, capsys):
     folder, model, processor = fuyu_folder
     output = tmp_path / "pictures" / "search.png"
-    assert (
-        main(
-            [
-                "vstar",
-                str(folder),
-                str(photo_file),
-                "describe it",
-                "--targets",
-                "cat",
-                "--min-size",
-                "100",
-                "--max-calls",
-                "12",
-                "--output",
-                str(output),
-                "--max-new-tokens",
-                "3",
-            ]
-        )
-        == 0
-    )
+    argv = ["vstar", str(folder), str(photo_file), "describe it", "--targets", "cat", "--min-size", "100"]
+    argv += ["--max-calls", "12", "--output", str(output), "--max-new-tokens", "3"]
+    assert main(argv) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].startswith("answer: ")
     assert lines[1].startswith("target 'cat': ") and "scorer calls" in lines[1]
@@ -148,56 +130,12 @@ def test_vstar_prints_the_answer_and_saves_the_search_picture(fuyu_folder, photo
     picture, photo = PIL.Image.open(output), PIL.Image.open(photo_file)
     assert picture.width >= photo.width and picture.height > photo.height
     # the same folder as a separate search model: the same search, scored through --search-model
-    assert (
-        main(
-            [
-                "vstar",
-                str(folder),
-                str(photo_file),
-                "describe it",
-                "--targets",
-                "cat",
-                "--min-size",
-                "100",
-                "--max-calls",
-                "12",
-                "--output",
-                str(output),
-                "--max-new-tokens",
-                "3",
-                "--search-model",
-                str(folder),
-            ]
-        )
-        == 0
-    )
+    assert main([*argv, "--search-model", str(folder)]) == 0
     assert capsys.readouterr().out.splitlines()[:2] == lines[:2]
     # --max-cell reaches the scorer: the printed search is the API's search with that scorer
     from mosaic_vlm.vstar import FuyuScorer, SearchConfig, visual_search
 
-    assert (
-        main(
-            [
-                "vstar",
-                str(folder),
-                str(photo_file),
-                "describe it",
-                "--targets",
-                "cat",
-                "--min-size",
-                "100",
-                "--max-calls",
-                "12",
-                "--output",
-                str(output),
-                "--max-new-tokens",
-                "3",
-                "--max-cell",
-                "50",
-            ]
-        )
-        == 0
-    )
+    assert main([*argv, "--max-cell", "50"]) == 0
     image = PIL.Image.open(photo_file).convert("RGB")
     result = visual_search(
         image, "cat", FuyuScorer(model, processor, max_cell=50), SearchConfig(min_size=100, max_calls=12)

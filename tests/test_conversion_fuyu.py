@@ -97,85 +97,22 @@ def test_processor_from_a_fuyu_tokenizer_and_image_processor_config():
 
 
 def test_cli_converts_fuyu_both_ways_and_exports_clip(mosaic_model, tmp_path, capsys):
-    from conftest import tiny_clip_config
+    from conftest import convert_argv, tiny_clip_config
 
     from mosaic_vlm.cli.main import main
     from mosaic_vlm.modeling import MosaicClipModel
 
     mosaic_model.save_pretrained(tmp_path / "mosaic")
-    assert (
-        main(
-            [
-                "convert",
-                "--model",
-                "fuyu",
-                "--from",
-                "mosaic",
-                "--to",
-                "transformers",
-                str(tmp_path / "mosaic"),
-                "--output",
-                str(tmp_path / "hf"),
-            ]
-        )
-        == 0
-    )
-    assert (
-        main(
-            [
-                "convert",
-                "--model",
-                "fuyu",
-                "--from",
-                "transformers",
-                "--to",
-                "mosaic",
-                "--newline-token-id",
-                str(NEWLINE),
-                str(tmp_path / "hf"),
-                "--output",
-                str(tmp_path / "back"),
-            ]
-        )
-        == 0
-    )
+    assert main(convert_argv("fuyu", "mosaic", "transformers", tmp_path / "mosaic", tmp_path / "hf")) == 0
+    newline = ("--newline-token-id", str(NEWLINE))
+    assert main(convert_argv("fuyu", "transformers", "mosaic", tmp_path / "hf", tmp_path / "back", *newline)) == 0
     back = MosaicFuyuForCausalLM.from_pretrained(tmp_path / "back")
     for name, tensor in mosaic_model.state_dict().items():
         assert torch.equal(back.state_dict()[name], tensor), name
     assert "greedy generation" in capsys.readouterr().err
-    assert (
-        main(
-            [
-                "convert",
-                "--model",
-                "fuyu",
-                "--from",
-                "openai",
-                "--to",
-                "mosaic",
-                str(tmp_path / "hf"),
-                "--output",
-                str(tmp_path / "x"),
-            ]
-        )
-        == 2
-    )
+    assert main(convert_argv("fuyu", "openai", "mosaic", tmp_path / "hf", tmp_path / "x")) == 2
     assert not (tmp_path / "x").exists()
 
     MosaicClipModel(tiny_clip_config()).save_pretrained(tmp_path / "clip")
-    assert (
-        main(
-            [
-                "convert",
-                "--from",
-                "mosaic",
-                "--to",
-                "transformers",
-                str(tmp_path / "clip"),
-                "--output",
-                str(tmp_path / "clip-hf"),
-            ]
-        )
-        == 0
-    )
+    assert main(convert_argv("clip", "mosaic", "transformers", tmp_path / "clip", tmp_path / "clip-hf")) == 0
     assert transformers.CLIPModel.from_pretrained(tmp_path / "clip-hf") is not None

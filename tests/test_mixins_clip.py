@@ -12,6 +12,7 @@ import unittest
 import pytest
 import torch
 from conftest import CAPTIONS
+from tiny_model_tester import TinyModelTester
 from transformers_sdist import auto_tables_with, load
 
 from mosaic_vlm.modeling import (
@@ -56,51 +57,24 @@ def _our_classes_in_transformers_tables():
         yield
 
 
-class MosaicClipVisionModelTester:
-    def __init__(
-        self,
-        parent,
-        batch_size=7,
-        image_size=30,
-        patch_size=6,
-        num_channels=3,
-        is_training=True,
-        hidden_size=32,
-        projection_dim=32,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        intermediate_size=37,
-        attention_dropout=0.1,
-        initializer_range=0.02,
-    ):
-        self.parent = parent
-        self.batch_size = batch_size
-        self.image_size = image_size
-        self.patch_size = patch_size
-        self.num_channels = num_channels
-        self.is_training = is_training
-        self.hidden_size = hidden_size
-        self.projection_dim = projection_dim
-        self.num_hidden_layers = num_hidden_layers
-        self.num_attention_heads = num_attention_heads
-        self.intermediate_size = intermediate_size
-        self.attention_dropout = attention_dropout
-        self.initializer_range = initializer_range
-        self.seq_length = (image_size // patch_size) ** 2 + 1  # patches plus the class token
+TOWER_FIELDS = {
+    "hidden_size": 32,
+    "projection_dim": 32,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "intermediate_size": 37,
+    "attention_dropout": 0.1,
+    "initializer_range": 0.02,
+}
 
-    def get_config(self):
-        return MosaicClipVisionConfig(
-            image_size=self.image_size,
-            patch_size=self.patch_size,
-            num_channels=self.num_channels,
-            hidden_size=self.hidden_size,
-            projection_dim=self.projection_dim,
-            num_hidden_layers=self.num_hidden_layers,
-            num_attention_heads=self.num_attention_heads,
-            intermediate_size=self.intermediate_size,
-            attention_dropout=self.attention_dropout,
-            initializer_range=self.initializer_range,
-        )
+
+class MosaicClipVisionModelTester(TinyModelTester):
+    config_class = MosaicClipVisionConfig
+    config_fields = {"image_size": 30, "patch_size": 6, "num_channels": 3, **TOWER_FIELDS}
+
+    def __init__(self, parent):
+        super().__init__(parent)
+        self.seq_length = (self.image_size // self.patch_size) ** 2 + 1  # patches plus the class token
 
     def prepare_config_and_inputs(self):
         pixel_values = floats_tensor([self.batch_size, self.num_channels, self.image_size, self.image_size])
@@ -111,52 +85,11 @@ class MosaicClipVisionModelTester:
         return config, {"pixel_values": pixel_values}
 
 
-class MosaicClipTextModelTester:
-    def __init__(
-        self,
-        parent,
-        batch_size=7,
-        seq_length=7,
-        is_training=True,
-        vocab_size=99,
-        hidden_size=32,
-        projection_dim=32,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        intermediate_size=37,
-        attention_dropout=0.1,
-        max_position_embeddings=512,
-        initializer_range=0.02,
-    ):
-        self.parent = parent
-        self.batch_size = batch_size
-        self.seq_length = seq_length
-        self.is_training = is_training
-        self.vocab_size = vocab_size
-        self.hidden_size = hidden_size
-        self.projection_dim = projection_dim
-        self.num_hidden_layers = num_hidden_layers
-        self.num_attention_heads = num_attention_heads
-        self.intermediate_size = intermediate_size
-        self.attention_dropout = attention_dropout
-        self.max_position_embeddings = max_position_embeddings
-        self.initializer_range = initializer_range
-
-    def get_config(self):
-        return MosaicClipTextConfig(
-            vocab_size=self.vocab_size,
-            hidden_size=self.hidden_size,
-            projection_dim=self.projection_dim,
-            num_hidden_layers=self.num_hidden_layers,
-            num_attention_heads=self.num_attention_heads,
-            intermediate_size=self.intermediate_size,
-            attention_dropout=self.attention_dropout,
-            max_position_embeddings=self.max_position_embeddings,
-            initializer_range=self.initializer_range,
-            pad_token_id=PAD,
-            bos_token_id=BOS,
-            eos_token_id=EOS,
-        )
+class MosaicClipTextModelTester(TinyModelTester):
+    config_class = MosaicClipTextConfig
+    config_fields = {"vocab_size": 99, "max_position_embeddings": 512, **TOWER_FIELDS}
+    fixed_fields = {"pad_token_id": PAD, "bos_token_id": BOS, "eos_token_id": EOS}
+    seq_length = 7
 
     def prepare_config_and_inputs(self):
         """Texts as CLIP tokenizers give them: random lengths, each ending in EOS (where the text tower pools),

@@ -12,6 +12,7 @@ import unittest
 
 import pytest
 import torch
+from tiny_model_tester import TinyModelTester
 from transformers_sdist import auto_tables_with, load
 
 from mosaic_vlm.modeling import MosaicFuyuConfig, MosaicFuyuForCausalLM, MosaicFuyuModel
@@ -48,64 +49,33 @@ def _our_classes_in_transformers_tables():
         yield
 
 
-class MosaicFuyuModelTester:
+class MosaicFuyuModelTester(TinyModelTester):
     """Each sample: one image of `image_rows` x `image_cols` patches (a newline token ends each row), BOS, then
     text; `pixel_values` holds every sample's patches in image-token order."""
 
-    def __init__(
-        self,
-        parent,
-        batch_size=7,
-        image_rows=2,
-        image_cols=2,
-        text_length=5,
-        patch_size=2,
-        num_channels=3,
-        is_training=True,
-        vocab_size=99,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        intermediate_size=37,
-        hidden_act="relu2",
-        max_position_embeddings=64,
-        initializer_range=0.02,
-    ):
-        self.parent = parent
-        self.batch_size = batch_size
-        self.image_rows, self.image_cols = image_rows, image_cols
-        self.num_patches = image_rows * image_cols
-        self.seq_length = image_rows * (image_cols + 1) + 1 + text_length
-        self.patch_size = patch_size
-        self.num_channels = num_channels
-        self.is_training = is_training
-        self.vocab_size = vocab_size
-        self.hidden_size = hidden_size
-        self.num_hidden_layers = num_hidden_layers
-        self.num_attention_heads = num_attention_heads
-        self.intermediate_size = intermediate_size
-        self.hidden_act = hidden_act
-        self.max_position_embeddings = max_position_embeddings
-        self.initializer_range = initializer_range
-
-    def get_config(self):
-        return MosaicFuyuConfig(
-            vocab_size=self.vocab_size,
-            hidden_size=self.hidden_size,
-            num_hidden_layers=self.num_hidden_layers,
-            num_attention_heads=self.num_attention_heads,
-            intermediate_size=self.intermediate_size,
-            hidden_act=self.hidden_act,
-            max_position_embeddings=self.max_position_embeddings,
-            initializer_range=self.initializer_range,
-            patch_size=self.patch_size,
-            num_channels=self.num_channels,
-            image_token_id=IMAGE,
-            image_newline_token_id=NEWLINE,
-            pad_token_id=PAD,
-            bos_token_id=BOS,
-            eos_token_id=EOS,
-        )
+    config_class = MosaicFuyuConfig
+    config_fields = {
+        "vocab_size": 99,
+        "hidden_size": 32,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "intermediate_size": 37,
+        "hidden_act": "relu2",
+        "max_position_embeddings": 64,
+        "initializer_range": 0.02,
+        "patch_size": 2,
+        "num_channels": 3,
+    }
+    fixed_fields = {
+        "image_token_id": IMAGE,
+        "image_newline_token_id": NEWLINE,
+        "pad_token_id": PAD,
+        "bos_token_id": BOS,
+        "eos_token_id": EOS,
+    }
+    image_rows, image_cols, text_length = 2, 2, 5
+    num_patches = image_rows * image_cols
+    seq_length = image_rows * (image_cols + 1) + 1 + text_length
 
     def prepare_config_and_inputs_for_common(self):
         image_block = ([IMAGE] * self.image_cols + [NEWLINE]) * self.image_rows + [BOS]

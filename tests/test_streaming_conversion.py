@@ -5,7 +5,7 @@ import json
 
 import pytest
 import torch
-from conftest import tiny_clip_config
+from conftest import convert_argv, tiny_clip_config
 from safetensors import safe_open
 from transformers import AutoModel, AutoModelForCausalLM, CLIPModel, FuyuConfig, FuyuForCausalLM
 
@@ -60,7 +60,7 @@ def test_fuyu_streams_both_ways_keeping_shards_dtype_and_every_bit(fuyu_source, 
     source, tokenizer = fuyu_source
     assert (source / WEIGHTS_INDEX_NAME).is_file()  # the source is sharded
     mosaic = tmp_path / "mosaic"
-    argv = ["convert", "--model", "fuyu", "--from", "transformers", "--to", "mosaic", str(source), "-o", str(mosaic)]
+    argv = convert_argv("fuyu", "transformers", "mosaic", source, mosaic)
     assert main([*argv, "--max-shard-size", "60KB"]) == 0
     log = capsys.readouterr().err
     assert "every one of 3 layers matches FuyuForCausalLM" in log and "greedy generation of 6 tokens matches" in log
@@ -202,18 +202,7 @@ def test_broken_sources_are_one_clear_error_and_no_output(fuyu_source, tmp_path,
     source = tmp_path / "source"
     shutil.copytree(fuyu_source[0], source)
     damage(source)
-    argv = [
-        "convert",
-        "--model",
-        "fuyu",
-        "--from",
-        "transformers",
-        "--to",
-        "mosaic",
-        str(source),
-        "-o",
-        str(tmp_path / "out"),
-    ]
+    argv = convert_argv("fuyu", "transformers", "mosaic", source, tmp_path / "out")
     assert main(argv) == 2
     assert message in error_line(capsys)
     assert sorted(path.name for path in tmp_path.iterdir()) == ["source"]
@@ -230,18 +219,7 @@ def test_a_wrong_layer_is_named_and_nothing_is_written(fuyu_source, tmp_path, ca
         )
 
     monkeypatch.setattr(ShardedWriter, "add", corrupt_layer_one)
-    argv = [
-        "convert",
-        "--model",
-        "fuyu",
-        "--from",
-        "transformers",
-        "--to",
-        "mosaic",
-        str(fuyu_source[0]),
-        "-o",
-        str(tmp_path / "out"),
-    ]
+    argv = convert_argv("fuyu", "transformers", "mosaic", fuyu_source[0], tmp_path / "out")
     assert main(argv) == 2
     assert "Layer check failed at model.language_model.layers.1:" in error_line(capsys)
     assert list(tmp_path.iterdir()) == []
