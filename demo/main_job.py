@@ -70,12 +70,11 @@ COMMON = {
 }
 
 
-def trainer_of(module, arguments_class, **flags):
+def trainer_of(module, **flags):
     """The recipe `module`'s Trainer, built from command-line flags as `mosaic-vlm train` builds it."""
     argv = [f"--{name}={value}" for name, value in {**COMMON, **flags}.items()]
-    model_args, training_args = HfArgumentParser((arguments_class, TrainingArguments)).parse_args_into_dataclasses(
-        args=argv
-    )
+    parser = HfArgumentParser((module.ModelArguments, TrainingArguments))
+    model_args, training_args = parser.parse_args_into_dataclasses(args=argv)
     return module.build_trainer(model_args, training_args)
 
 
@@ -90,7 +89,6 @@ def stage_clip(settings, output: Path, stage: Stage) -> tuple[list[str], object]
     stage.doing("making the data set, the tokenizer and the model")
     trainer = trainer_of(
         train_clip,
-        train_clip.ModelArguments,
         output_dir=output / "clip",
         num_train_epochs=settings["clip_epochs"],
         photo_crops=settings["photo_crops"],
@@ -131,7 +129,6 @@ def stage_fuyu(settings, output: Path, stage: Stage) -> tuple[list[str], object]
     stage.doing("making the data set, the tokenizer and the model")
     trainer = trainer_of(
         train_fuyu,
-        train_fuyu.ModelArguments,
         output_dir=output / "fuyu",
         num_train_epochs=settings["fuyu_epochs"],
         per_device_train_batch_size=32,

@@ -27,7 +27,7 @@ from mosaic_vlm.data.digits import (
 from mosaic_vlm.modeling import MosaicClipConfig, MosaicClipModel
 from mosaic_vlm.processing import MosaicClipImageProcessor, MosaicClipProcessor, train_bpe_tokenizer
 
-from .recipe import run_recipe
+from .recipe import prepare_run, run_recipe
 
 
 @dataclasses.dataclass
@@ -104,9 +104,7 @@ def keep_image_embeds(outputs, labels):
 
 def build_trainer(model_args: ModelArguments, training_args: TrainingArguments) -> Trainer:
     """The data sets (validated), processor, model and Trainer of this recipe."""
-    training_args.remove_unused_columns = False
-    training_args.dataloader_pin_memory = False
-    torch.manual_seed(training_args.seed)
+    prepare_run(training_args)
     data = digit_caption_dataset(image_size=model_args.image_size)
     train_set, test_set = data["train"], data["test"]
     if model_args.max_train_samples is not None:

@@ -23,7 +23,7 @@ from mosaic_vlm.modeling import MosaicFuyuConfig, MosaicFuyuForCausalLM
 from mosaic_vlm.processing import MosaicFuyuImageProcessor, MosaicFuyuProcessor, train_bpe_tokenizer
 from mosaic_vlm.processing.fuyu_special_tokens import FUYU_SPECIAL_TOKENS, IMAGE_NEWLINE_TOKEN, IMAGE_TOKEN
 
-from .recipe import run_recipe
+from .recipe import prepare_run, run_recipe
 
 
 @dataclasses.dataclass
@@ -95,9 +95,7 @@ def generated_accuracy(model, processor, dataset, batch_size: int = 64) -> float
 
 def build_trainer(model_args: ModelArguments, training_args: TrainingArguments) -> Trainer:
     """The data sets (validated), processor, model and Trainer of this recipe."""
-    training_args.remove_unused_columns = False
-    training_args.dataloader_pin_memory = False
-    torch.manual_seed(training_args.seed)
+    prepare_run(training_args)
     data = digit_question_dataset(image_size=model_args.image_size)
     train_set, test_set = data["train"], data["test"]
     if model_args.max_train_samples is not None:

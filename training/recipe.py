@@ -1,11 +1,21 @@
-"""What every recipe's command line does once its Trainer is built: train, evaluate, save, report, push."""
+"""What every recipe does around its own data and model: the Trainer settings they all need, and the command
+line's run once the Trainer is built (train, evaluate, save, report, push)."""
 
 import json
 import os
 import time
 from collections.abc import Callable
 
+import torch
 from transformers import HfArgumentParser, Trainer, TrainingArguments
+
+
+def prepare_run(training_args: TrainingArguments) -> None:
+    """Trainer settings every recipe needs, then the seed (before the model is made): every column reaches the
+    collator (it reads the images), and no memory is pinned (the recipes run on CPU too)."""
+    training_args.remove_unused_columns = False
+    training_args.dataloader_pin_memory = False
+    torch.manual_seed(training_args.seed)
 
 
 def run_recipe(

@@ -26,7 +26,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import torch
 from transformers import (
     AutoModelForCausalLM,
     AutoProcessor,
@@ -42,7 +41,7 @@ from mosaic_vlm.processing import MosaicFuyuImageProcessor, MosaicFuyuProcessor,
 from mosaic_vlm.processing.fuyu_special_tokens import FUYU_SPECIAL_TOKENS
 
 from .fuyu import answer_accuracy, build_model, greedy_predictions
-from .recipe import run_recipe
+from .recipe import prepare_run, run_recipe
 
 
 @dataclasses.dataclass
@@ -96,12 +95,10 @@ class ProgressFile(TrainerCallback):
 
 
 def build_trainer(args: VStarArguments, training_args: TrainingArguments) -> Trainer:
-    training_args.remove_unused_columns = False
-    training_args.dataloader_pin_memory = False
+    prepare_run(training_args)
     # the rows come in runs of one batch with the same number of images (little padding), the runs in random
     # order: read in order, each batch keeps its run
     training_args.train_sampling_strategy = "sequential"
-    torch.manual_seed(training_args.seed)
     processor = build_processor(args.image_size, args.patch_size)
     size = (args.image_size, args.image_size)
     if args.init_from:
