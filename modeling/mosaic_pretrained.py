@@ -1,4 +1,4 @@
-"""The base both model families share: remote-code auto_map, the Hub model card, the weight-initialisation
+"""The base both model families share: remote-code auto_map, the Hub model card hook, the weight-initialisation
 dispatch, and two helpers for their forward passes."""
 
 import functools
@@ -7,8 +7,6 @@ import os
 import torch
 from transformers import PreTrainedModel
 from transformers.utils import torch_compilable_check
-
-from .hub_card import model_card
 
 OUTPUT_FLAGS = ("output_attentions", "output_hidden_states")
 
@@ -43,6 +41,10 @@ class MosaicPreTrainedModel(PreTrainedModel):
     # Every Auto class registered for the family -> the class (in this model's file) it resolves to; None
     # stands for the model's own class. Written into config.auto_map when saved as remote code.
     _remote_auto_classes: dict[str, str | None] = {"AutoModel": None}
+    # (model, repo_id) -> the huggingface_hub ModelCard a push writes. Set for each family by mosaic_vlm's
+    # registration from its family table; a model loaded as remote code without the package keeps None, and its
+    # push writes transformers' generic card.
+    model_card_builder = None
 
     def save_pretrained(self, save_directory, *args, **kwargs):
         if self._auto_class is not None:
@@ -59,7 +61,8 @@ class MosaicPreTrainedModel(PreTrainedModel):
         # Private hook, kept because no public one exists: push_to_hub saves into a scratch folder, writes
         # transformers' generic card there, then calls this upload step; our card has to replace the generic one in
         # between. Overriding the public push_to_hub instead would mean copying its repo, tagging and commit logic.
-        model_card(self, repo_id).save(os.path.join(working_dir, "README.md"))
+        if self.model_card_builder is not None:
+            self.model_card_builder(self, repo_id).save(os.path.join(working_dir, "README.md"))
         return super()._upload_modified_files(working_dir, repo_id, *args, **kwargs)
 
     def _initialize_weights(self, module, is_custom_code: bool = False):

@@ -22,7 +22,7 @@ from transformers.image_processing_backends import PilBackend
 from transformers.image_utils import PILImageResampling
 from transformers.processing_utils import ImagesKwargs
 
-from .image_processing_mosaic_clip import images_to_pil_list
+from .mosaic_processing_common import images_to_pil_list
 
 
 def fit_scale(height: int, width: int, max_height: int, max_width: int) -> float:

@@ -53,9 +53,8 @@ from .fuyu_special_tokens import (
     POINT_CLOSE_TOKEN,
     POINT_OPEN_TOKEN,
 )
-from .image_processing_mosaic_clip import images_to_pil_list
 from .image_processing_mosaic_fuyu import fit_scale, image_token_layout
-from .processing_mosaic_clip import MosaicProcessorMixin, check_texts
+from .mosaic_processing_common import MosaicProcessorMixin, check_texts, images_to_pil_list
 
 IGNORE_INDEX = -100
 COORDINATE_TAG = re.compile(r"<(box|point)>(.*?)</\1>", re.DOTALL)

@@ -5,9 +5,8 @@ import os
 import numpy as np
 import pytest
 import torch
+from tiny import CAPTIONS
 
-from mosaic_vlm.data.digits import DIGIT_NAMES
-from mosaic_vlm.modeling import MosaicClipConfig
 from mosaic_vlm.processing import MosaicClipImageProcessor, MosaicClipProcessor, train_bpe_tokenizer
 
 pytest_plugins = ["hub_server"]  # the loopback Hub fixture `hub`
@@ -23,49 +22,6 @@ def pytest_sessionstart(session):
         from transformers_sdist import load
 
         load("test_modeling_common")
-
-
-CAPTIONS = [f"a photo of the digit {name}" for name in DIGIT_NAMES] + [
-    "a photo of a cat",
-    "a photo of a dog",
-    "an astronaut in space",
-    "a cup of coffee",
-]
-
-
-def tiny_clip_config(**overrides) -> MosaicClipConfig:
-    """Hidden 32, 2 layers, 4 heads; 32x32 images in 8x8 patches; the trained tokenizer's special ids."""
-    text_config = dict(
-        vocab_size=128,
-        hidden_size=32,
-        intermediate_size=48,
-        projection_dim=16,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        max_position_embeddings=24,
-        pad_token_id=0,
-        bos_token_id=2,
-        eos_token_id=3,
-    )
-    vision_config = dict(
-        hidden_size=32,
-        intermediate_size=48,
-        projection_dim=16,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        image_size=32,
-        patch_size=8,
-    )
-    text_config.update(overrides.pop("text_config", {}))
-    vision_config.update(overrides.pop("vision_config", {}))
-    return MosaicClipConfig(text_config=text_config, vision_config=vision_config, projection_dim=16, **overrides)
-
-
-def convert_argv(family: str, source_layout: str, target_layout: str, source, output, *flags: str) -> list[str]:
-    """`mosaic-vlm convert` arguments: the `family` checkpoint at `source`, from one layout to another, into
-    `output`, with any further `flags`."""
-    layouts = ["--from", source_layout, "--to", target_layout]
-    return ["convert", "--model", family, *layouts, *flags, str(source), "--output", str(output)]
 
 
 @pytest.fixture(scope="session")

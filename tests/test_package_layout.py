@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-ROOMS = ("modeling", "processing", "conversion", "vstar", "data", "training", "bench", "demo", "cli")
+ROOMS = ("modeling", "processing", "conversion", "vstar", "data", "recipes", "benchmarks", "demo", "cli")
 REMOTE_CODE_ROOMS = ("modeling", "processing")  # their files are copied next to checkpoints by save_pretrained
 
 

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from mosaic_vlm.training import clip as train_clip
-from mosaic_vlm.training import fuyu as train_fuyu
-from mosaic_vlm.training import vstar as train_vstar
+from mosaic_vlm.recipes import clip as train_clip
+from mosaic_vlm.recipes import fuyu as train_fuyu
+from mosaic_vlm.recipes import vstar as train_vstar
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -8,7 +8,7 @@ install would put them), never into this repository; it is then imported like an
 
 The sdist leaves out a few modules those files import; small stand-ins are written next to them:
 - `exporters/test_export.py` and `generation/test_utils.py`: empty ExportTesterMixin and GenerationTesterMixin
-  (no export tests run; our generation tests are in tests/test_generation_fuyu.py);
+  (no export tests run; our generation tests are in tests/models/test_generation_fuyu.py);
 - `utils/test_configuration_utils.py`: the common config kwargs ConfigTester sets (PreTrainedConfig's common
   fields, each with a non-default value);
 - `utils/fetch_hub_objects_for_ci.py` (beside the package, where the mixins look for it): the CI's Hub fixture
@@ -54,7 +54,7 @@ class ExportTesterMixin:
     f"{PACKAGE}/generation/test_utils.py": '''
 class GenerationTesterMixin:
     """Stand-in: the sdist does not ship tests/generation/test_utils.py. Testers of generative models inherit it
-    (ModelTesterMixin checks that); mosaic-vlm's own generation tests are in tests/test_generation_fuyu.py."""
+    (ModelTesterMixin checks that); mosaic-vlm's own generation tests are in tests/models/test_generation_fuyu.py."""
 ''',
     f"{PACKAGE}/utils/__init__.py": "",
     f"{PACKAGE}/utils/test_configuration_utils.py": """

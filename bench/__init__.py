@@ -1,2 +1,0 @@
-"""mosaic_vlm.bench: side-by-side benchmarks against the reference implementations, and the report that
-runs them all (`mosaic-vlm bench`)."""

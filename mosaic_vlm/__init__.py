@@ -1,0 +1,33 @@
+"""mosaic_vlm: vision-language models that read an image as a mosaic of patch words.
+
+Importing any part of mosaic_vlm runs this module first: it registers every family of the family table
+(`families.py`) with transformers' Auto API, marks its classes to be saved as remote code and gives its models
+their Hub card. Registration lives here, in the package root, so that `modeling` and `processing` never import
+each other.
+"""
+
+import functools
+
+from transformers import AutoConfig, AutoImageProcessor, AutoProcessor
+
+from .families import FAMILIES
+from .hub_card import model_card
+
+for _family in FAMILIES.values():
+    for _config in (_family.config_class, *_family.sub_config_classes):
+        AutoConfig.register(_config.model_type, _config, exist_ok=True)
+        _config.register_for_auto_class()
+    for _auto_class, _config, _model in _family.auto_models:
+        _auto_class.register(_config, _model, exist_ok=True)
+    for _model, _auto_name in _family.remote_code_classes:
+        _model.register_for_auto_class(_auto_name)
+    for _model in {model for _, _, model in _family.auto_models} | {model for model, _ in _family.remote_code_classes}:
+        _model.model_card_builder = functools.partial(model_card, _family)
+    AutoImageProcessor.register(
+        _family.config_class, image_processor_classes={"pil": _family.image_processor_class}, exist_ok=True
+    )
+    AutoProcessor.register(_family.config_class, _family.processor_class, exist_ok=True)
+    _family.image_processor_class.register_for_auto_class("AutoImageProcessor")
+    _family.processor_class.register_for_auto_class("AutoProcessor")
+
+__version__ = "0.1.0"

@@ -1,0 +1,269 @@
+"""The mosaic-vlm command line end to end on tiny models: output, errors and exit codes."""
+
+import subprocess
+import sys
+
+import PIL.Image
+import pytest
+import torch
+from tiny import tiny_clip_config
+
+from mosaic_vlm.cli.main import main
+from mosaic_vlm.modeling import MosaicClipModel
+
+
+@pytest.fixture(scope="module")
+def clip_folder(tmp_path_factory, clip_processor):
+    folder = tmp_path_factory.mktemp("cli_clip")
+    torch.manual_seed(0)
+    MosaicClipModel(tiny_clip_config()).save_pretrained(folder)
+    clip_processor.save_pretrained(folder)
+    return folder
+
+
+def test_help_lists_every_command():
+    result = subprocess.run([sys.executable, "-m", "mosaic_vlm.cli", "--help"], capture_output=True, text=True)
+    assert result.returncode == 0
+    for command in ("convert", "zero-shot", "ask", "vstar", "train", "push", "pull", "bench", "demo"):
+        assert command in result.stdout
+
+
+def test_zero_shot_prints_a_ranked_table(clip_folder, photos, tmp_path, capsys):
+    image = tmp_path / "cat.png"
+    PIL.Image.fromarray(photos["cat"]).save(image)
+    assert main(["zero-shot", str(clip_folder), str(image), "--labels", "a photo of a cat", "a photo of a dog"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == f"{image}:"
+    scores = [float(line.split()[1]) for line in lines[1:]]
+    assert len(scores) == 2 and scores[0] >= scores[1] and abs(sum(scores) - 1) < 2e-3
+
+
+@pytest.mark.parametrize(
+    "arguments, message",
+    [
+        (["zero-shot", "/no/such/model", "x.png", "--labels", "a", "b"], "is not a saved model folder"),
+        (["zero-shot", "{model}", "/no/such.png", "--labels", "a", "b"], "image file(s) not found"),
+        (["zero-shot", "{model}", "/no/such.png", "--labels", "a"], "at least two candidate labels"),
+        (["push", "/no/such/model", "me/repo"], "is not a saved model folder"),
+        (["ask", "{model}", "/no/such.png", "what?"], "image file /no/such.png does not exist"),
+        (["ask", "{model}", "{image}", "what?"], "ask needs a Fuyu-style decoder model folder; "),
+        (["vstar", "{model}", "{image}", "what?"], "vstar needs a Fuyu-style decoder model folder; "),
+        (["vstar", "{model}", "{image}", "what?", "--output", "search.jpg"], "--output must name a .png file"),
+    ],
+)
+def test_errors_are_one_line_with_exit_code_2(clip_folder, photo_file, capsys, arguments, message):
+    arguments = [
+        argument.replace("{model}", str(clip_folder)).replace("{image}", str(photo_file)) for argument in arguments
+    ]
+    assert main(arguments) == 2
+    error = capsys.readouterr().err.strip().splitlines()
+    assert message in error[-1] and error[-1].startswith("mosaic-vlm")
+
+
+@pytest.fixture(scope="module")
+def photo_file(tmp_path_factory, photos):
+    path = tmp_path_factory.mktemp("photo") / "coffee.png"
+    PIL.Image.fromarray(photos["coffee"]).save(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def fuyu_folder(tmp_path_factory):
+    from tiny import FUYU_TEXTS, FUYU_TOKENS, tiny_fuyu_model
+
+    from mosaic_vlm.processing import MosaicFuyuImageProcessor, MosaicFuyuProcessor, train_bpe_tokenizer
+
+    tokenizer = train_bpe_tokenizer(
+        FUYU_TEXTS * 5, vocab_size=120, model_max_length=256, extra_special_tokens=FUYU_TOKENS
+    )
+    processor = MosaicFuyuProcessor(
+        MosaicFuyuImageProcessor(patch_size=16, size={"height": 64, "width": 64}), tokenizer
+    )
+    folder = tmp_path_factory.mktemp("cli_fuyu")
+    model = tiny_fuyu_model(processor)
+    model.save_pretrained(folder)
+    processor.save_pretrained(folder)
+    return folder, model, processor
+
+
+def test_ask_prints_the_answer_with_boxes_in_image_pixels(fuyu_folder, photo_file, capsys):
+    folder, model, processor = fuyu_folder
+    image = PIL.Image.open(photo_file)
+    assert (
+        main(
+            [
+                "ask",
+                str(folder),
+                str(photo_file),
+                "what digit is this?",
+                "--box",
+                "10",
+                "20",
+                "100",
+                "300",
+                "--max-new-tokens",
+                "5",
+            ]
+        )
+        == 0
+    )
+    inputs = processor(images=image, text="what digit is this? <box>10, 20, 100, 300</box>")
+    expected = processor.post_process_image_text_to_text(
+        model.generate(**inputs, max_new_tokens=5, do_sample=False), image_sizes=[(image.height, image.width)]
+    )[0]
+    assert capsys.readouterr().out.strip() == expected
+    assert main(["ask", str(folder), str(photo_file), "describe it", "--box", "10", "20", "900", "300"]) == 2
+    assert "lies outside the 400x600" in capsys.readouterr().err
+
+
+def test_vstar_prints_the_answer_and_saves_the_search_picture(fuyu_folder, photo_file, tmp_path, capsys):
+    folder, model, processor = fuyu_folder
+    output = tmp_path / "pictures" / "search.png"
+    argv = ["vstar", str(folder), str(photo_file), "describe it", "--targets", "cat", "--min-size", "100"]
+    argv += ["--max-calls", "12", "--output", str(output), "--max-new-tokens", "3"]
+    assert main(argv) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("answer: ")
+    assert lines[1].startswith("target 'cat': ") and "scorer calls" in lines[1]
+    calls = int(lines[1].split(" scorer calls")[0].split()[-1])
+    assert 1 <= calls <= 12
+    assert lines[2] == f"search picture: {output}"
+    # the photo with a caption above and a legend below (the crops the answerer saw, if any, to its right)
+    picture, photo = PIL.Image.open(output), PIL.Image.open(photo_file)
+    assert picture.width >= photo.width and picture.height > photo.height
+    # the same folder as a separate search model: the same search, scored through --search-model
+    assert main([*argv, "--search-model", str(folder)]) == 0
+    assert capsys.readouterr().out.splitlines()[:2] == lines[:2]
+    # --max-cell reaches the scorer: the printed search is the API's search with that scorer
+    from mosaic_vlm.vstar import FuyuScorer, SearchConfig, visual_search
+
+    assert main([*argv, "--max-cell", "50"]) == 0
+    image = PIL.Image.open(photo_file).convert("RGB")
+    result = visual_search(
+        image, "cat", FuyuScorer(model, processor, max_cell=50), SearchConfig(min_size=100, max_calls=12)
+    )
+    where = f"box {result.box}" if result.found else "not found"
+    assert (
+        capsys.readouterr().out.splitlines()[1]
+        == f"target 'cat': {where}, score {result.score:.2f}, {result.num_calls} scorer calls"
+    )
+    assert main(["vstar", str(folder), str(photo_file), "what?", "--search-model", str(tmp_path / "missing")]) == 2
+    assert "missing" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_train_runs_the_clip_recipe(tmp_path, capsys):
+    code = main(
+        [
+            "train",
+            "clip",
+            "--output_dir",
+            str(tmp_path),
+            "--max_steps",
+            "3",
+            "--save_strategy",
+            "no",
+            "--eval_strategy",
+            "no",
+            "--report_to",
+            "none",
+            "--disable_tqdm",
+            "true",
+        ]
+    )
+    assert code == 0
+    assert "held-out digits" in capsys.readouterr().out
+    assert (tmp_path / "model.safetensors").is_file()
+
+
+@pytest.mark.slow
+def test_bench_quick_writes_json_markdown_and_chart(tmp_path, capsys):
+    import json
+
+    assert main(["bench", "--quick", "--output", str(tmp_path)]) == 0
+    report = json.loads((tmp_path / "report.json").read_text())
+    cases = report["results"]["bench_clip"]["cases"]
+    assert {case["case"].split(" (")[0] for case in cases} >= {"image encode fp32", "text encode fp32"}
+    assert all(case["ratio"] > 0 for case in cases)
+    table = (tmp_path / "report.md").read_text()
+    assert "| benchmark | case | ours | reference | unit | ratio |" in table and "torch threads" in table
+    assert set(report["results"]) == {
+        "bench_clip", "bench_fuyu_processing", "bench_fuyu_model", "bench_vstar", "bench_conversion_memory"
+    }  # fmt: skip
+    memory = report["results"]["bench_conversion_memory"]["cases"]
+    assert len(memory) == 4 and all(case["ours"] > 0 and case["reference"] > 0 for case in memory)
+    assert "| bench_vstar | scorer calls per search (V* vs exhaustive scan) |" in table
+    assert PIL.Image.open(tmp_path / "ratios.png").size[0] > 100
+
+
+# ------------------------------------------------------------------------------------- your files are never lost
+
+
+def user_tree(root):
+    """Every file under `root` with its bytes: what a user owns there."""
+    return {str(path.relative_to(root)): path.read_bytes() for path in sorted(root.rglob("*")) if path.is_file()}
+
+
+@pytest.mark.parametrize(
+    "output, overwrite, message",
+    [
+        ("{input}", True, "holds the input"),  # the input itself, even with --overwrite
+        ("{parent}", True, "holds the input"),  # a folder holding the input
+        ("{file}", True, "is an existing file"),
+        ("{busy}", False, "exists and is not empty; pass --overwrite"),
+    ],
+    ids=["input", "parent-of-input", "file", "non-empty"],
+)
+def test_convert_refuses_outputs_that_would_lose_files(clip_folder, tmp_path, capsys, output, overwrite, message):
+    import shutil
+
+    work = tmp_path / "work"
+    shutil.copytree(clip_folder, work / "model")
+    (work / "notes.txt").write_text("mine")
+    (work / "busy").mkdir()
+    (work / "busy" / "keep.txt").write_text("mine too")
+    before = user_tree(tmp_path)
+    output = output.format(input=work / "model", parent=work, file=work / "notes.txt", busy=work / "busy")
+    argv = ["convert", "--from", "mosaic", "--to", "transformers", str(work / "model"), "--output", output]
+    assert main([*argv, *(["--overwrite"] if overwrite else [])]) == 2
+    error = capsys.readouterr().err.strip().splitlines()
+    assert len(error) == 1 and message in error[0], error
+    assert user_tree(tmp_path) == before
+
+
+def test_convert_reads_mosaic_folders_strictly(clip_folder, fuyu_folder, tmp_path, capsys):
+    import safetensors.torch
+
+    argv = ["convert", "--from", "mosaic", "--to", "transformers"]
+    assert main([*argv, str(fuyu_folder[0]), "--output", str(tmp_path / "a")]) == 2
+    assert "holds a 'mosaic_fuyu' model; expected a 'mosaic_clip' one" in capsys.readouterr().err
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    for name in ("config.json",):
+        (broken / name).write_bytes((clip_folder / name).read_bytes())
+    weights = safetensors.torch.load_file(clip_folder / "model.safetensors")
+    weights["extra.weight"] = weights.pop("logit_scale")
+    safetensors.torch.save_file(weights, broken / "model.safetensors", metadata={"format": "pt"})
+    assert main([*argv, str(broken), "--output", str(tmp_path / "b")]) == 2
+    error = capsys.readouterr().err
+    assert "weights strictly into" in error and "no place for: extra.weight" in error
+    assert "missing target keys: logit_scale" in error
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+@pytest.mark.parametrize(
+    "template, message",
+    [("a photo", "must hold '{}' once"), ("a {x}", "is not a template"), ("{} and {}", "is not a template")],
+)
+def test_zero_shot_templates_need_one_label_field(clip_folder, photo_file, capsys, template, message):
+    argv = ["zero-shot", str(clip_folder), str(photo_file), "--labels", "cat", "dog", "--template", template]
+    assert main(argv) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_a_huge_image_is_one_clear_error(clip_folder, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(PIL.Image, "MAX_IMAGE_PIXELS", 1000)  # PIL's decompression-bomb limit, made small
+    image = tmp_path / "big.png"
+    PIL.Image.new("RGB", (100, 100)).save(image)
+    assert main(["zero-shot", str(clip_folder), str(image), "--labels", "cat", "dog"]) == 2
+    assert "is too large" in capsys.readouterr().err
