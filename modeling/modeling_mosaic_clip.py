@@ -12,24 +12,27 @@ from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
-import torch.distributed._functional_collectives as functional_collectives
 import torch.nn.functional as F
 from torch import nn
 from transformers import initialization as init
 from transformers.activations import ACT2FN
 from transformers.conversion_mapping import register_checkpoint_conversion_mapping
 from transformers.core_model_loading import PrefixChange
-from transformers.masking_utils import create_causal_mask
-from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.processing_utils import Unpack
-from transformers.utils import ModelOutput, TransformersKwargs, torch_compilable_check
-from transformers.utils.generic import can_return_tuple
-from transformers.utils.output_capturing import capture_outputs
+from transformers.utils import ModelOutput, TransformersKwargs
 
 from .configuration_mosaic_clip import MosaicClipConfig, MosaicClipTextConfig, MosaicClipVisionConfig
 from .mosaic_pretrained import MosaicPreTrainedModel, check_token_ids, output_flags_default_to_config
+from .mosaic_transformers_compat import (
+    GradientCheckpointingLayer,
+    all_gather_with_gradients,
+    can_return_tuple,
+    capture_outputs,
+    create_causal_mask,
+    torch_compilable_check,
+)
 
 
 @dataclass
@@ -339,9 +342,8 @@ class MosaicClipTextModel(MosaicClipPreTrainedModel):
             "tokenize with the model's tokenizer, which appends it.",
         )
         hidden_states = self.embeddings(input_ids, position_ids)
-        causal_mask = create_causal_mask(
-            config=self.config, inputs_embeds=hidden_states, attention_mask=attention_mask, past_key_values=None
-        )
+        # no cache, passed positionally: its keyword is `cache` from transformers 5.24, `past_key_values` before
+        causal_mask = create_causal_mask(self.config, hidden_states, attention_mask, None)
         last_hidden_state = self.final_layer_norm(self.encoder(hidden_states, causal_mask, **kwargs))
         batch_index = torch.arange(input_ids.shape[0], device=input_ids.device)
         pooled_output = last_hidden_state[batch_index, eos_positions.int().argmax(dim=-1)]
@@ -389,7 +391,7 @@ def _gather_with_grad(features: torch.Tensor) -> torch.Tensor:
     """All ranks' features concatenated in rank order, with gradients flowing back to each rank's share."""
     if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
         return features
-    return functional_collectives.all_gather_single_autograd(features, 0, dist.group.WORLD)
+    return all_gather_with_gradients(features)
 
 
 def clip_contrastive_loss(logits_per_text: torch.Tensor) -> torch.Tensor:

@@ -24,20 +24,32 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import GenerationMixin
 from transformers.activations import ACT2FN
-from transformers.cache_utils import Cache, DynamicCache
-from transformers.masking_utils import create_causal_mask
-from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutputWithPast, BaseModelOutputWithPooling, CausalLMOutputWithPast
 from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS, dynamic_rope_update
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.processing_utils import Unpack
-from transformers.utils import TransformersKwargs, logging, torch_compilable_check
-from transformers.utils.deprecation import deprecate_kwarg
-from transformers.utils.generic import can_return_tuple, merge_with_config_defaults
-from transformers.utils.output_capturing import capture_outputs
+from transformers.utils import TransformersKwargs, logging
 
 from .configuration_mosaic_fuyu import MosaicFuyuConfig
-from .mosaic_pretrained import OUTPUT_FLAGS, MosaicPreTrainedModel, check_token_ids, output_flags_default_to_config
+from .mosaic_pretrained import (
+    OUTPUT_FLAGS,
+    MosaicPreTrainedModel,
+    check_token_ids,
+    output_flags_default_to_config,
+    renamed_argument,
+)
+from .mosaic_transformers_compat import (
+    Cache,
+    DynamicCache,
+    GradientCheckpointingLayer,
+    cache_keyword,
+    can_return_tuple,
+    capture_outputs,
+    create_causal_mask,
+    merge_with_config_defaults,
+    one_cache,
+    torch_compilable_check,
+)
 
 logger = logging.get_logger(__name__)
 
@@ -119,7 +131,7 @@ class MosaicFuyuAttention(nn.Module):
         hidden_states,
         position_embeddings,
         attention_mask=None,
-        past_key_values=None,
+        cache=None,
         queries_to_keep=0,
         **kwargs: Unpack[TransformersKwargs],
     ):
@@ -140,8 +152,8 @@ class MosaicFuyuAttention(nn.Module):
             query, key = self.q_layernorm(query), self.k_layernorm(key)
         query, key = apply_partial_rotary(query, query_cos, query_sin), apply_partial_rotary(key, cos, sin)
         query, key, value = query.transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2)  # (B, heads, T, hd)
-        if past_key_values is not None:
-            key, value = past_key_values.update(key, value, self.layer_idx)
+        if cache is not None:
+            key, value = cache.update(key, value, self.layer_idx)
         attention_interface: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(
             self.config._attn_implementation, eager_attention_forward
         )
@@ -191,16 +203,18 @@ class MosaicFuyuDecoderLayer(GradientCheckpointingLayer):
         hidden_states,
         position_embeddings,
         attention_mask=None,
+        cache=None,
         past_key_values=None,
         queries_to_keep=0,
         **kwargs: Unpack[TransformersKwargs],
     ) -> torch.Tensor:
-        """`queries_to_keep` > 0 returns the last that many positions only (see `MosaicFuyuAttention`)."""
+        """`queries_to_keep` > 0 returns the last that many positions only (see `MosaicFuyuAttention`). The cache
+        comes under the name the installed transformers gives it (`cache_keyword`)."""
         attn_output, _ = self.self_attn(
             self.input_layernorm(hidden_states),
             position_embeddings,
             attention_mask,
-            past_key_values,
+            one_cache(cache, past_key_values),
             queries_to_keep,
             **kwargs,
         )
@@ -219,7 +233,7 @@ class MosaicFuyuPreTrainedModel(MosaicPreTrainedModel):
     input_modalities = ("image", "text")
     supports_gradient_checkpointing = True
     _no_split_modules = ["MosaicFuyuDecoderLayer"]
-    _skip_keys_device_placement = ["past_key_values"]
+    _skip_keys_device_placement = ["past_key_values", "cache"]
     _supports_sdpa = True
     _supports_attention_backend = True
     # hidden states and attentions are recorded by hooks on these modules (transformers' `capture_outputs`)
@@ -246,20 +260,15 @@ class MosaicFuyuDecoder(MosaicFuyuPreTrainedModel):
         inputs_embeds: torch.Tensor,
         attention_mask: torch.Tensor | None,
         position_ids: torch.Tensor,
-        past_key_values: Cache | None,
+        cache: Cache | None,
         positions_to_keep: int = 0,
         **kwargs: Unpack[TransformersKwargs],
     ) -> BaseModelOutputWithPast:
         """`positions_to_keep` > 0 (generation's prefill wants 1) lets the last layer run its queries, dense and MLP
         on the last that many positions alone (it still caches every key and value), when no layer output is
         recorded; `last_hidden_state` then holds those positions only."""
-        causal_mask = create_causal_mask(
-            config=self.config,
-            inputs_embeds=inputs_embeds,
-            attention_mask=attention_mask,
-            past_key_values=past_key_values,
-            position_ids=position_ids,
-        )
+        # the cache positionally: its keyword is `cache` from transformers 5.24, `past_key_values` before
+        causal_mask = create_causal_mask(self.config, inputs_embeds, attention_mask, cache, position_ids=position_ids)
         position_embeddings = self.rotary_emb(inputs_embeds, position_ids)
         recording = any(kwargs.get(flag, getattr(self.config, flag)) for flag in OUTPUT_FLAGS)
         # Pruning the last layer needs a mask whose rows can be cut; without a mask, attention would align a
@@ -273,13 +282,11 @@ class MosaicFuyuDecoder(MosaicFuyuPreTrainedModel):
                 hidden_states,
                 position_embeddings,
                 attention_mask=causal_mask,
-                past_key_values=past_key_values,
+                **cache_keyword(cache),
                 queries_to_keep=last_layer_queries if index == len(self.layers) - 1 else 0,
                 **kwargs,
             )
-        return BaseModelOutputWithPast(
-            last_hidden_state=self.final_layernorm(hidden_states), past_key_values=past_key_values
-        )
+        return BaseModelOutputWithPast(last_hidden_state=self.final_layernorm(hidden_states), past_key_values=cache)
 
 
 class MosaicFuyuModel(MosaicFuyuPreTrainedModel):
@@ -371,7 +378,7 @@ class MosaicFuyuModel(MosaicFuyuPreTrainedModel):
         return torch.where(image_token_mask.unsqueeze(-1), gathered, inputs_embeds)  # (B, T, hidden)
 
     @can_return_tuple
-    @deprecate_kwarg("image_patches", version="5.24", new_name="pixel_values")
+    @renamed_argument("image_patches", "pixel_values", removed_in="0.3")
     @merge_with_config_defaults
     def forward(
         self,
@@ -380,13 +387,16 @@ class MosaicFuyuModel(MosaicFuyuPreTrainedModel):
         image_patches_mask: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.LongTensor | None = None,
-        past_key_values: Cache | None = None,
+        cache: Cache | None = None,
         inputs_embeds: torch.Tensor | None = None,
         use_cache: bool | None = None,
         positions_to_keep: int = 0,
+        past_key_values: Cache | None = None,
         **kwargs: Unpack[TransformersKwargs],
     ) -> BaseModelOutputWithPast:
-        """`positions_to_keep` > 0 may return the last that many positions only; see `MosaicFuyuDecoder`."""
+        """`positions_to_keep` > 0 may return the last that many positions only; see `MosaicFuyuDecoder`. The KV
+        cache comes as `cache` (transformers >= 5.24) or `past_key_values` (its name before)."""
+        cache = one_cache(cache, past_key_values)
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("Pass exactly one of input_ids and inputs_embeds.")
         if inputs_embeds is None:
@@ -396,7 +406,7 @@ class MosaicFuyuModel(MosaicFuyuPreTrainedModel):
                 )
             check_token_ids(input_ids, self.get_input_embeddings().num_embeddings)
             inputs_embeds = self.get_input_embeddings()(input_ids)
-        past_length = past_key_values.get_seq_length() if past_key_values is not None else 0
+        past_length = cache.get_seq_length() if cache is not None else 0
         if attention_mask is not None and attention_mask.shape != (
             inputs_embeds.shape[0],
             past_length + inputs_embeds.shape[1],
@@ -421,8 +431,8 @@ class MosaicFuyuModel(MosaicFuyuPreTrainedModel):
             # continuing from a cache whose tokens hold the image: its patches were placed when the cache was filled
             if past_length == 0 or image_token_mask.any():
                 inputs_embeds = self.place_patches(inputs_embeds, image_token_mask, pixel_values, image_patches_mask)
-        if use_cache and past_key_values is None:
-            past_key_values = DynamicCache(config=self.config)
+        if use_cache and cache is None:
+            cache = DynamicCache(config=self.config)
         if position_ids is None:
             position_ids = self.position_ids_from(
                 attention_mask, past_length, inputs_embeds.shape[1], inputs_embeds.device
@@ -431,7 +441,7 @@ class MosaicFuyuModel(MosaicFuyuPreTrainedModel):
             inputs_embeds,
             attention_mask,
             position_ids,
-            past_key_values if use_cache else None,
+            cache if use_cache else None,
             positions_to_keep=positions_to_keep,
             **kwargs,
         )
@@ -472,7 +482,7 @@ class MosaicFuyuForCausalLM(MosaicFuyuPreTrainedModel, GenerationMixin):
         self.lm_head = value
 
     @can_return_tuple
-    @deprecate_kwarg("image_patches", version="5.24", new_name="pixel_values")
+    @renamed_argument("image_patches", "pixel_values", removed_in="0.3")
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -480,12 +490,13 @@ class MosaicFuyuForCausalLM(MosaicFuyuPreTrainedModel, GenerationMixin):
         image_patches_mask: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.LongTensor | None = None,
-        past_key_values: Cache | None = None,
+        cache: Cache | None = None,
         inputs_embeds: torch.Tensor | None = None,
         labels: torch.LongTensor | None = None,
         use_cache: bool | None = None,
         logits_to_keep: int = 0,
         image_patches: torch.Tensor | None = None,
+        past_key_values: Cache | None = None,
         **kwargs: Unpack[TransformersKwargs],
     ) -> CausalLMOutputWithPast:
         """`labels` are the input ids with -100 wherever no loss is wanted; the shift happens inside, unless
@@ -493,14 +504,15 @@ class MosaicFuyuForCausalLM(MosaicFuyuPreTrainedModel, GenerationMixin):
         `num_items_in_batch` (passed by Trainer) makes the loss exact under gradient accumulation.
 
         `image_patches` is the deprecated name of `pixel_values`: the decorator moves it there with a FutureWarning,
-        so it is always None here. It stays in the signature because generate() accepts only the inputs it names."""
+        so it is always None here. It stays in the signature because generate() accepts only the inputs it names.
+        The KV cache comes as `cache` (transformers >= 5.24) or `past_key_values` (its name before)."""
         outputs = self.model(
             input_ids=input_ids,
             pixel_values=pixel_values,
             image_patches_mask=image_patches_mask,
             attention_mask=attention_mask,
             position_ids=position_ids,
-            past_key_values=past_key_values,
+            cache=one_cache(cache, past_key_values),
             inputs_embeds=inputs_embeds,
             use_cache=use_cache,
             positions_to_keep=logits_to_keep,

@@ -3,10 +3,12 @@ dispatch, and two helpers for their forward passes."""
 
 import functools
 import os
+import warnings
 
 import torch
 from transformers import PreTrainedModel
-from transformers.utils import torch_compilable_check
+
+from .mosaic_transformers_compat import torch_compilable_check
 
 OUTPUT_FLAGS = ("output_attentions", "output_hidden_states")
 
@@ -23,6 +25,30 @@ def output_flags_default_to_config(forward):
         return forward(self, *args, **kwargs)
 
     return wrapper
+
+
+def renamed_argument(old: str, new: str, removed_in: str):
+    """A forward decorator: `old=` is moved to `new=` with a FutureWarning naming the mosaic-vlm release that
+    drops it. (transformers' `deprecate_kwarg` compares `removed_in` against transformers' own version, so its
+    warning would vanish on a newer transformers.) Both given is one clear error."""
+
+    def decorator(forward):
+        @functools.wraps(forward)
+        def wrapper(self, *args, **kwargs):
+            if kwargs.get(old) is not None:
+                if kwargs.get(new) is not None:
+                    raise ValueError(f"Pass `{new}` only: `{old}` is its deprecated name.")
+                warnings.warn(
+                    f"`{old}` is deprecated and will be removed in mosaic-vlm {removed_in}. Use `{new}` instead.",
+                    FutureWarning,
+                    stacklevel=2,
+                )
+                kwargs[new] = kwargs.pop(old)
+            return forward(self, *args, **kwargs)
+
+        return wrapper
+
+    return decorator
 
 
 def check_token_ids(input_ids: torch.Tensor, vocab_size: int) -> None:

@@ -143,7 +143,7 @@ def open_image(source, where: str) -> PIL.Image.Image:
     return image
 
 
-def _read_image_file(path) -> PIL.Image.Image:
+def read_image_file(path) -> PIL.Image.Image:
     where = f"Image file {os.fspath(path)!r}"
     if not os.path.isfile(path):
         raise ValueError(f"{where} does not exist.")
@@ -161,7 +161,7 @@ def _flat_pil_list(images) -> list[PIL.Image.Image]:
     if isinstance(images, PIL.Image.Image):
         return [_pil_to_8bit(images)]
     if isinstance(images, (str, os.PathLike)):
-        return [_pil_to_8bit(_read_image_file(images))]
+        return [_pil_to_8bit(read_image_file(images))]
     if isinstance(images, (np.ndarray, torch.Tensor)):
         if images.ndim == 4:
             return [_array_to_pil(_to_numpy(image)) for image in images]

@@ -4,7 +4,9 @@ import argparse
 import functools
 from pathlib import Path
 
-from .inputs import load_model_folder, open_image, require_model_folder
+from mosaic_vlm.processing.mosaic_processing_common import read_image_file
+
+from .inputs import load_model_folder, require_model_folder
 from .staging import save_file
 
 
@@ -37,7 +39,7 @@ def run_zero_shot(args: argparse.Namespace) -> None:
     if missing:
         raise ValueError(f"image file(s) not found: {', '.join(missing)}")
     model, processor = load_model_folder(args.model, "clip", "zero-shot")
-    images = [open_image(path) for path in args.images]
+    images = [read_image_file(path).convert("RGB") for path in args.images]
     classifier = pipeline(
         "zero-shot-image-classification",
         model=model,
@@ -97,7 +99,7 @@ def add_ask_command(subparsers) -> None:
 
 
 def run_ask(args: argparse.Namespace) -> None:
-    image = open_image(args.image)
+    image = read_image_file(args.image).convert("RGB")
     model, processor = load_model_folder(args.model, "fuyu", "ask")
     question = args.question
     if args.box:
@@ -155,7 +157,7 @@ def run_vstar(args: argparse.Namespace) -> None:
 
     if args.output.suffix.lower() != ".png":
         raise ValueError(f"--output must name a .png file, got {args.output}.")
-    image = open_image(args.image)
+    image = read_image_file(args.image).convert("RGB")
     model, processor = load_model_folder(args.model, "fuyu", "vstar")
     searcher = load_model_folder(args.search_model, "fuyu", "vstar") if args.search_model else (model, processor)
     scorer = FuyuScorer(*searcher, max_cell=args.max_cell)

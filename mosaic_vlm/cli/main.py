@@ -17,6 +17,14 @@ from .inference import add_ask_command, add_vstar_command, add_zero_shot_command
 from .jobs import add_bench_command, add_demo_command, add_train_command
 
 USAGE_ERROR = 2
+# What `pip install mosaic-vlm` leaves out and the `demo` extra brings: the recipes' data sets, the demo and the
+# benchmarks need them (import name -> distribution)
+DEMO_EXTRA_MODULES = {
+    "datasets": "datasets",
+    "sklearn": "scikit-learn",
+    "skimage": "scikit-image",
+    "matplotlib": "matplotlib",
+}
 logger = logging.getLogger("mosaic_vlm")
 
 
@@ -64,6 +72,16 @@ def main(argv: list[str] | None = None) -> int:
     with progress_to_stderr():
         try:
             args.handler(args)
+        except ModuleNotFoundError as error:
+            missing = (error.name or "").partition(".")[0]
+            if missing not in DEMO_EXTRA_MODULES:
+                raise
+            print(
+                f"{PROGRAM} {args.command}: error: this command needs {DEMO_EXTRA_MODULES[missing]}, which the core "
+                "install leaves out; install the demo extra: pip install 'mosaic-vlm[demo]'",
+                file=sys.stderr,
+            )
+            return USAGE_ERROR
         except (ValueError, OSError) as error:
             message = " ".join(str(error).split())  # one line, whatever the exception text holds
             print(f"{PROGRAM} {args.command}: error: {message}", file=sys.stderr)

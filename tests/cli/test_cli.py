@@ -1,5 +1,6 @@
 """The mosaic-vlm command line end to end on tiny models: output, errors and exit codes."""
 
+import os
 import subprocess
 import sys
 
@@ -10,6 +11,7 @@ from tiny import tiny_clip_config
 
 from mosaic_vlm.cli.main import main
 from mosaic_vlm.modeling import MosaicClipModel
+from mosaic_vlm.processing import mosaic_processing_common
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +47,7 @@ def test_zero_shot_prints_a_ranked_table(clip_folder, photos, tmp_path, capsys):
         (["zero-shot", "{model}", "/no/such.png", "--labels", "a", "b"], "image file(s) not found"),
         (["zero-shot", "{model}", "/no/such.png", "--labels", "a"], "at least two candidate labels"),
         (["push", "/no/such/model", "me/repo"], "is not a saved model folder"),
-        (["ask", "{model}", "/no/such.png", "what?"], "image file /no/such.png does not exist"),
+        (["ask", "{model}", "/no/such.png", "what?"], "Image file '/no/such.png' does not exist"),
         (["ask", "{model}", "{image}", "what?"], "ask needs a Fuyu-style decoder model folder; "),
         (["vstar", "{model}", "{image}", "what?"], "vstar needs a Fuyu-style decoder model folder; "),
         (["vstar", "{model}", "{image}", "what?", "--output", "search.jpg"], "--output must name a .png file"),
@@ -177,15 +179,23 @@ def test_train_runs_the_clip_recipe(tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_bench_quick_writes_json_markdown_and_chart(tmp_path, capsys):
+def test_bench_quick_writes_json_markdown_and_chart(tmp_path, capsys, monkeypatch):
     import json
+    import tempfile
 
-    assert main(["bench", "--quick", "--output", str(tmp_path)]) == 0
-    report = json.loads((tmp_path / "report.json").read_text())
+    # the temp folder, empty, here and in every process the bench starts: V*'s models train under --output
+    (tmp_path / "tmp").mkdir()
+    monkeypatch.setenv("TMPDIR", str(tmp_path / "tmp"))
+    monkeypatch.setattr(tempfile, "tempdir", None)  # read TMPDIR again
+    report_folder = tmp_path / "report"
+    assert main(["bench", "--quick", "--output", str(report_folder)]) == 0
+    assert sorted(os.listdir(tmp_path)) == ["report", "tmp"] and os.listdir(tmp_path / "tmp") == []
+    assert (report_folder / "vstar-models" / "vstar-search" / "model.safetensors").is_file()
+    report = json.loads((report_folder / "report.json").read_text())
     cases = report["results"]["bench_clip"]["cases"]
     assert {case["case"].split(" (")[0] for case in cases} >= {"image encode fp32", "text encode fp32"}
     assert all(case["ratio"] > 0 for case in cases)
-    table = (tmp_path / "report.md").read_text()
+    table = (report_folder / "report.md").read_text()
     assert "| benchmark | case | ours | reference | unit | ratio |" in table and "torch threads" in table
     assert set(report["results"]) == {
         "bench_clip", "bench_fuyu_processing", "bench_fuyu_model", "bench_vstar", "bench_conversion_memory"
@@ -193,7 +203,7 @@ def test_bench_quick_writes_json_markdown_and_chart(tmp_path, capsys):
     memory = report["results"]["bench_conversion_memory"]["cases"]
     assert len(memory) == 4 and all(case["ours"] > 0 and case["reference"] > 0 for case in memory)
     assert "| bench_vstar | scorer calls per search (V* vs exhaustive scan) |" in table
-    assert PIL.Image.open(tmp_path / "ratios.png").size[0] > 100
+    assert PIL.Image.open(report_folder / "ratios.png").size[0] > 100
 
 
 # ------------------------------------------------------------------------------------- your files are never lost
@@ -262,8 +272,8 @@ def test_zero_shot_templates_need_one_label_field(clip_folder, photo_file, capsy
 
 
 def test_a_huge_image_is_one_clear_error(clip_folder, tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr(PIL.Image, "MAX_IMAGE_PIXELS", 1000)  # PIL's decompression-bomb limit, made small
+    monkeypatch.setattr(mosaic_processing_common, "MAX_IMAGE_PIXELS", 1000)  # the pixel limit, made small
     image = tmp_path / "big.png"
     PIL.Image.new("RGB", (100, 100)).save(image)
     assert main(["zero-shot", str(clip_folder), str(image), "--labels", "cat", "dog"]) == 2
-    assert "is too large" in capsys.readouterr().err
+    assert "has 10000 pixels, more than MAX_IMAGE_PIXELS = 1000" in capsys.readouterr().err

@@ -1,0 +1,80 @@
+"""Every transformers and torch internal the models use, in one place, with a shim wherever releases differ.
+
+mosaic-vlm supports transformers 5.23 up to the newest 5.x release (tested on 5.23.0 and 5.25.0) and torch 2.6 up
+to 2.15. The model files import transformers' private names (output recording, return-type and config-default
+decorators, the compile-safe check, the cache and mask APIs) from here only, so a new release changes this file
+alone. Files `save_pretrained` copies as remote code import it, so it imports nothing of mosaic_vlm.
+"""
+
+import warnings
+
+import torch
+import torch.distributed as dist
+import transformers
+from packaging import version
+from transformers.cache_utils import Cache, DynamicCache
+from transformers.masking_utils import create_causal_mask
+from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.utils import torch_compilable_check
+from transformers.utils.generic import can_return_tuple, merge_with_config_defaults
+from transformers.utils.output_capturing import capture_outputs
+
+TRANSFORMERS_VERSION = version.parse(transformers.__version__)
+
+# transformers 5.24 renamed the cache argument of generate, of model forwards and of GradientCheckpointingLayer from
+# `past_key_values` to `cache` (the output classes accept both names). Our forwards take both; layers are called with
+# the installed release's name, the one GradientCheckpointingLayer drops when it recomputes a layer.
+CACHE_ARGUMENT = "cache" if TRANSFORMERS_VERSION >= version.parse("5.24.0.dev0") else "past_key_values"
+
+
+def one_cache(cache: Cache | None, past_key_values: Cache | None) -> Cache | None:
+    """The cache a forward was given under either name (`cache` from transformers 5.24, `past_key_values` before);
+    the old name warns, as transformers' own models do, where the installed release has the new one."""
+    if past_key_values is None:
+        return cache
+    if cache is not None:
+        raise ValueError(
+            "Pass the KV cache once: as cache= or as past_key_values= (its name before transformers 5.24)"
+        )
+    if CACHE_ARGUMENT == "cache":
+        warnings.warn(
+            "`past_key_values` is deprecated since transformers 5.24. Use `cache` instead.",
+            FutureWarning,
+            stacklevel=3,
+        )
+    return past_key_values
+
+
+def cache_keyword(cache: Cache | None) -> dict[str, Cache | None]:
+    """The cache as the keyword argument the installed transformers names it (see CACHE_ARGUMENT)."""
+    return {CACHE_ARGUMENT: cache}
+
+
+def all_gather_with_gradients(features: torch.Tensor) -> torch.Tensor:
+    """Every rank's `features` concatenated along dim 0, with gradients flowing back to each rank's own part.
+    torch >= 2.7 has the autograd-aware functional collective; torch 2.6 (which lacks it) gets the public
+    `torch.distributed.nn.functional.all_gather`, which also carries gradients back to every rank."""
+    from torch.distributed import _functional_collectives as functional_collectives
+
+    if hasattr(functional_collectives, "all_gather_single_autograd"):
+        return functional_collectives.all_gather_single_autograd(features, 0, dist.group.WORLD)
+    from torch.distributed.nn.functional import all_gather
+
+    return torch.cat(all_gather(features), dim=0)
+
+
+__all__ = [
+    "CACHE_ARGUMENT",
+    "Cache",
+    "DynamicCache",
+    "GradientCheckpointingLayer",
+    "TRANSFORMERS_VERSION",
+    "all_gather_with_gradients",
+    "cache_keyword",
+    "can_return_tuple",
+    "capture_outputs",
+    "create_causal_mask",
+    "merge_with_config_defaults",
+    "one_cache",
+    "torch_compilable_check",
+]
