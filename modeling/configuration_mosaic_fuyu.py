@@ -13,7 +13,6 @@ transformers' rope utilities know: "default", "linear", "dynamic", "yarn", "long
 
 from huggingface_hub.dataclasses import strict
 from transformers import PreTrainedConfig
-from transformers.modeling_rope_utils import RopeParameters
 
 from .config_checks import (
     require_fraction,
@@ -22,6 +21,7 @@ from .config_checks import (
     require_positive,
     warn_unknown_keys,
 )
+from .mosaic_transformers_compat import RopeParameters
 
 
 @strict

@@ -16,8 +16,6 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import initialization as init
 from transformers.activations import ACT2FN
-from transformers.conversion_mapping import register_checkpoint_conversion_mapping
-from transformers.core_model_loading import PrefixChange
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.processing_utils import Unpack
@@ -27,10 +25,12 @@ from .configuration_mosaic_clip import MosaicClipConfig, MosaicClipTextConfig, M
 from .mosaic_pretrained import MosaicPreTrainedModel, check_token_ids, output_flags_default_to_config
 from .mosaic_transformers_compat import (
     GradientCheckpointingLayer,
+    PrefixChange,
     all_gather_with_gradients,
     can_return_tuple,
     capture_outputs,
     create_causal_mask,
+    register_checkpoint_conversion_mapping,
     torch_compilable_check,
 )
 

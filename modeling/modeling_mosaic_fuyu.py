@@ -25,7 +25,6 @@ from torch import nn
 from transformers import GenerationMixin
 from transformers.activations import ACT2FN
 from transformers.modeling_outputs import BaseModelOutputWithPast, BaseModelOutputWithPooling, CausalLMOutputWithPast
-from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS, dynamic_rope_update
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.processing_utils import Unpack
 from transformers.utils import TransformersKwargs, logging
@@ -39,6 +38,7 @@ from .mosaic_pretrained import (
     renamed_argument,
 )
 from .mosaic_transformers_compat import (
+    ROPE_INIT_FUNCTIONS,
     Cache,
     DynamicCache,
     GradientCheckpointingLayer,
@@ -46,6 +46,7 @@ from .mosaic_transformers_compat import (
     can_return_tuple,
     capture_outputs,
     create_causal_mask,
+    dynamic_rope_update,
     merge_with_config_defaults,
     one_cache,
     torch_compilable_check,

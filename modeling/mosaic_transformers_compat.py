@@ -1,9 +1,11 @@
 """Every transformers and torch internal the models use, in one place, with a shim wherever releases differ.
 
-mosaic-vlm supports transformers 5.23 up to the newest 5.x release (tested on 5.23.0 and 5.25.0) and torch 2.6 up
-to 2.15. The model files import transformers' private names (output recording, return-type and config-default
-decorators, the compile-safe check, the cache and mask APIs) from here only, so a new release changes this file
-alone. Files `save_pretrained` copies as remote code import it, so it imports nothing of mosaic_vlm.
+mosaic-vlm supports transformers 5.23 up to the newest 5.x release (tested on 5.23.0 and 5.25.0) and torch 2.6 and
+newer. The model files import transformers' private names (output recording, return-type and config-default
+decorators, the compile-safe check, the cache and mask APIs, rope initialisation, checkpoint key renaming) from here
+only, so a new release changes this file alone; the two private hooks `MosaicPreTrainedModel` overrides
+(`_upload_modified_files`, `_initialize_weights(is_custom_code=)`, as in 5.11 and later) are explained there. Files
+`save_pretrained` copies as remote code import this one, so it imports nothing of mosaic_vlm.
 """
 
 import warnings
@@ -13,8 +15,11 @@ import torch.distributed as dist
 import transformers
 from packaging import version
 from transformers.cache_utils import Cache, DynamicCache
+from transformers.conversion_mapping import register_checkpoint_conversion_mapping
+from transformers.core_model_loading import PrefixChange
 from transformers.masking_utils import create_causal_mask
 from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS, RopeParameters, dynamic_rope_update
 from transformers.utils import torch_compilable_check
 from transformers.utils.generic import can_return_tuple, merge_with_config_defaults
 from transformers.utils.output_capturing import capture_outputs
@@ -68,13 +73,18 @@ __all__ = [
     "Cache",
     "DynamicCache",
     "GradientCheckpointingLayer",
+    "PrefixChange",
+    "ROPE_INIT_FUNCTIONS",
+    "RopeParameters",
     "TRANSFORMERS_VERSION",
     "all_gather_with_gradients",
     "cache_keyword",
     "can_return_tuple",
     "capture_outputs",
     "create_causal_mask",
+    "dynamic_rope_update",
     "merge_with_config_defaults",
     "one_cache",
+    "register_checkpoint_conversion_mapping",
     "torch_compilable_check",
 ]

@@ -95,3 +95,80 @@ def test_each_constant_is_defined_once():
     for literal, home in literals.items():
         holders = [path.name for room in ROOMS for path in room_files(room) if literal in path.read_text()]
         assert holders == [home], f"{literal} is written in {holders}"
+
+
+LIBRARY_ROOMS = ("modeling", "processing", "conversion", "vstar", "data")
+
+
+def rooms_imported_by(room: str, path: Path) -> set[str]:
+    """The other rooms a module of `room` imports, absolute (`mosaic_vlm.<room>`) or relative (`from ..x import`),
+    wherever the import stands."""
+    rooms = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        names = []
+        if isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            package = ["mosaic_vlm", room][: max(0, 3 - node.level)] if node.level else []
+            module = ".".join([*package, *([node.module] if node.module else [])])
+            names = [module] + [f"{module}.{alias.name}" for alias in node.names]
+        rooms.update(name.split(".")[1] for name in names if name.startswith("mosaic_vlm.") and name.count(".") >= 1)
+    return (rooms & set(ROOMS)) - {room}
+
+
+def test_application_rooms_point_one_way(tmp_path):
+    """demo -> recipes / benchmarks -> the library rooms: never sideways, never back up (the cli sits above all)."""
+    # the reader sees every spelling of an import of another room
+    probe = tmp_path / "probe.py"
+    probe.write_text(
+        "from ..recipes import vstar\nfrom .. import cli\nimport mosaic_vlm.demo.main_job\nfrom . import report\n"
+        "def f():\n    from mosaic_vlm.data import digits\n"
+    )
+    assert rooms_imported_by("benchmarks", probe) == {"recipes", "cli", "demo", "data"}
+    graph = {room: set().union(*(rooms_imported_by(room, path) for path in room_files(room))) for room in ROOMS}
+    assert not graph["benchmarks"] & {"recipes", "demo", "cli"}, graph["benchmarks"]
+    assert not graph["recipes"] & {"benchmarks", "demo", "cli"}, graph["recipes"]
+    assert "cli" not in graph["demo"], graph["demo"]
+    for room in ("recipes", "benchmarks"):
+        assert graph[room] <= set(LIBRARY_ROOMS), f"{room} imports {graph[room] - set(LIBRARY_ROOMS)}"
+    for room in LIBRARY_ROOMS:
+        assert not graph[room] & {"recipes", "benchmarks", "demo", "cli"}, f"{room} imports {graph[room]}"
+
+
+def test_recipes_read_argv_in_one_place():
+    """Python callers hand the recipes dataclasses; only the recipes' shared `parse_arguments` (their `main`s'
+    way in) parses a command line into them."""
+
+    def uses_the_parser(path: Path) -> bool:
+        nodes = list(ast.walk(ast.parse(path.read_text())))
+        names = {node.id for node in nodes if isinstance(node, ast.Name)}
+        names |= {node.attr for node in nodes if isinstance(node, ast.Attribute)}
+        return "HfArgumentParser" in names
+
+    holders = [f"{room}/{path.name}" for room in ROOMS for path in room_files(room) if uses_the_parser(path)]
+    assert holders == ["recipes/recipe.py"], holders
+
+
+PRIVATE_TRANSFORMERS_MODULES = (
+    "transformers.utils.generic",
+    "transformers.utils.output_capturing",
+    "transformers.cache_utils",
+    "transformers.masking_utils",
+    "transformers.modeling_layers",
+    "transformers.modeling_rope_utils",
+    "transformers.conversion_mapping",
+    "transformers.core_model_loading",
+)
+
+
+def test_only_the_compatibility_module_imports_transformers_internals():
+    """What differs between transformers releases is imported in modeling/mosaic_transformers_compat.py alone."""
+    for room in ROOMS:
+        for path in room_files(room):
+            if path.name == "mosaic_transformers_compat.py":
+                continue
+            for node in ast.walk(ast.parse(path.read_text())):
+                if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                    names = [node.module] + [f"{node.module}.{alias.name}" for alias in node.names]
+                    assert not set(names) & set(PRIVATE_TRANSFORMERS_MODULES), f"{room}/{path.name}: {node.module}"
+                    assert "torch_compilable_check" not in names[0] + str([a.name for a in node.names]), path.name
