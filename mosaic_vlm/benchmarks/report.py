@@ -1,7 +1,11 @@
 """Run every side-by-side benchmark in one run and write the report: report.json, report.md (the table the
-README includes) and ratios.png (a bar chart of reference / ours: time, or scorer calls for V*).
+README includes) and ratios.png (a bar chart of reference / ours: time, or scorer calls for V*). The V*
+benchmark needs V*'s two trained models: `mosaic-vlm bench` trains them first (into its report folder); here,
+give their folders or the V* benchmark is left out.
 
     mosaic-vlm bench --output bench-report [--quick]
+    python -m mosaic_vlm.benchmarks.report --output bench-report [--vstar-model out/vstar
+        --vstar-search-model out/vstar-search] [--quick]
 """
 
 import argparse
@@ -15,7 +19,7 @@ import torch
 
 from . import clip, conversion_memory, fuyu_model, fuyu_processing, vstar
 
-# name -> (its entry point, keyword arguments of a full run, of a --quick run)
+# name -> (its entry point, keyword arguments of a full run, of a --quick run); V*'s also takes its two models
 BENCHMARKS = {
     "bench_clip": (clip.run_clip_benchmark, {}, {"batch_images": 2, "batch_texts": 4, "repeats": 2, "warmup": 1}),
     "bench_fuyu_processing": (fuyu_processing.run_fuyu_processing_benchmark, {}, {"repeats": 2, "size": (320, 240)}),
@@ -41,15 +45,24 @@ def ratio_rows(name: str, result: dict) -> list[dict]:
     ]
 
 
-def write_report(output: Path, quick: bool = False) -> list[Path]:
+def write_report(output: Path, quick: bool = False, vstar_models: tuple | None = None) -> list[Path]:
+    """Runs the benchmarks and writes the report into `output`; returns the paths written. `vstar_models`: V*'s
+    answering and search models (folders or (model, processor) pairs); without them the V* benchmark is left
+    out."""
     output = Path(output)
     output.mkdir(parents=True, exist_ok=True)
     processor = platform.processor() or platform.machine()
     machine = f"{processor}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads"
     results, rows = {}, []
     for name, (entry, full_settings, quick_settings) in BENCHMARKS.items():
+        models = {}
+        if name == "bench_vstar":
+            if vstar_models is None:
+                print(f"== {name}: left out (no trained V* models given)", file=sys.stderr)
+                continue
+            models = dict(zip(("answerer", "searcher"), vstar_models, strict=True))
         print(f"== {name}", file=sys.stderr)
-        result = entry(**(quick_settings if quick else full_settings))
+        result = entry(**models, **(quick_settings if quick else full_settings))
         results[name] = result
         rows += ratio_rows(name, result)
     report = {"machine": machine, "torch": torch.__version__, "quick": quick, "results": results}
@@ -91,8 +104,13 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--output", type=Path, default=Path("bench-report"), help="report folder")
     parser.add_argument("--quick", action="store_true", help="tiny sizes and few repeats (a smoke run)")
+    parser.add_argument("--vstar-model", type=Path, default=None, help="V*'s trained answering model")
+    parser.add_argument("--vstar-search-model", type=Path, default=None, help="V*'s trained search model")
     args = parser.parse_args(argv)
-    for path in write_report(args.output, args.quick):
+    if (args.vstar_model is None) != (args.vstar_search_model is None):
+        parser.error("give both --vstar-model and --vstar-search-model, or neither (then V* is left out)")
+    models = (args.vstar_model, args.vstar_search_model) if args.vstar_model else None
+    for path in write_report(args.output, args.quick, models):
         print(path)
 
 

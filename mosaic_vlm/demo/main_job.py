@@ -15,6 +15,7 @@ beside report.md (figures, tables, the accuracy chart and the search pictures) a
     mosaic-vlm demo [--output-dir demo-output] [--quick] [--overwrite]     (./dev demo in a checkout)
 """
 
+import dataclasses
 import json
 import math
 import os
@@ -24,7 +25,7 @@ from pathlib import Path
 
 import PIL.Image
 import torch
-from transformers import AutoModel, AutoModelForCausalLM, AutoProcessor, HfArgumentParser, TrainingArguments, pipeline
+from transformers import AutoModel, AutoModelForCausalLM, AutoProcessor, TrainingArguments, pipeline
 
 from mosaic_vlm.benchmarks import vstar as bench_vstar
 from mosaic_vlm.benchmarks.vstar import KIND_NAMES
@@ -35,47 +36,56 @@ from mosaic_vlm.recipes import vstar as train_vstar
 
 from .progress import Stage
 
-# full run / --quick run (every stage still runs; only the amounts shrink)
-SETTINGS = {
-    "full": {
-        "clip_epochs": 20,
-        "photo_crops": 60,
-        "fuyu_epochs": 8,
-        "vstar_steps": train_vstar.TRAIN_STEPS,
-        "vstar_flags": train_vstar.FULL_FLAGS,
-        "questions": 45,
-        "exhaustive": 10,
-        "pictures": 6,
-    },
-    "quick": {
-        "clip_epochs": 1,
-        "photo_crops": 4,
-        "fuyu_epochs": 1,
-        "vstar_steps": train_vstar.QUICK_STEPS,
-        "vstar_flags": train_vstar.QUICK_FLAGS,
-        "questions": 3,
-        "exhaustive": 1,
-        "pictures": 3,
-    },
-}
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    """The amounts of a run of the main job: every stage always runs, a quick run (a smoke run) only does less."""
+
+    clip_epochs: int
+    photo_crops: int  # captioned crops of each photo beside the digits
+    fuyu_epochs: int
+    vstar: train_vstar.TrainingPlan  # V*'s two models, trained in the background
+    questions: int  # V*Bench-like questions
+    exhaustive: int  # of them, those whose searches are also scanned exhaustively
+    pictures: int  # of them, those whose searches are drawn
+    quick: bool = False  # coarse, bounded V* searches
+
+
+FULL = Settings(
+    clip_epochs=20,
+    photo_crops=60,
+    fuyu_epochs=8,
+    vstar=train_vstar.FULL_PLAN,
+    questions=45,
+    exhaustive=10,
+    pictures=6,
+)
+QUICK = Settings(
+    clip_epochs=1,
+    photo_crops=4,
+    fuyu_epochs=1,
+    vstar=train_vstar.QUICK_PLAN,
+    questions=3,
+    exhaustive=1,
+    pictures=3,
+    quick=True,
+)
 STAGES = 5
-# Trainer flags of both foreground recipes: no checkpoints, logs to the stage's file (not the terminal)
-COMMON = {
-    "report_to": "none",
-    "save_strategy": "no",
-    "eval_strategy": "no",
-    "logging_steps": 50,
-    "seed": 0,
-    "disable_tqdm": True,
-}
 
 
-def trainer_of(module, **flags):
-    """The recipe `module`'s Trainer, built from command-line flags as `mosaic-vlm train` builds it."""
-    argv = [f"--{name}={value}" for name, value in {**COMMON, **flags}.items()]
-    parser = HfArgumentParser((module.ModelArguments, TrainingArguments))
-    model_args, training_args = parser.parse_args_into_dataclasses(args=argv)
-    return module.build_trainer(model_args, training_args)
+def training_arguments(output_dir: Path, **settings) -> TrainingArguments:
+    """TrainingArguments of both foreground recipes: no checkpoints, logs to the stage's file (not the terminal),
+    and the stage's own `settings`."""
+    return TrainingArguments(
+        output_dir=str(output_dir),
+        report_to="none",
+        save_strategy="no",
+        eval_strategy="no",
+        logging_steps=50,
+        seed=0,
+        disable_tqdm=True,
+        **settings,
+    )
 
 
 def train(trainer, stage: Stage, what: str) -> None:
@@ -85,16 +95,17 @@ def train(trainer, stage: Stage, what: str) -> None:
     trainer.train()
 
 
-def stage_clip(settings, output: Path, stage: Stage) -> tuple[list[str], object]:
+def stage_clip(settings: Settings, output: Path, stage: Stage) -> tuple[list[str], object]:
     stage.doing("making the data set, the tokenizer and the model")
-    trainer = trainer_of(
-        train_clip,
-        output_dir=output / "clip",
-        num_train_epochs=settings["clip_epochs"],
-        photo_crops=settings["photo_crops"],
-        per_device_train_batch_size=64,
-        learning_rate=2e-3,
-        warmup_steps=20,
+    trainer = train_clip.build_trainer(
+        train_clip.ModelArguments(photo_crops=settings.photo_crops),
+        training_arguments(
+            output / "clip",
+            num_train_epochs=settings.clip_epochs,
+            per_device_train_batch_size=64,
+            learning_rate=2e-3,
+            warmup_steps=20,
+        ),
     )
     train(trainer, stage, "training")
     stage.doing("zero-shot accuracy on the held-out digits")
@@ -125,15 +136,17 @@ def stage_clip(settings, output: Path, stage: Stage) -> tuple[list[str], object]
     return lines, trainer
 
 
-def stage_fuyu(settings, output: Path, stage: Stage) -> tuple[list[str], object]:
+def stage_fuyu(settings: Settings, output: Path, stage: Stage) -> tuple[list[str], object]:
     stage.doing("making the data set, the tokenizer and the model")
-    trainer = trainer_of(
-        train_fuyu,
-        output_dir=output / "fuyu",
-        num_train_epochs=settings["fuyu_epochs"],
-        per_device_train_batch_size=32,
-        learning_rate=3e-3,
-        warmup_steps=20,
+    trainer = train_fuyu.build_trainer(
+        train_fuyu.ModelArguments(),
+        training_arguments(
+            output / "fuyu",
+            num_train_epochs=settings.fuyu_epochs,
+            per_device_train_batch_size=32,
+            learning_rate=3e-3,
+            warmup_steps=20,
+        ),
     )
     train(trainer, stage, "training")
     trainer.save_model(str(output / "fuyu"))
@@ -179,17 +192,17 @@ def stage_vstar_training(training: train_vstar.BackgroundTraining, stage: Stage)
     return models
 
 
-def stage_vstar_bench(settings, output: Path, answerer, searcher, stage: Stage) -> list[str]:
+def stage_vstar_bench(settings: Settings, output: Path, answerer, searcher, stage: Stage) -> list[str]:
     stage.doing("answering the questions directly and with V*")
     traces = output / "traces"
     result = bench_vstar.run_vstar_benchmark(
         answerer,
         searcher,
-        settings["questions"],
-        settings["exhaustive"],
+        settings.questions,
+        settings.exhaustive,
         traces,
-        quick=settings is SETTINGS["quick"],
-        pictures=settings["pictures"],
+        quick=settings.quick,
+        pictures=settings.pictures,
         progress=stage.advance,
     )
     chart = bench_vstar.accuracy_chart(result, output / "vstar-accuracy.png")
@@ -297,12 +310,12 @@ def run_main_job(output: Path, quick: bool = False) -> float:
     # V*Bench-like questions took 2.5x the wall time on two).
     torch.set_num_threads(1)
     try:
-        return _run_stages(output.resolve(), SETTINGS["quick" if quick else "full"], quick)
+        return _run_stages(output.resolve(), QUICK if quick else FULL)
     finally:
         torch.set_num_threads(threads)
 
 
-def _run_stages(output: Path, settings: dict, quick: bool) -> float:
+def _run_stages(output: Path, settings: Settings) -> float:
     logs = output / "logs"
     torch.manual_seed(0)
     start, start_cpu = time.perf_counter(), time.process_time()
@@ -311,7 +324,7 @@ def _run_stages(output: Path, settings: dict, quick: bool) -> float:
         "V*'s two models train in two background processes from now on (logs: logs/vstar-digits.log, then "
         "logs/vstar-answer.log, and logs/vstar-search.log); the other stages run meanwhile."
     )
-    training = train_vstar.start_training(output, settings["vstar_steps"], settings["vstar_flags"], log_dir=logs)
+    training = train_vstar.start_training(output, settings.vstar, log_dir=logs)
     title = "CLIP-style model on captioned digits and photo crops (Trainer)"
     with Stage(1, STAGES, title, logs / "1-clip.log", total=1 + len(PHOTO_CAPTIONS)) as clip_stage:
         clip_lines, clip_trainer = stage_clip(settings, output, clip_stage)
@@ -321,7 +334,7 @@ def _run_stages(output: Path, settings: dict, quick: bool) -> float:
     title, done = "V*'s two models finish training (background processes)", 100 * min(training.progress().values())
     with Stage(3, STAGES, title, logs / "3-vstar-training.log", total=100, initial=done) as training_stage:
         answerer, searcher = stage_vstar_training(training, training_stage)
-    title, items = "V* guided visual search on the V*Bench-like set", settings["questions"] + settings["exhaustive"]
+    title, items = "V* guided visual search on the V*Bench-like set", settings.questions + settings.exhaustive
     with Stage(4, STAGES, title, logs / "4-vstar-bench.log", total=items) as bench_stage:
         vstar_lines = stage_vstar_bench(settings, output, answerer, searcher, bench_stage)
     title = "Save and reload both digit models with AutoModel / AutoProcessor"
@@ -341,8 +354,8 @@ def _run_stages(output: Path, settings: dict, quick: bool) -> float:
     report = [
         "# mosaic-vlm demo",
         "",
-        f"{'Quick' if quick else 'Full'} run: {timing['wall_minutes']:.1f} min wall on {os.cpu_count()} cores "
-        f"({timing['cpu_minutes']:.1f} CPU-min; where the time went is at the end).",
+        f"{'Quick' if settings.quick else 'Full'} run: {timing['wall_minutes']:.1f} min wall on {os.cpu_count()} "
+        f"cores ({timing['cpu_minutes']:.1f} CPU-min; where the time went is at the end).",
         "",
         "## 1. CLIP-style zero-shot",
         "",

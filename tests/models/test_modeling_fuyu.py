@@ -179,7 +179,10 @@ class TestMosaicFuyu(ModelTesterMixin):
         with torch.no_grad():
             expected = model(**inputs).logits
             for module in (model, model.model):
-                with pytest.warns(FutureWarning, match="`image_patches` is deprecated and will be removed in mosaic-vlm 0.3. Use `pixel_values` instead"):
+                with pytest.warns(
+                    FutureWarning,
+                    match="`image_patches` is deprecated and will be removed in mosaic-vlm 0.3. Use `pixel_values` instead",
+                ):
                     outputs = module(**old_style)
                 values = outputs.logits if module is model else model.lm_head(outputs.last_hidden_state)
                 torch.testing.assert_close(values, expected)

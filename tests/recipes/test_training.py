@@ -1,17 +1,19 @@
 """Trainer recipes on real digits, shortened: training, evaluation, saving, resume and bad data."""
 
+import json
 import os
 import subprocess
 import sys
 
 import pytest
 import torch
-from transformers import AutoModel, AutoModelForCausalLM, HfArgumentParser, TrainerCallback, TrainingArguments
+from transformers import AutoModel, AutoModelForCausalLM, TrainerCallback, TrainingArguments
 
 from mosaic_vlm.data.digits import digit_caption_dataset, digit_question_dataset
 from mosaic_vlm.processing.collators import MosaicClipCollator, MosaicFuyuCollator
 from mosaic_vlm.recipes import clip as train_clip
 from mosaic_vlm.recipes import fuyu as train_fuyu
+from mosaic_vlm.recipes.recipe import parse_arguments
 
 QUICK_FUYU = [
     "--per_device_train_batch_size",
@@ -90,6 +92,26 @@ def test_fuyu_recipe_learns_to_answer_and_saves(tmp_path):
     assert os.path.isfile(tmp_path / "processor_config.json")
 
 
+def test_a_recipe_runs_from_dataclasses_as_from_its_command_line(tmp_path, capsys):
+    """Python callers hand `run` the two dataclasses; `main` parses argv into the same two, then runs."""
+    model_args = train_clip.ModelArguments(hidden_size=32, num_hidden_layers=1, max_train_samples=64)
+    training_args = TrainingArguments(
+        output_dir=str(tmp_path / "run"),
+        max_steps=2,
+        per_device_train_batch_size=32,
+        report_to="none",
+        save_strategy="no",
+        disable_tqdm=True,
+    )
+    metrics = train_clip.run(model_args, training_args)
+    assert "held-out digits" in capsys.readouterr().out
+    assert json.loads((tmp_path / "run" / "final_metrics.json").read_text()) == metrics
+    assert type(AutoModel.from_pretrained(tmp_path / "run")).__name__ == "MosaicClipModel"
+    argv = ["--hidden_size", "32", "--num_hidden_layers", "1", "--max_train_samples", "64", "--output_dir", "out"]
+    parsed_model_args, parsed_training_args = parse_arguments(train_clip.ModelArguments, argv, "")
+    assert parsed_model_args == model_args and parsed_training_args.output_dir == "out"
+
+
 def test_fuyu_collator_masks_all_but_the_answer_and_refuses_bad_rows():
     processor = train_fuyu.build_processor(32, 8)
     data = digit_question_dataset()["test"].select(range(6))
@@ -122,30 +144,17 @@ class KillAfterSave(TrainerCallback):
 @pytest.mark.slow
 def test_resume_from_checkpoint_is_bit_exact(tmp_path):
     def trainer_for(output_dir):
-        parser = HfArgumentParser((train_clip.ModelArguments, TrainingArguments))
-        model_args, training_args = parser.parse_args_into_dataclasses(
-            args=[
-                "--output_dir",
-                str(output_dir),
-                "--max_steps",
-                "6",
-                "--save_steps",
-                "3",
-                "--save_strategy",
-                "steps",
-                "--eval_strategy",
-                "no",
-                "--max_train_samples",
-                "192",
-                "--per_device_train_batch_size",
-                "32",
-                "--learning_rate",
-                "2e-3",
-                "--report_to",
-                "none",
-                "--disable_tqdm",
-                "true",
-            ]
+        model_args = train_clip.ModelArguments(max_train_samples=192)
+        training_args = TrainingArguments(
+            output_dir=str(output_dir),
+            max_steps=6,
+            save_steps=3,
+            save_strategy="steps",
+            eval_strategy="no",
+            per_device_train_batch_size=32,
+            learning_rate=2e-3,
+            report_to="none",
+            disable_tqdm=True,
         )
         return train_clip.build_trainer(model_args, training_args)
 

@@ -5,7 +5,7 @@ import math
 
 import pytest
 import torch
-from transformers import HfArgumentParser, TrainingArguments
+from transformers import TrainingArguments
 
 from mosaic_vlm.data.vstar_scenes import benchmark_questions, training_rows
 from mosaic_vlm.recipes import vstar as train_vstar
@@ -24,32 +24,15 @@ GENERATE = {"max_new_tokens": 6, "do_sample": False}
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    parser = HfArgumentParser((train_vstar.VStarArguments, TrainingArguments))
-    args, training_args = parser.parse_args_into_dataclasses(
-        args=[
-            "--output_dir",
-            str(tmp_path_factory.mktemp("vstar")),
-            "--hidden_size",
-            "32",
-            "--num_hidden_layers",
-            "2",
-            "--max_steps",
-            "60",
-            "--train_rows",
-            "1920",
-            "--eval_rows",
-            "32",
-            "--per_device_train_batch_size",
-            "32",
-            "--learning_rate",
-            "3e-3",
-            "--report_to",
-            "none",
-            "--save_strategy",
-            "no",
-            "--disable_tqdm",
-            "true",
-        ]
+    args = train_vstar.VStarArguments(hidden_size=32, num_hidden_layers=2, train_rows=1920, eval_rows=32)
+    training_args = TrainingArguments(
+        output_dir=str(tmp_path_factory.mktemp("vstar")),
+        max_steps=60,
+        per_device_train_batch_size=32,
+        learning_rate=3e-3,
+        report_to="none",
+        save_strategy="no",
+        disable_tqdm=True,
     )
     trainer = train_vstar.build_trainer(args, training_args)
     trainer.train()
@@ -160,11 +143,17 @@ def test_bad_image_is_refused(trained):
         vstar_generate(model, processor, "photo.png", "What digit is on the tile?", targets=[])
 
 
-def test_the_benchmark_takes_both_models_or_neither(trained):
+def test_the_benchmark_takes_trained_models_as_folders_or_loaded(trained, tmp_path):
     from mosaic_vlm.benchmarks import vstar as bench_vstar
 
-    with pytest.raises(ValueError, match="both models"):
-        bench_vstar.run_vstar_benchmark(trained, None, questions=1, exhaustive=0)
+    model, processor = trained
+    model.save_pretrained(tmp_path / "answer")
+    processor.save_pretrained(tmp_path / "answer")
+    from_folder = bench_vstar.run_vstar_benchmark(tmp_path / "answer", trained, questions=1, exhaustive=0, quick=True)
+    loaded = bench_vstar.run_vstar_benchmark(trained, trained, questions=1, exhaustive=0, quick=True)
+    for figure in ("questions", "direct_accuracy", "vstar_accuracy", "targets_named", "evaluations_per_search"):
+        assert from_folder[figure] == loaded[figure], figure
+    assert from_folder["questions"] == 1
 
 
 def test_a_string_names_one_target_and_empty_names_are_refused(trained):
