@@ -181,7 +181,7 @@ class TestMosaicFuyu(ModelTesterMixin):
             for module in (model, model.model):
                 with pytest.warns(
                     FutureWarning,
-                    match="`image_patches` is deprecated and will be removed in mosaic-vlm 0.3. Use `pixel_values` instead",
+                    match="`image_patches` is deprecated and will be removed in mosaic-vlm 0.3. Use `pixel_values`",
                 ):
                     outputs = module(**old_style)
                 values = outputs.logits if module is model else model.lm_head(outputs.last_hidden_state)
