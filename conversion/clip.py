@@ -1,10 +1,14 @@
-"""Converters between MosaicClipModel, transformers' CLIPModel and the OpenAI / open_clip state-dict layout.
+"""CLIP conversions between MosaicClipModel, transformers' CLIPModel and the OpenAI / open_clip state-dict layout.
 
-Each converter follows `state_dict_mapping`: transformers' CLIPModel shares our parameter names (no key
-table: a strict load and a logit check), the OpenAI layout has a key table (`OPENAI_KEY_TABLE`) with the
-pure tensor functions below. From the OpenAI layout there is no source model to run, so
-`openai_clip_logits` (a reference forward written with torch.nn.functional on the raw state dict) stands
+Each conversion follows `state_dict_mapping` and runs on the engine in `streaming`: transformers' CLIPModel shares
+our parameter names (no key table: a strict load and a logit check), the OpenAI layout has a key table
+(`OPENAI_KEY_TABLE`) with the pure tensor functions below. From the OpenAI layout there is no source model to
+run, so `openai_clip_logits` (a reference forward written with torch.nn.functional on the raw state dict) stands
 in for it, and converting back must reproduce every source tensor exactly.
+
+`CLIP_CONVERTERS` streams checkpoint files between every two layouts (what `mosaic-vlm convert` runs); the
+`clip_from_*` / `clip_to_*` functions convert live models and state dicts in memory through the same key table,
+plan, strict load and checks.
 """
 
 import json
@@ -15,40 +19,32 @@ import re
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
-import safetensors.torch
 import torch
 import torch.nn.functional as F
-from safetensors import SafetensorError
 from torch import nn
 from transformers import CLIPConfig, CLIPModel
 
 from mosaic_vlm.modeling import MosaicClipConfig, MosaicClipModel
 
-from .state_dict_mapping import (
-    KeyRule,
-    PlannedTensors,
-    TensorMap,
-    build,
-    float32_eval,
-    invert,
-    load_config_strictly,
-    load_folder_strictly,
-    map_state_dict,
-    plan_keys,
-    require_close,
-    rule,
-    summarise_keys,
-)
+from .state_dict_mapping import KeyRule, TensorMap, invert, load_config_strictly, require_close, rule
 from .streaming import (
     DEFAULT_MAX_SHARD_SIZE,
+    Checkpoint,
+    Converter,
     LazyCheckpoint,
     RoundedWeights,
+    StateDictCheckpoint,
+    as_checkpoint,
+    convert_tensors,
     expected_shapes,
-    offloaded_model,
-    release,
+    input_device,
+    load_converted,
+    placed_like,
+    reference_model,
     save_model_files,
+    source_of,
     stream_tensors,
-    verify_offloaded,
+    verify_outputs,
 )
 
 logger = logging.getLogger(__name__)
@@ -165,10 +161,16 @@ def check_inputs(config: MosaicClipConfig) -> tuple[torch.Tensor, torch.Tensor]:
     return input_ids, pixel_values
 
 
-def _logits(model: nn.Module, input_ids: torch.Tensor, pixel_values: torch.Tensor) -> torch.Tensor:
-    device = next(model.parameters()).device
-    output = model(input_ids=input_ids.to(device), pixel_values=pixel_values.to(device))
-    return output.logits_per_image
+def _logits(model: nn.Module, inputs: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    device = input_device(model)
+    input_ids, pixel_values = inputs
+    return model(input_ids=input_ids.to(device), pixel_values=pixel_values.to(device)).logits_per_image
+
+
+def _verify(reference: nn.Module, converted: nn.Module, inputs, reference_name: str) -> None:
+    """Every layer and the logits of `converted` against `reference` on the fixed `inputs`."""
+    run = lambda model: _logits(model, inputs)  # noqa: E731
+    verify_outputs(reference, converted, run, run, reference_name)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -264,41 +266,35 @@ def config_to_transformers(config: MosaicClipConfig) -> CLIPConfig:
 
 
 def clip_from_transformers(model_or_path: CLIPModel | str | os.PathLike) -> MosaicClipModel:
-    """transformers' CLIPModel (an instance, or a local save_pretrained folder) -> MosaicClipModel.
+    """transformers' CLIPModel (an instance, or a local save_pretrained folder) -> MosaicClipModel, in memory.
 
     The config is mapped field by field (see `config_from_transformers`), the weights load strictly by their
-    shared names, and the logits of both models on `check_inputs` must agree within LOGIT_ATOL
-    in float32, or this raises. Returns the model in eval mode, in the source's dtype and on its device."""
-    source = (
-        load_folder_strictly(model_or_path, CLIPConfig, CLIPModel)
-        if isinstance(model_or_path, (str, os.PathLike))
-        else model_or_path
-    )
-    if not isinstance(source, CLIPModel):
-        raise TypeError(f"Expected a transformers CLIPModel or a path to one, got {type(source).__name__}.")
-    config = config_from_transformers(source.config)
-    model = build(MosaicClipModel, config, source.state_dict(), "transformers CLIPModel")
-    input_ids, pixel_values = check_inputs(config)
-    with float32_eval(source) as reference:
-        require_close(
-            _logits(reference, input_ids, pixel_values), _logits(model, input_ids, pixel_values), "CLIPModel"
-        )
-    return model.to(device=source.device, dtype=source.dtype)
+    shared names, and every layer and the logits of both models on `check_inputs` must agree within LOGIT_ATOL
+    in float32, or this raises (a folder's model runs with its weights left on disk). Returns the model in eval
+    mode, in the source's dtype and on its device."""
+    source_config, checkpoint, source = source_of(model_or_path, CLIPConfig, CLIPModel)
+    config = config_from_transformers(source_config)
+    model = load_converted(MosaicClipModel, config, checkpoint, None, "transformers CLIPModel")
+    with reference_model(source, CLIPModel, source_config) as reference:
+        _verify(reference, model, check_inputs(config), "CLIPModel")
+    return placed_like(model, source)
 
 
 def clip_to_transformers(model: MosaicClipModel) -> CLIPModel:
-    """MosaicClipModel -> transformers' CLIPModel, checked like `clip_from_transformers`.
+    """MosaicClipModel -> transformers' CLIPModel, in memory, checked like `clip_from_transformers`.
 
     Refuses SigLIP-loss models (CLIPModel has no logit_bias). Patch dropout, a training-time option, has
     no CLIPModel counterpart and is dropped. Returns the model in eval mode, in the source's dtype and device."""
-    config = config_to_transformers(model.config)
-    exported = build(CLIPModel, config, model.state_dict(), "MosaicClipModel")
-    input_ids, pixel_values = check_inputs(model.config)
-    with float32_eval(model) as reference:
-        require_close(
-            _logits(reference, input_ids, pixel_values), _logits(exported, input_ids, pixel_values), "MosaicClipModel"
-        )
-    return exported.to(device=model.device, dtype=model.dtype)
+    exported = load_converted(
+        CLIPModel,
+        config_to_transformers(model.config),
+        StateDictCheckpoint(model.state_dict()),
+        None,
+        "MosaicClipModel",
+    )
+    with reference_model(model) as reference:
+        _verify(reference, exported, check_inputs(model.config), "MosaicClipModel")
+    return placed_like(exported, model)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -379,28 +375,20 @@ def openai_clip_logits(
     return logits_per_image
 
 
-_FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+class _Float32View(Mapping):
+    """A state dict whose tensors are read (from a lazy checkpoint) and made float32 only when asked for."""
 
+    def __init__(self, state_dict: Mapping[str, torch.Tensor]):
+        self._state_dict = state_dict
 
-def load_openai_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """An OpenAI / open_clip state dict from a .safetensors file. Pickled files (.pt, .bin) are refused:
-    loading them can run arbitrary code."""
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"{path} does not exist.")
-    if path.is_dir():
-        raise ValueError(f"{path} is a folder; pass the .safetensors file of an OpenAI / open_clip state dict.")
-    if path.suffix != ".safetensors":
-        raise ValueError(
-            f"{path} is not a .safetensors file; weights are read only from safetensors, because loading a "
-            "pickle (.pt, .bin) can run code. Convert it once where you trust it: "
-            "safetensors.torch.save_file(torch.load(path, weights_only=True), 'model.safetensors') "
-            "(OpenAI's TorchScript archives: torch.jit.load(path, map_location='cpu').state_dict())."
-        )
-    try:
-        return safetensors.torch.load_file(path)
-    except (SafetensorError, OSError) as error:
-        raise ValueError(f"{path} is not a readable safetensors file: {error}") from error
+    def __getitem__(self, key: str) -> torch.Tensor:
+        return self._state_dict[key].detach().float().cpu()
+
+    def __iter__(self):
+        return iter(self._state_dict)
+
+    def __len__(self) -> int:
+        return len(self._state_dict)
 
 
 # keys only OpenAI's / open_clip's ResNet image towers (RN50, RN101, RN50x4, ...) have
@@ -427,8 +415,10 @@ def infer_openai_config(state_dict: Mapping[str, torch.Tensor], hidden_act: str 
     vocabulary and projection size come from the tensors; heads = width // 64 as OpenAI builds them;
     EOS = vocab_size - 1 and BOS = vocab_size - 2 (OpenAI's <|endoftext|>, <|startoftext|>), pad 0
     (OpenAI's tokenize pads with 0); `logit_bias` present -> loss_type "siglip". The activation is not
-    in the weights: quick_gelu for OpenAI's models, gelu for most open_clip models trained by LAION."""
+    in the weights: quick_gelu for OpenAI's models, gelu for most open_clip models trained by LAION. Only the
+    shapes are read (a lazy checkpoint's headers)."""
     require_vit_towers(state_dict)
+    checkpoint = as_checkpoint(state_dict)
 
     def shape(key: str, ndim: int) -> tuple[int, ...]:
         if key not in state_dict:
@@ -436,11 +426,11 @@ def infer_openai_config(state_dict: Mapping[str, torch.Tensor], hidden_act: str 
                 f"Cannot infer the config: the state dict has no {key!r}. Is it the OpenAI / open_clip ViT "
                 "layout (keys like visual.conv1.weight, token_embedding.weight, without a 'module.' prefix)?"
             )
-        if state_dict[key].ndim != ndim:
+        if len(checkpoint.shape(key)) != ndim:
             raise ValueError(
-                f"Cannot infer the config: {key} has shape {tuple(state_dict[key].shape)}, expected {ndim} dims."
+                f"Cannot infer the config: {key} has shape {checkpoint.shape(key)}, expected {ndim} dims."
             )
-        return tuple(state_dict[key].shape)
+        return checkpoint.shape(key)
 
     def num_layers(prefix: str) -> int:
         found = {int(m.group(1)) for key in state_dict if (m := re.match(re.escape(prefix) + r"\.(\d+)\.", key))}
@@ -537,101 +527,88 @@ def _require_consistent_metadata(state_dict: Mapping[str, torch.Tensor], config:
         raise ValueError(f"The state dict's metadata disagrees with the config: {', '.join(wrong)}.")
 
 
-def _require_float_weights(state_dict: Mapping[str, torch.Tensor]) -> None:
-    odd = [
-        f"{key} ({tensor.dtype})"
-        for key, tensor in state_dict.items()
-        if key not in OPENAI_IGNORED_KEYS and tensor.dtype not in _FLOAT_DTYPES
-    ]
-    if odd:
-        raise ValueError(f"Weights must be float32, float16 or bfloat16; got {', '.join(sorted(odd))}.")
-
-
-def _openai_state_dict(model: MosaicClipModel) -> dict[str, torch.Tensor]:
-    """The model's weights in the OpenAI layout, through the inverse of OPENAI_KEY_TABLE."""
-    exported, unused = map_state_dict(model.state_dict(), invert(OPENAI_KEY_TABLE))
-    if unused:
+def _openai_checkpoint(state_dict_or_path: Mapping[str, torch.Tensor] | str | os.PathLike) -> Checkpoint:
+    """An OpenAI / open_clip state dict as a checkpoint: a mapping of tensors, or a .safetensors file read lazily.
+    Pickled files (.pt, .bin) are refused: loading them can run arbitrary code."""
+    if not isinstance(state_dict_or_path, (str, os.PathLike)):
+        return as_checkpoint(state_dict_or_path)
+    path = Path(state_dict_or_path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path} does not exist.")
+    if path.is_dir():
+        raise ValueError(f"{path} is a folder; pass the .safetensors file of an OpenAI / open_clip state dict.")
+    if path.suffix != ".safetensors":
         raise ValueError(
-            f"These MosaicClipModel tensors have no place in the OpenAI layout: {summarise_keys(unused)}."
+            f"{path} is not a .safetensors file; weights are read only from safetensors, because loading a "
+            "pickle (.pt, .bin) can run code. Convert it once where you trust it: "
+            "safetensors.torch.save_file(torch.load(path, weights_only=True), 'model.safetensors') "
+            "(OpenAI's TorchScript archives: torch.jit.load(path, map_location='cpu').state_dict())."
         )
-    return exported
+    return LazyCheckpoint(path)
 
 
-def _check_openai_forward(model: MosaicClipModel, state_dict: Mapping[str, torch.Tensor]) -> None:
-    """`model` (float32, eval) against the reference forward on the OpenAI-layout `state_dict`."""
-    config = model.config
-    input_ids, pixel_values = check_inputs(config)
-    reference = openai_clip_logits(
-        state_dict,
-        input_ids,
-        pixel_values,
-        text_heads=config.text_config.num_attention_heads,
-        vision_heads=config.vision_config.num_attention_heads,
+def _openai_config(checkpoint: Checkpoint, config: MosaicClipConfig | None, hidden_act: str = "quick_gelu"):
+    """The config of an OpenAI-layout checkpoint (`config`, or inferred from its shapes), checked against it."""
+    require_vit_towers(checkpoint)
+    config = infer_openai_config(checkpoint, hidden_act) if config is None else config
+    require_openai_compatible(config)
+    _require_consistent_metadata(checkpoint, config)
+    return config
+
+
+def _openai_logits(state_dict: Mapping[str, torch.Tensor], config: MosaicClipConfig, inputs) -> torch.Tensor:
+    return openai_clip_logits(
+        state_dict, *inputs,
+        text_heads=config.text_config.num_attention_heads, vision_heads=config.vision_config.num_attention_heads,
         hidden_act=config.text_config.hidden_act,
-    )
-    with torch.no_grad():
-        require_close(reference, _logits(model, input_ids, pixel_values), "the OpenAI reference forward")
+    )  # fmt: skip
+
+
+OPENAI_REFERENCE = "the OpenAI reference forward"
 
 
 def clip_from_openai(
     state_dict_or_path: Mapping[str, torch.Tensor] | str | os.PathLike, config: MosaicClipConfig | None = None
 ) -> MosaicClipModel:
-    """An OpenAI / open_clip ViT state dict (a dict of tensors or a .safetensors file) -> MosaicClipModel.
+    """An OpenAI / open_clip ViT state dict (a dict of tensors or a .safetensors file) -> MosaicClipModel, in memory.
 
     `config=None` infers it from the shapes (`infer_openai_config`, quick_gelu). Only the keys in
     OPENAI_IGNORED_KEYS may be left unconverted. Two checks, either of which makes this raise:
-    converting the model back through the inverse key table must reproduce every source tensor exactly,
-    and its logits on `check_inputs` must match `openai_clip_logits` on the source within LOGIT_ATOL
-    (float32). Returns the model in eval mode, in the source's dtype (float32 when the source mixes dtypes)."""
-    if isinstance(state_dict_or_path, (str, os.PathLike)):
-        state_dict = load_openai_state_dict(state_dict_or_path)
-    else:
-        state_dict = dict(state_dict_or_path)
-    require_vit_towers(state_dict)
-    _require_float_weights(state_dict)
-    config = infer_openai_config(state_dict) if config is None else config
-    require_openai_compatible(config)
-    _require_consistent_metadata(state_dict, config)
-    model = build(MosaicClipModel, config, state_dict, "OpenAI / open_clip", OPENAI_KEY_TABLE, OPENAI_IGNORED_KEYS)
-
-    weights = {key: tensor for key, tensor in state_dict.items() if key not in OPENAI_IGNORED_KEYS}
-    round_trip = _openai_state_dict(model)
-    changed = sorted(
-        key
-        for key in set(weights) | set(round_trip)
-        if key not in weights
-        or key not in round_trip
-        or not torch.equal(round_trip[key], weights[key].to(device="cpu", dtype=round_trip[key].dtype))
-    )
-    if changed:
-        raise ValueError(f"Round-trip check failed: converting back does not reproduce {summarise_keys(changed)}.")
-    logger.info("round trip back to the OpenAI layout reproduces all %d source tensors exactly", len(weights))
-    _check_openai_forward(model, state_dict)
-
-    source_dtypes = {tensor.dtype for tensor in weights.values()}
-    return model.to(source_dtypes.pop() if len(source_dtypes) == 1 else torch.float32)
+    converting every tensor back through the inverse key table must reproduce it exactly, and the model's
+    logits on `check_inputs` must match `openai_clip_logits` on the source within LOGIT_ATOL (float32).
+    Returns the model in eval mode, in the source's dtype (float32 when the source mixes dtypes)."""
+    checkpoint = _openai_checkpoint(state_dict_or_path)
+    config = _openai_config(checkpoint, config)
+    model = load_converted(
+        MosaicClipModel, config, checkpoint, OPENAI_KEY_TABLE, "OpenAI / open_clip",
+        ignored=OPENAI_IGNORED_KEYS, round_trip=True,
+    )  # fmt: skip
+    inputs = check_inputs(config)
+    require_close(_openai_logits(checkpoint, config, inputs), _logits(model, inputs), OPENAI_REFERENCE)
+    return model.to(checkpoint.floating_dtype(ignored=OPENAI_IGNORED_KEYS))
 
 
 def clip_to_openai(model: MosaicClipModel) -> dict[str, torch.Tensor]:
-    """MosaicClipModel -> OpenAI / open_clip state dict (with `logit_bias` for SigLIP-loss models).
+    """MosaicClipModel -> OpenAI / open_clip state dict (with `logit_bias` for SigLIP-loss models), in memory.
 
-    Checked against `openai_clip_logits` on `check_inputs` (float32, LOGIT_ATOL); refuses configs the
-    layout cannot express (`require_openai_compatible`). Tensors that need no transform share memory
-    with the model, as `state_dict()` does; all are contiguous, ready for safetensors.torch.save_file."""
+    Checked tensor by tensor back through the key table and against `openai_clip_logits` on `check_inputs`
+    (float32, LOGIT_ATOL); refuses configs the layout cannot express (`require_openai_compatible`). Tensors
+    that need no transform share memory with the model, as `state_dict()` does; all are contiguous, ready for
+    safetensors.torch.save_file."""
     require_openai_compatible(model.config)
-    exported = _openai_state_dict(model)
-    logger.info(
-        "mapping %d MosaicClipModel tensors to %d OpenAI-layout tensors",
-        len(model.state_dict()),
-        len(exported),
-    )
-    with float32_eval(model) as checked:
-        _check_openai_forward(checked, exported)
+    table = invert(OPENAI_KEY_TABLE)
+    exported = convert_tensors(
+        StateDictCheckpoint(model.state_dict()), table, expected_shapes(MosaicClipModel, model.config, table),
+        "MosaicClipModel", "the OpenAI layout", round_trip=True,
+    )  # fmt: skip
+    inputs = check_inputs(model.config)
+    with reference_model(model) as reference:
+        require_close(_logits(reference, inputs), _openai_logits(exported, model.config, inputs), "MosaicClipModel")
     return exported
 
 
 # ---------------------------------------------------------------------------------------------------------
-# Streaming conversion of checkpoint files (`streaming`): folders or files in and out, never two whole models.
+# Checkpoint files streamed between the layouts: `CLIP_CONVERTERS`, what `mosaic-vlm convert` runs.
 
 LAYOUTS = ("transformers", "mosaic", "openai")
 # CLIP image-processor settings that mean the same in transformers' CLIPImageProcessor and ours
@@ -641,23 +618,7 @@ _IMAGE_PROCESSOR_FIELDS = (
 )  # fmt: skip
 
 
-class _Float32View(Mapping):
-    """A state dict whose tensors are read (from a lazy checkpoint) and made float32 only when asked for."""
-
-    def __init__(self, state_dict: Mapping[str, torch.Tensor]):
-        self._state_dict = state_dict
-
-    def __getitem__(self, key: str) -> torch.Tensor:
-        return self._state_dict[key].detach().float().cpu()
-
-    def __iter__(self):
-        return iter(self._state_dict)
-
-    def __len__(self) -> int:
-        return len(self._state_dict)
-
-
-def _layout_of(layout: str, config: MosaicClipConfig):
+def _model_of(layout: str, config: MosaicClipConfig):
     """(model class, its config) of a layout with a model class; None for the OpenAI state-dict layout."""
     if layout == "transformers":
         return CLIPModel, config_to_transformers(config)
@@ -666,17 +627,19 @@ def _layout_of(layout: str, config: MosaicClipConfig):
     return None
 
 
-def _openai_logits(checkpoint: Mapping[str, torch.Tensor], config: MosaicClipConfig, inputs) -> torch.Tensor:
-    return openai_clip_logits(
-        _Float32View(checkpoint), *inputs,
-        text_heads=config.text_config.num_attention_heads, vision_heads=config.vision_config.num_attention_heads,
-        hidden_act=config.text_config.hidden_act,
-    )  # fmt: skip
+def _checkpoint_logits(layout: str, checkpoint: LazyCheckpoint, config, inputs, rounded_to=None) -> torch.Tensor:
+    """`logits_per_image` of a checkpoint in `layout`, read as if stored in `rounded_to` when given: through its
+    model class with the weights left on disk, or through `openai_clip_logits` for the OpenAI layout."""
+    if layout == "openai":
+        weights = checkpoint if rounded_to is None else RoundedWeights(checkpoint, rounded_to)
+        return _openai_logits(weights, config, inputs)
+    with reference_model(checkpoint, *_model_of(layout, config), rounded_to=rounded_to) as model:
+        return _logits(model, inputs)
 
 
-def convert_clip_checkpoint(
-    source: str | os.PathLike,
-    output: str | os.PathLike,
+def _convert(
+    source: Path,
+    output: Path,
     *,
     source_layout: str,
     target_layout: str,
@@ -685,30 +648,23 @@ def convert_clip_checkpoint(
     max_shard_size: str | int = DEFAULT_MAX_SHARD_SIZE,
 ) -> None:
     """Stream a CLIP checkpoint between the transformers and mosaic folder layouts and the OpenAI / open_clip
-    state dict (a .safetensors file; written as OPENAI_WEIGHTS_NAME) into the empty folder `output`, one tensor
-    at a time in the source dtype (or `dtype`). Checks, with the weights left on disk: every layer and the logits
-    against the source model (OpenAI layout: the logits against `openai_clip_logits`, and every tensor through
-    the key table and back, bit for bit). From a transformers folder its tokenizer and image processor become our
-    processor; OpenAI state dicts carry none."""
-    source, output = Path(source), Path(output)
-    if source_layout not in LAYOUTS or target_layout not in LAYOUTS or source_layout == target_layout:
-        raise ValueError(
-            f"Convert between two different layouts of {LAYOUTS}, got {source_layout} -> {target_layout}."
-        )
-    if activation is not None and source_layout != "openai":
-        raise ValueError("The activation is read from the config; it is given only for OpenAI state dicts.")
+    state dict (a .safetensors file; written as OPENAI_WEIGHTS_NAME) into the folder `output`, one tensor at a
+    time in the source dtype (or `dtype`). Checks, with the weights left on disk: every tensor through the key
+    table and back, bit for bit; then every layer and the logits against the source model (the OpenAI layout:
+    the logits against `openai_clip_logits`). From a transformers folder its tokenizer and image processor become
+    our processor; OpenAI state dicts carry none. `activation`, for the OpenAI layout, which does not record it:
+    one of OPENAI_ACTIVATIONS (quick_gelu when not given)."""
     processor = None
     if source_layout == "openai":
-        if source.suffix != ".safetensors":
-            raise ValueError(f"{source} is not a .safetensors file; OpenAI weights are read only from safetensors.")
-        checkpoint = LazyCheckpoint(source)
+        if activation not in (None, *OPENAI_ACTIVATIONS):
+            raise ValueError(f"activation= must be one of {sorted(OPENAI_ACTIVATIONS)}, got {activation!r}.")
         if activation is None:
             logger.warning(
                 "The MLP activation cannot be read from OpenAI / open_clip weights: quick_gelu (OpenAI's) "
-                "is assumed; most open_clip models trained by LAION need --activation gelu."
+                "is assumed; most open_clip models trained by LAION need activation='gelu'."
             )
-        config = infer_openai_config(checkpoint, hidden_act=activation or "quick_gelu")
-        _require_consistent_metadata(checkpoint, config)
+        checkpoint = _openai_checkpoint(source)
+        config = _openai_config(checkpoint, None, activation or "quick_gelu")
     else:
         source_config = load_config_strictly(
             source, CLIPConfig if source_layout == "transformers" else MosaicClipConfig
@@ -722,10 +678,9 @@ def convert_clip_checkpoint(
     table = {"openai": OPENAI_KEY_TABLE}.get(source_layout) or (
         invert(OPENAI_KEY_TABLE) if target_layout == "openai" else None
     )
-    ignored = OPENAI_IGNORED_KEYS if source_layout == "openai" else ()
-    target = _layout_of(target_layout, config)
+    target = _model_of(target_layout, config)
     if target is None:
-        expected = {row.targets[0]: shape for row, shape in _openai_shapes(config)}
+        expected = expected_shapes(MosaicClipModel, config, table)
     else:
         expected = expected_shapes(*target)
         save_model_files(*target, output, dtype or checkpoint.floating_dtype())  # before the weights: it prunes files
@@ -738,15 +693,26 @@ def convert_clip_checkpoint(
         expected,
         f"{source_layout} CLIP ({source})",
         f"the {target_layout} layout",
-        ignored=ignored,
+        ignored=OPENAI_IGNORED_KEYS if source_layout == "openai" else (),
         dtype=dtype,
         max_shard_size=max_shard_size if target is not None else 2**62,
         round_trip=True,
     )
     if target is None:
         os.rename(files[0], output / OPENAI_WEIGHTS_NAME)
-    _verify_clip(checkpoint, output, source_layout, target_layout, config, dtype)
-    if target_layout != "openai" and processor is None:
+    converted = LazyCheckpoint(output / OPENAI_WEIGHTS_NAME if target is None else output)
+    inputs, source_model = check_inputs(config), _model_of(source_layout, config)
+    if source_model is not None and target is not None:
+        with (
+            reference_model(checkpoint, *source_model, rounded_to=dtype) as reference,
+            reference_model(converted, *target) as converted_model,
+        ):
+            _verify(reference, converted_model, inputs, source_model[0].__name__)
+    else:  # one side is the OpenAI layout: the logits, through its reference forward
+        reference_name = OPENAI_REFERENCE if source_layout == "openai" else source_model[0].__name__
+        reference_logits = _checkpoint_logits(source_layout, checkpoint, config, inputs, rounded_to=dtype)
+        require_close(reference_logits, _checkpoint_logits(target_layout, converted, config, inputs), reference_name)
+    if target is not None and processor is None:
         logger.warning(
             "No processor was written (%s carries none). Add one to the output folder before "
             "`mosaic-vlm zero-shot`: MosaicClipProcessor(image_processor=MosaicClipImageProcessor(...), "
@@ -755,48 +721,13 @@ def convert_clip_checkpoint(
         )
 
 
-def _openai_shapes(config: MosaicClipConfig):
-    """(planned row, target shape) of every OpenAI-layout tensor of a model with `config`."""
-    expected = expected_shapes(MosaicClipModel, config)
-    planned, _ = plan_keys(expected, invert(OPENAI_KEY_TABLE))
-    for row in planned:
-        metas = [torch.empty(expected[key], device="meta") for key in row.sources]
-        for key, tensor in zip(row.targets, row.tensors.forward(*metas)):
-            yield PlannedTensors(row.sources, (key,), row.tensors), tuple(tensor.shape)
-
-
-def _verify_clip(
-    checkpoint, output: Path, source_layout: str, target_layout: str, config: MosaicClipConfig, dtype
-) -> None:
-    """The converted checkpoint against the source (read as if stored in `dtype`, when the conversion changes it):
-    every layer and the logits when both have a model class, else the logits."""
-    inputs = check_inputs(config)
-    converted_checkpoint = LazyCheckpoint(output / OPENAI_WEIGHTS_NAME if target_layout == "openai" else output)
-    source_model, target_model = _layout_of(source_layout, config), _layout_of(target_layout, config)
-    if source_model is not None and target_model is not None:
-        reference = offloaded_model(*source_model, checkpoint, rounded_to=dtype)
-        converted = offloaded_model(*target_model, converted_checkpoint)
-        run = lambda model: model(input_ids=inputs[0], pixel_values=inputs[1]).logits_per_image  # noqa: E731
-        verify_offloaded(reference, converted, run, run, source_model[0].__name__)
-        release(reference, converted)
-    else:
-        reference_logits = _checkpoint_logits(source_model, checkpoint, config, inputs, rounded_to=dtype)
-        converted_logits = _checkpoint_logits(target_model, converted_checkpoint, config, inputs)
-        require_close(reference_logits, converted_logits, f"the {source_layout} source")
-
-
-def _checkpoint_logits(model_and_config, checkpoint, config, inputs, rounded_to=None) -> torch.Tensor:
-    """`logits_per_image` of a checkpoint: through its model class with the weights left on disk, or through
-    `openai_clip_logits` for the OpenAI layout (`model_and_config` None)."""
-    if model_and_config is None:
-        return _openai_logits(
-            checkpoint if rounded_to is None else RoundedWeights(checkpoint, rounded_to), config, inputs
-        )
-    model = offloaded_model(*model_and_config, checkpoint, rounded_to=rounded_to)
-    with torch.no_grad():
-        logits = model(input_ids=inputs[0], pixel_values=inputs[1]).logits_per_image
-    release(model)
-    return logits
+CLIP_CONVERTERS: dict[tuple[str, str], Converter] = {
+    (source, target): Converter("clip", source, target, ("activation",) if source == "openai" else (), _convert)
+    for source in LAYOUTS
+    for target in LAYOUTS
+    if source != target
+}
+"""(source layout, target layout) -> its streaming converter: every two of LAYOUTS, both ways."""
 
 
 def _processor_from_transformers_folder(folder: Path):

@@ -1,8 +1,11 @@
-"""Converters between MosaicFuyuForCausalLM and transformers' FuyuForCausalLM (the adept/fuyu-8b layout).
+"""Fuyu conversions between MosaicFuyuForCausalLM and transformers' FuyuForCausalLM (the adept/fuyu-8b layout).
 
-The parts of `state_dict_mapping`: the parameter names are identical (no key table), so a strict load,
-then a logit check on a fixed input with image patches and a greedy-generation check that must come out
-token for token. A failed check raises; nothing is returned.
+The parts of `state_dict_mapping`, run on the engine in `streaming`: in memory the parameter names are identical
+(no key table); adept/fuyu-8b's files name the decoder `language_model.model.*` (`TRANSFORMERS_FILE_KEY_TABLE`).
+Then a strict load, a check of every layer and the logits on a fixed input with image patches, and a
+greedy-generation check that must come out token for token. A failed check raises; nothing is returned or
+written. `FUYU_CONVERTERS` streams checkpoint folders (what `mosaic-vlm convert` runs); `fuyu_from_transformers`
+and `fuyu_to_transformers` convert live models in memory through the same plan and checks.
 """
 
 import json
@@ -11,31 +14,28 @@ import os
 from pathlib import Path
 
 import torch
+from torch import nn
 from transformers import FuyuConfig, FuyuForCausalLM
 
 from mosaic_vlm.modeling import MosaicFuyuConfig, MosaicFuyuForCausalLM
 from mosaic_vlm.processing import MosaicFuyuImageProcessor, MosaicFuyuProcessor
 from mosaic_vlm.processing.fuyu_special_tokens import BEGIN_OF_ANSWER_TOKEN, IMAGE_NEWLINE_TOKEN, IMAGE_TOKEN
 
-from .state_dict_mapping import (
-    build,
-    float32_eval,
-    invert,
-    load_config_strictly,
-    load_folder_strictly,
-    plan_keys,
-    require_close,
-    rule,
-)
+from .state_dict_mapping import invert, load_config_strictly, rule
 from .streaming import (
     DEFAULT_MAX_SHARD_SIZE,
+    Converter,
     LazyCheckpoint,
+    StateDictCheckpoint,
     expected_shapes,
-    offloaded_model,
-    release,
+    input_device,
+    load_converted,
+    placed_like,
+    reference_model,
     save_model_files,
+    source_of,
     stream_tensors,
-    verify_offloaded,
+    verify_outputs,
 )
 
 logger = logging.getLogger(__name__)
@@ -122,23 +122,25 @@ def check_inputs(config: MosaicFuyuConfig) -> tuple[torch.Tensor, torch.Tensor]:
     return input_ids, patches
 
 
-@torch.no_grad()
-def _check(reference, converted, reference_inputs: dict, converted_inputs: dict, name: str) -> None:
-    """Logits within LOGIT_ATOL and greedy tokens equal, or raise."""
-    require_close(reference(**reference_inputs).logits, converted(**converted_inputs).logits, name)
-    _check_tokens(reference, converted, reference_inputs, converted_inputs, name)
+def _inputs_for(model: nn.Module, inputs: dict) -> dict:
+    device = input_device(model)
+    return {name: tensor.to(device) for name, tensor in inputs.items()}
 
 
 @torch.no_grad()
-def _check_tokens(reference, converted, reference_inputs: dict, converted_inputs: dict, name: str) -> None:
-    """Greedy tokens equal, or raise."""
+def _check(reference: nn.Module, converted: nn.Module, config: MosaicFuyuConfig, name: str) -> None:
+    """Every layer and the logits on `check_inputs` (float32, LOGIT_ATOL), then greedy tokens equal, or raise."""
+    input_ids, patches = check_inputs(config)
+    inputs = {"input_ids": input_ids, "pixel_values": patches}
+    run = lambda model: model(**_inputs_for(model, inputs)).logits  # noqa: E731
+    verify_outputs(reference, converted, run, run, name)
     settings = dict(max_new_tokens=CHECK_NEW_TOKENS, min_new_tokens=CHECK_NEW_TOKENS, do_sample=False, pad_token_id=0)
-    expected = reference.generate(**reference_inputs, **settings)
-    generated = converted.generate(**converted_inputs, **settings)
+    expected = reference.generate(**_inputs_for(reference, inputs), **settings).cpu()
+    generated = converted.generate(**_inputs_for(converted, inputs), **settings).cpu()
     if not torch.equal(expected, generated):
         raise ValueError(
             f"Generation check failed: greedy tokens differ from {name} ({expected[0, -CHECK_NEW_TOKENS:].tolist()} "
-            f"vs {generated[0, -CHECK_NEW_TOKENS:].tolist()}). Nothing was returned."
+            f"vs {generated[0, -CHECK_NEW_TOKENS:].tolist()}). The conversion is refused."
         )
     logger.info("greedy generation of %d tokens matches %s token for token", CHECK_NEW_TOKENS, name)
 
@@ -146,34 +148,28 @@ def _check_tokens(reference, converted, reference_inputs: dict, converted_inputs
 def fuyu_from_transformers(
     model_or_path: FuyuForCausalLM | str | os.PathLike, image_newline_token_id: int = FUYU_8B_NEWLINE_TOKEN_ID
 ) -> MosaicFuyuForCausalLM:
-    """transformers' FuyuForCausalLM (an instance or a local folder) -> MosaicFuyuForCausalLM, checked on
-    logits (fp32, <= 1e-4) and greedy tokens. FuyuConfig does not record the image-newline token: pass
-    its id (adept/fuyu-8b's by default)."""
-    source = (
-        load_folder_strictly(model_or_path, FuyuConfig, FuyuForCausalLM)
-        if isinstance(model_or_path, (str, os.PathLike))
-        else model_or_path
-    )
-    if not isinstance(source, FuyuForCausalLM):
-        raise TypeError(f"Expected a transformers FuyuForCausalLM or a path to one, got {type(source).__name__}.")
-    config = config_from_transformers(source.config, image_newline_token_id)
-    model = build(MosaicFuyuForCausalLM, config, source.state_dict(), "transformers Fuyu")
-    input_ids, patches = check_inputs(config)
-    inputs = {"input_ids": input_ids, "pixel_values": patches}
-    with float32_eval(source) as reference:
-        _check(reference, model, inputs, inputs, "FuyuForCausalLM")
-    return model.to(device=source.device, dtype=source.dtype)
+    """transformers' FuyuForCausalLM (an instance or a local folder) -> MosaicFuyuForCausalLM, in memory, checked
+    on every layer, the logits (fp32, <= 1e-4) and greedy tokens (a folder's model runs with its weights left on
+    disk). FuyuConfig does not record the image-newline token: pass its id (adept/fuyu-8b's by default). Returns
+    the model in eval mode, in the source's dtype and on its device."""
+    source_config, checkpoint, source = source_of(model_or_path, FuyuConfig, FuyuForCausalLM)
+    table = TRANSFORMERS_FILE_KEY_TABLE if isinstance(source, LazyCheckpoint) else None  # a folder: fuyu-8b's names
+    config = config_from_transformers(source_config, image_newline_token_id)
+    model = load_converted(MosaicFuyuForCausalLM, config, checkpoint, table, "transformers Fuyu")
+    with reference_model(source, FuyuForCausalLM, source_config, table) as reference:
+        _check(reference, model, config, "FuyuForCausalLM")
+    return placed_like(model, source)
 
 
 def fuyu_to_transformers(model: MosaicFuyuForCausalLM) -> FuyuForCausalLM:
-    """MosaicFuyuForCausalLM -> transformers' FuyuForCausalLM, checked like `fuyu_from_transformers`."""
-    config = config_to_transformers(model.config)
-    exported = build(FuyuForCausalLM, config, model.state_dict(), "MosaicFuyu")
-    input_ids, patches = check_inputs(model.config)
-    with float32_eval(model) as reference:
-        inputs = {"input_ids": input_ids, "pixel_values": patches}
-        _check(reference, exported, inputs, inputs, "MosaicFuyuForCausalLM")
-    return exported.to(device=model.device, dtype=model.dtype)
+    """MosaicFuyuForCausalLM -> transformers' FuyuForCausalLM, in memory, checked like `fuyu_from_transformers`."""
+    checkpoint = StateDictCheckpoint(model.state_dict())
+    exported = load_converted(
+        FuyuForCausalLM, config_to_transformers(model.config), checkpoint, None, "MosaicFuyuForCausalLM"
+    )
+    with reference_model(model) as reference:
+        _check(reference, exported, model.config, "MosaicFuyuForCausalLM")
+    return placed_like(exported, model)
 
 
 def fuyu_processor_from_transformers(tokenizer, image_processor_config: dict) -> MosaicFuyuProcessor:
@@ -205,85 +201,77 @@ def newline_token_id_of(tokenizer) -> int | None:
     return None if token_id in (None, tokenizer.unk_token_id) else token_id
 
 
-def convert_fuyu_checkpoint(
-    source: str | os.PathLike,
-    output: str | os.PathLike,
+def _convert(
+    source: Path,
+    output: Path,
     *,
-    to: str,
+    source_layout: str,
+    target_layout: str,
     image_newline_token_id: int | None = None,
     dtype: torch.dtype | None = None,
     max_shard_size: str | int = DEFAULT_MAX_SHARD_SIZE,
 ) -> None:
-    """Stream a transformers FuyuForCausalLM folder to a MosaicFuyuForCausalLM folder (`to="mosaic"`), or back
-    (`to="transformers"`), into the empty folder `output`, never holding a whole model: tensors are copied one
-    by one in the source dtype (or `dtype`), then both models run the fixed input with their weights left on disk
-    (every layer, the logits, and greedy tokens must match). From transformers, the source's tokenizer and image
-    processor become our processor, and the image-newline id is read from the tokenizer's IMAGE_NEWLINE_TOKEN
-    (else `image_newline_token_id`, else adept/fuyu-8b's)."""
-    source, output = Path(source), Path(output)
-    if to not in ("mosaic", "transformers"):
-        raise ValueError(f"to must be 'mosaic' or 'transformers', got {to!r}.")
+    """Stream a transformers FuyuForCausalLM folder to a MosaicFuyuForCausalLM folder, or back, into the folder
+    `output`, never holding a whole model: tensors are copied one by one in the source dtype (or `dtype`), then
+    both models run the fixed input with their weights left on disk (every layer, the logits, and greedy tokens
+    must match). From transformers, the source's tokenizer and image processor become our processor, and the
+    image-newline id is read from the tokenizer's IMAGE_NEWLINE_TOKEN (else `image_newline_token_id`, else
+    adept/fuyu-8b's)."""
     processor = None
-    if to == "mosaic":
+    if source_layout == "transformers":
         source_config = load_config_strictly(source, FuyuConfig)
         tokenizer = _source_tokenizer(source)
         found = newline_token_id_of(tokenizer) if tokenizer is not None else None
         if found is not None and image_newline_token_id not in (None, found):
             raise ValueError(
-                f"--newline-token-id {image_newline_token_id} differs from the tokenizer's "
+                f"image_newline_token_id={image_newline_token_id} differs from the tokenizer's "
                 f"{IMAGE_NEWLINE_TOKEN} ({found}); leave it out."
             )
         newline = found if found is not None else image_newline_token_id or FUYU_8B_NEWLINE_TOKEN_ID
         config = config_from_transformers(source_config, newline)
-        reference_class, target_class, target_config = FuyuForCausalLM, MosaicFuyuForCausalLM, config
-        reference_table, table, converted_table = TRANSFORMERS_FILE_KEY_TABLE, TRANSFORMERS_FILE_KEY_TABLE, None
         if tokenizer is not None:
             processor = fuyu_processor_from_transformers(tokenizer, _image_processor_config(source))
+        # (model class, config, table from its files' names to the model's): adept/fuyu-8b's files, ours
+        source_side = (FuyuForCausalLM, source_config, TRANSFORMERS_FILE_KEY_TABLE)
+        target_side = (MosaicFuyuForCausalLM, config, None)
     else:
         config = load_config_strictly(source, MosaicFuyuConfig)
-        reference_class, target_class, target_config = (
-            MosaicFuyuForCausalLM,
-            FuyuForCausalLM,
-            config_to_transformers(config),
-        )
-        reference_table, table, converted_table = (
-            None,
-            invert(TRANSFORMERS_FILE_KEY_TABLE),
-            TRANSFORMERS_FILE_KEY_TABLE,
-        )
+        source_side = (MosaicFuyuForCausalLM, config, None)
+        target_side = (FuyuForCausalLM, config_to_transformers(config), TRANSFORMERS_FILE_KEY_TABLE)
+    written_names = invert(target_side[2]) if target_side[2] is not None else None
     checkpoint = LazyCheckpoint(source)
-    expected = expected_shapes(target_class, target_config)
-    if to == "transformers":  # the files hold adept/fuyu-8b's names
-        expected = {row.targets[0]: expected[row.sources[0]] for row in plan_keys(expected, table)[0]}
     # save_pretrained removes weight files it did not write: the config and code go first
-    save_model_files(target_class, target_config, output, dtype or checkpoint.floating_dtype())
+    save_model_files(target_side[0], target_side[1], output, dtype or checkpoint.floating_dtype())
     if processor is not None:
         processor.save_pretrained(output)
     stream_tensors(
         checkpoint,
         output,
-        table,
-        expected,
-        f"{reference_class.__name__} ({source})",
-        target_class.__name__,
+        source_side[2] or written_names,
+        expected_shapes(target_side[0], target_side[1], written_names),
+        f"{source_side[0].__name__} ({source})",
+        target_side[0].__name__,
         dtype=dtype,
         max_shard_size=max_shard_size,
     )
-    reference_config = source_config if to == "mosaic" else config
-    reference = offloaded_model(reference_class, reference_config, checkpoint, reference_table, rounded_to=dtype)
-    converted = offloaded_model(target_class, target_config, LazyCheckpoint(output), converted_table)
-    input_ids, patches = check_inputs(config)
-    inputs = {"input_ids": input_ids, "pixel_values": patches}
-    run = lambda model: model(**inputs).logits  # noqa: E731
-    verify_offloaded(reference, converted, run, run, reference_class.__name__)
-    _check_tokens(reference, converted, inputs, inputs, reference_class.__name__)
-    release(reference, converted)
-    if to == "mosaic" and processor is None:
+    with (
+        reference_model(checkpoint, *source_side, rounded_to=dtype) as reference,
+        reference_model(LazyCheckpoint(output), *target_side) as converted,
+    ):
+        _check(reference, converted, config, source_side[0].__name__)
+    if processor is None and target_layout == "mosaic":
         logger.warning(
             "%s has no tokenizer: no processor was written. Add one to the output folder before "
             "`mosaic-vlm ask`: MosaicFuyuProcessor(image_processor, tokenizer).save_pretrained(folder).",
             source,
         )
+
+
+FUYU_CONVERTERS: dict[tuple[str, str], Converter] = {
+    ("transformers", "mosaic"): Converter("fuyu", "transformers", "mosaic", ("image_newline_token_id",), _convert),
+    ("mosaic", "transformers"): Converter("fuyu", "mosaic", "transformers", (), _convert),
+}
+"""(source layout, target layout) -> its streaming converter: transformers <-> mosaic."""
 
 
 def _source_tokenizer(folder: Path):

@@ -1,4 +1,4 @@
-"""The state-dict mapping machinery every converter shares.
+"""The key tables every converter is written in, and the checks every conversion ends with.
 
 A converter is four parts:
 1. a declarative key table: source key template -> target key template(s), plus a pair of pure tensor
@@ -6,13 +6,15 @@ A converter is four parts:
    names already match (transformers' CLIP and Fuyu layouts) there is no table: the strict load alone
    refuses every name the model lacks;
 2. small pure tensor functions (`keep` here; the OpenAI layout's in `clip.py`);
-3. a strict load (`load_strictly`) that raises one ValueError listing every unused source key, every
-   missing target key and every shape mismatch;
+3. a strict load: the key plan (`plan_keys`) checked against the target's keys and shapes
+   (`require_matching_keys`), one ValueError listing every unused source key, every missing target key and
+   every shape mismatch;
 4. a check on a fixed deterministic input: the converted model's logits must match the source's within
-   `LOGIT_ATOL` in float32 (`require_close`), or the converter raises instead of returning.
+   `LOGIT_ATOL` in float32 (`require_close`), or the converter raises instead of returning or writing.
 
-Key templates use three placeholders: `{n}` a layer index, `{wb}` "weight" or "bias", `{rest}` any key suffix.
-Converters log their steps (tensors mapped, logit difference) on the `mosaic_vlm.conversion` loggers.
+`streaming.py` runs these parts on checkpoint files and on live models alike. Key templates use three
+placeholders: `{n}` a layer index, `{wb}` "weight" or "bias", `{rest}` any key suffix. Converters log their
+steps (tensors mapped, logit difference) on the `mosaic_vlm.conversion` loggers.
 """
 
 import copy
@@ -26,15 +28,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError
 from torch import nn
 from transformers import AutoConfig
-from transformers.initialization import no_init_weights
 
 logger = logging.getLogger(__name__)
 
 LOGIT_ATOL = 1e-4
-"""Largest accepted absolute difference of `logits_per_image` between source and converted model (fp32)."""
+"""Largest accepted absolute difference of the logits between source and converted model (fp32)."""
 
 
 def keep(tensor: torch.Tensor) -> tuple[torch.Tensor]:
@@ -126,18 +126,6 @@ def plan_keys(
     return planned, sorted(remaining)
 
 
-def map_state_dict(
-    state_dict: Mapping[str, torch.Tensor], table: Iterable[KeyRule], ignored: Iterable[str] = ()
-) -> tuple[dict[str, torch.Tensor], list[str]]:
-    """Apply a key table to tensors (`plan_keys`). Returns the target tensors and the unused source keys."""
-    planned, unused = plan_keys(state_dict, table, ignored)
-    mapped: dict[str, torch.Tensor] = {}
-    for row in planned:
-        outputs = row.tensors.forward(*(state_dict[source] for source in row.sources))
-        mapped.update(zip(row.targets, outputs, strict=True))
-    return mapped, unused
-
-
 def summarise_keys(keys: Iterable[str], limit: int = 40) -> str:
     """Keys as one compact line, layer indices folded: 'a.[0-11].b, c' (at most `limit` entries)."""
     indices: dict[str, list[int]] = defaultdict(list)
@@ -195,38 +183,9 @@ def require_matching_keys(
         raise ValueError(f"Cannot load the {source} weights strictly into {target}: {'; '.join(problems)}.")
 
 
-def load_strictly(model: nn.Module, mapped: Mapping[str, torch.Tensor], unused: list[str], source: str) -> None:
-    """Copy `mapped` into `model`, or raise one ValueError (`require_matching_keys`)."""
-    expected = {key: tuple(tensor.shape) for key, tensor in model.state_dict().items()}
-    provided = {key: tuple(tensor.shape) for key, tensor in mapped.items()}
-    require_matching_keys(provided, expected, unused, source, type(model).__name__)
-    model.load_state_dict(mapped, strict=True)
-
-
-def build(
-    model_class,
-    config,
-    state_dict: Mapping[str, torch.Tensor],
-    source: str,
-    table: Iterable[KeyRule] | None = None,
-    ignored: Iterable[str] = (),
-):
-    """A float32 `model_class(config)` in eval mode holding `state_dict` mapped through `table`, loaded strictly.
-    Without a table the names already match (transformers' CLIP and Fuyu layouts): the tensors load as they
-    are, and any name the model lacks is refused like an unused key."""
-    if table is None:
-        mapped, unused = dict(state_dict), []
-    else:
-        mapped, unused = map_state_dict(state_dict, table, ignored)
-    logger.info("mapping %d source tensors to %d %s tensors", len(state_dict), len(mapped), model_class.__name__)
-    with no_init_weights():  # every weight is overwritten by the strict load below
-        model = model_class(config)
-    load_strictly(model, mapped, unused, source)
-    return model.float().eval()
-
-
 def require_close(reference: torch.Tensor, converted: torch.Tensor, reference_name: str) -> float:
-    """Raise unless the converted `logits_per_image` match the reference within LOGIT_ATOL."""
+    """Raise unless the converted logits (CLIP's `logits_per_image`, Fuyu's next-token logits) match the
+    reference within LOGIT_ATOL; returns the largest difference."""
     if reference.shape != converted.shape:
         raise ValueError(
             f"Logit check failed: {reference_name} gives logits of shape {tuple(reference.shape)}, "
@@ -234,7 +193,7 @@ def require_close(reference: torch.Tensor, converted: torch.Tensor, reference_na
         )
     difference = (reference.float().cpu() - converted.float().cpu()).abs().max().item()
     logger.info(
-        "checking logits against %s: max |diff| of logits_per_image = %.2e (limit %.0e)",
+        "checking logits against %s: max |diff| %.2e (limit %.0e)",
         reference_name,
         difference,
         LOGIT_ATOL,
@@ -242,7 +201,7 @@ def require_close(reference: torch.Tensor, converted: torch.Tensor, reference_na
     if not difference <= LOGIT_ATOL:  # `not <=` also refuses NaN
         raise ValueError(
             f"Logit check failed: the converted model differs from {reference_name} by {difference:.3e} "
-            f"(max |diff| of logits_per_image on the fixed input; limit {LOGIT_ATOL:.0e}). Nothing was returned."
+            f"(max |diff| of the logits on the fixed input; limit {LOGIT_ATOL:.0e}). The conversion is refused."
         )
     return difference
 
@@ -277,26 +236,3 @@ def load_config_strictly(path: str | os.PathLike, config_class):
     if config.model_type != config_class.model_type:
         raise ValueError(f"{path} holds a {config.model_type!r} model; expected a {config_class.model_type!r} one.")
     return config
-
-
-def load_folder_strictly(path: str | os.PathLike, config_class, model_class):
-    """A `model_class` from a local save_pretrained folder whose config is a `config_class` (a transformers or a
-    mosaic folder), loaded strictly from safetensors only: a folder of another model type, or with missing,
-    extra or mis-shaped weights, is one ValueError (FileNotFoundError for a missing path), never random weights."""
-    path, name = Path(path), model_class.__name__
-    if path.exists() and not path.is_dir():
-        raise ValueError(f"{path} is not a folder; pass the save_pretrained folder of a {name}.")
-    try:
-        config = load_config_strictly(path, config_class)
-    except ValueError as error:
-        raise ValueError(f"{error} (expected a {name})") from error
-    try:
-        model, info = model_class.from_pretrained(
-            path, config=config, local_files_only=True, use_safetensors=True, output_loading_info=True
-        )
-    except (OSError, ValueError, RuntimeError, SafetensorError) as error:
-        raise ValueError(f"Cannot load the {name} weights in {path} (safetensors only): {error}") from error
-    problems = {kind: sorted(map(str, keys)) for kind, keys in info.items() if keys}
-    if problems:
-        raise ValueError(f"{path} does not load strictly into {name}: {problems}.")
-    return model

@@ -1,14 +1,20 @@
-"""Checkpoints converted as streams: a safetensors file or folder (sharded or not) in, a folder out, one tensor
-at a time, never two whole models in memory.
+"""The conversion engine: one implementation of planning, strict loading and checking, for checkpoint files
+(streamed, never two whole models in memory) and for live models alike.
 
-1. `LazyCheckpoint` reads headers first (keys, shapes, dtypes), then tensors on demand (`safe_open`).
-2. The key table is planned on names (`plan_keys`) and checked against the target model built on the meta
-   device: every unused, missing or mis-shaped key is refused before anything is written.
-3. `ShardedWriter` writes each tensor in the source dtype (or `dtype`) into shards of at most
-   `max_shard_size` bytes, with `model.safetensors.index.json` when there is more than one.
-4. `verify_offloaded` runs the source and the converted model on a fixed input in float32 with their weights
-   left on disk (accelerate's offload hooks load each module's weights only while it runs): every layer's
-   output, then the logits, must agree.
+1. A checkpoint is a Mapping of tensors with shapes and dtypes readable up front: `LazyCheckpoint` reads
+   safetensors headers first (keys, shapes, dtypes), then tensors on demand (`safe_open`); `StateDictCheckpoint`
+   reads a live model's `state_dict()`.
+2. The key table is planned on names (`plan_keys`) and checked against the target's keys and shapes (a model
+   built on the meta device): every unused, missing or mis-shaped key is refused before anything is written or
+   loaded (`plan_conversion`).
+3. The planned rows run one at a time: into shards (`stream_tensors`, `ShardedWriter`: each tensor in the
+   source dtype or `dtype`, shards of at most `max_shard_size` bytes, with `model.safetensors.index.json` when
+   there is more than one), into a model in memory (`load_converted`), or into a dict (`convert_tensors`).
+4. `verify_outputs` runs the source and the converted model on a fixed input in float32: every layer's output,
+   then the logits, must agree. Weights left on disk (`offloaded_model`: accelerate's offload hooks load each
+   module's weights only while it runs) and live models (`reference_model`) are checked the same way.
+
+A `Converter` is one family's conversion from one layout to another with the signature every family shares.
 """
 
 import json
@@ -16,6 +22,8 @@ import logging
 import os
 import re
 from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import safetensors.torch
@@ -24,9 +32,20 @@ from accelerate import init_empty_weights
 from accelerate.hooks import attach_align_device_hook, remove_hook_from_module
 from accelerate.utils import OffloadedWeightsLoader
 from safetensors import SafetensorError, safe_open
+from torch import nn
 from tqdm.auto import tqdm
+from transformers.initialization import no_init_weights
 
-from .state_dict_mapping import LOGIT_ATOL, KeyRule, plan_keys, require_matching_keys
+from .state_dict_mapping import (
+    LOGIT_ATOL,
+    KeyRule,
+    PlannedTensors,
+    float32_eval,
+    load_config_strictly,
+    plan_keys,
+    require_close,
+    require_matching_keys,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -50,7 +69,48 @@ def parse_size(size: str | int) -> int:
     return int(float(match.group(1)) * _SIZE_UNITS[match.group(2).upper()])
 
 
-class LazyCheckpoint(Mapping):
+class Checkpoint(Mapping):
+    """Tensors by key whose shapes and dtypes can be read without reading the tensors."""
+
+    def shape(self, key: str) -> tuple[int, ...]:
+        raise NotImplementedError
+
+    def dtype(self, key: str) -> torch.dtype:
+        raise NotImplementedError
+
+    def floating_dtype(self, ignored=()) -> torch.dtype:
+        """The dtype of the floating-point tensors (keys in `ignored` aside), float32 when they mix dtypes."""
+        dtypes = {self.dtype(key) for key in self if key not in ignored and self.dtype(key).is_floating_point}
+        return dtypes.pop() if len(dtypes) == 1 else torch.float32
+
+
+class StateDictCheckpoint(Checkpoint):
+    """A live model's `state_dict()` (or any mapping of tensors) read as a checkpoint."""
+
+    def __init__(self, tensors: Mapping[str, torch.Tensor]):
+        self._tensors = tensors
+
+    def __getitem__(self, key: str) -> torch.Tensor:
+        return self._tensors[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._tensors)
+
+    def __len__(self) -> int:
+        return len(self._tensors)
+
+    def shape(self, key: str) -> tuple[int, ...]:
+        return tuple(self._tensors[key].shape)
+
+    def dtype(self, key: str) -> torch.dtype:
+        return self._tensors[key].dtype
+
+
+def as_checkpoint(tensors: Mapping[str, torch.Tensor]) -> Checkpoint:
+    return tensors if isinstance(tensors, Checkpoint) else StateDictCheckpoint(tensors)
+
+
+class LazyCheckpoint(Checkpoint):
     """A safetensors checkpoint read lazily: one file, or a folder holding model.safetensors or shards listed in
     model.safetensors.index.json. Headers are read up front; a missing, truncated or corrupted file, or an
     index naming a missing file or key, is one ValueError."""
@@ -130,11 +190,6 @@ class LazyCheckpoint(Mapping):
     def dtype(self, key: str) -> torch.dtype:
         return self._headers[key][1]
 
-    def floating_dtype(self) -> torch.dtype:
-        """The dtype of the floating-point tensors, float32 when they mix dtypes."""
-        dtypes = {dtype for _, dtype in self._headers.values() if dtype.is_floating_point}
-        return dtypes.pop() if len(dtypes) == 1 else torch.float32
-
     @property
     def nbytes(self) -> int:
         return sum(file.stat().st_size for file in set(self._files.values()))
@@ -198,14 +253,17 @@ class ShardedWriter:
         return files
 
 
-def expected_shapes(model_class, config) -> dict[str, tuple[int, ...]]:
-    """The state-dict shapes of `model_class(config)`, built on the meta device (no memory)."""
+def expected_shapes(model_class, config, table: tuple[KeyRule, ...] | None = None) -> dict[str, tuple[int, ...]]:
+    """The state-dict shapes of `model_class(config)`, built on the meta device (no memory), named through `table`
+    when given (the shapes of the layout the table writes)."""
     with torch.device("meta"):
         model = model_class(config)
-    return {key: tuple(tensor.shape) for key, tensor in model.state_dict().items()}
+    if table is None:
+        return {key: tuple(tensor.shape) for key, tensor in model.state_dict().items()}
+    return planned_shapes(StateDictCheckpoint(model.state_dict()), table)[1]
 
 
-def planned_shapes(checkpoint: LazyCheckpoint, table: tuple[KeyRule, ...] | None, ignored=()):
+def planned_shapes(checkpoint: Checkpoint, table: tuple[KeyRule, ...] | None, ignored=()):
     """The key plan of `checkpoint` through `table`, the target shapes it gives (the tensor maps run on meta
     tensors) and the unused source keys."""
     planned, unused = plan_keys(checkpoint, table, ignored)
@@ -214,6 +272,42 @@ def planned_shapes(checkpoint: LazyCheckpoint, table: tuple[KeyRule, ...] | None
         metas = [torch.empty(checkpoint.shape(key), dtype=checkpoint.dtype(key), device="meta") for key in row.sources]
         shapes.update({key: tuple(tensor.shape) for key, tensor in zip(row.targets, row.tensors.forward(*metas))})
     return planned, shapes, unused
+
+
+def plan_conversion(
+    checkpoint: Checkpoint,
+    table: tuple[KeyRule, ...] | None,
+    expected: Mapping[str, tuple[int, ...]],
+    source_name: str,
+    target_name: str,
+    *,
+    ignored=(),
+) -> list[PlannedTensors]:
+    """The planned rows of `checkpoint` through `table`, checked strictly against the `expected` target shapes
+    (`require_matching_keys`) and for float weights, before any tensor is read."""
+    planned, shapes, unused = planned_shapes(checkpoint, table, ignored)
+    require_matching_keys(shapes, expected, unused, source_name, target_name)
+    odd = sorted(
+        {
+            f"{key} ({checkpoint.dtype(key)})"
+            for row in planned
+            for key in row.sources
+            if checkpoint.dtype(key) not in DTYPES.values()
+        }
+    )
+    if odd:
+        raise ValueError(f"The {source_name} weights must be float32, float16 or bfloat16; got {', '.join(odd[:5])}.")
+    return planned
+
+
+def convert_row(checkpoint: Checkpoint, row: PlannedTensors, round_trip: bool = False):
+    """The (target key, tensor) pairs of one planned row. With `round_trip`, the row's tensors must come back bit
+    for bit through its inverse map."""
+    sources = [checkpoint[key] for key in row.sources]
+    outputs = row.tensors.forward(*sources)
+    if round_trip and not all(map(torch.equal, row.tensors.inverse(*outputs), sources)):
+        raise ValueError(f"Round-trip check failed: converting back does not reproduce {', '.join(row.sources)}.")
+    return zip(row.targets, outputs, strict=True)
 
 
 def stream_tensors(
@@ -229,34 +323,84 @@ def stream_tensors(
     max_shard_size: str | int = DEFAULT_MAX_SHARD_SIZE,
     round_trip: bool = False,
 ) -> list[Path]:
-    """Check the plan strictly against `expected`, then write every target tensor (in the source dtype unless
-    `dtype` is given) into shards in `folder`, one planned row in memory at a time. With `round_trip`, each row's
-    tensors must come back bit for bit through the row's inverse map."""
-    planned, shapes, unused = planned_shapes(checkpoint, table, ignored)
-    require_matching_keys(shapes, expected, unused, source_name, target_name)
-    odd = sorted(
-        {
-            f"{key} ({checkpoint.dtype(key)})"
-            for row in planned
-            for key in row.sources
-            if checkpoint.dtype(key) not in DTYPES.values()
-        }
-    )
-    if odd:
-        raise ValueError(f"The {source_name} weights must be float32, float16 or bfloat16; got {', '.join(odd[:5])}.")
+    """Plan and check (`plan_conversion`), then write every target tensor (in the source dtype unless `dtype` is
+    given) into shards in `folder`, one planned row in memory at a time."""
+    planned = plan_conversion(checkpoint, table, expected, source_name, target_name, ignored=ignored)
     writer = ShardedWriter(folder, max_shard_size)
     for row in tqdm(planned, desc=f"writing {target_name} tensors", unit="tensor", leave=False):
-        sources = [checkpoint[key] for key in row.sources]
-        outputs = row.tensors.forward(*sources)
-        if round_trip and not all(map(torch.equal, row.tensors.inverse(*outputs), sources)):
-            raise ValueError(f"Round-trip check failed: converting back does not reproduce {', '.join(row.sources)}.")
-        for key, tensor in zip(row.targets, outputs, strict=True):
+        for key, tensor in convert_row(checkpoint, row, round_trip):
             writer.add(key, tensor if dtype is None else tensor.to(dtype))
     files = writer.close()
-    logger.info("wrote %d tensors (%.2f GB) in %d shard(s)", len(shapes), writer.total_bytes / 1e9, len(files))
+    logger.info("wrote %d tensors (%.2f GB) in %d shard(s)", len(expected), writer.total_bytes / 1e9, len(files))
     if round_trip:
         logger.info("round trip: every source tensor comes back bit for bit through the key table")
     return files
+
+
+def convert_tensors(
+    checkpoint: Checkpoint,
+    table: tuple[KeyRule, ...] | None,
+    expected: Mapping[str, tuple[int, ...]],
+    source_name: str,
+    target_name: str,
+    *,
+    ignored=(),
+    round_trip: bool = False,
+) -> dict[str, torch.Tensor]:
+    """`stream_tensors` into a dict: the same plan and checks, every target tensor in memory."""
+    planned = plan_conversion(checkpoint, table, expected, source_name, target_name, ignored=ignored)
+    return {key: tensor for row in planned for key, tensor in convert_row(checkpoint, row, round_trip)}
+
+
+def load_converted(
+    model_class,
+    config,
+    checkpoint: Checkpoint,
+    table: tuple[KeyRule, ...] | None,
+    source_name: str,
+    *,
+    ignored=(),
+    round_trip: bool = False,
+) -> nn.Module:
+    """`stream_tensors` into a model: a float32 `model_class(config)` in eval mode holding `checkpoint` converted
+    through `table` (without a table the names already match), planned and checked strictly against the model's
+    own keys and shapes, then copied in one row at a time."""
+    with no_init_weights():  # every weight is overwritten below
+        model = model_class(config).float()
+    targets = model.state_dict()
+    expected = {key: tuple(tensor.shape) for key, tensor in targets.items()}
+    planned = plan_conversion(checkpoint, table, expected, source_name, model_class.__name__, ignored=ignored)
+    logger.info("mapping %d source tensors to %d %s tensors", len(checkpoint), len(expected), model_class.__name__)
+    with torch.no_grad():
+        for row in planned:
+            for key, tensor in convert_row(checkpoint, row, round_trip):
+                targets[key].copy_(tensor)
+    if round_trip:
+        logger.info("round trip: every source tensor comes back bit for bit through the key table")
+    return model.eval()
+
+
+def source_of(model_or_path, config_class, model_class):
+    """(config, checkpoint, source) of a conversion from a live `model_class` or from a local save_pretrained
+    folder of one (its config read strictly, its weights left in its safetensors files). `source` is what the
+    checks run (`reference_model`) and what the result is placed like (`placed_like`): the live model, or the
+    folder's `LazyCheckpoint`."""
+    if isinstance(model_or_path, (str, os.PathLike)):
+        config = load_config_strictly(model_or_path, config_class)
+        checkpoint = LazyCheckpoint(model_or_path)
+        return config, checkpoint, checkpoint
+    if not isinstance(model_or_path, model_class):
+        raise TypeError(
+            f"Expected a transformers {model_class.__name__} or a path to one, got {type(model_or_path).__name__}."
+        )
+    return model_or_path.config, StateDictCheckpoint(model_or_path.state_dict()), model_or_path
+
+
+def placed_like(model: nn.Module, source: nn.Module | Checkpoint) -> nn.Module:
+    """`model` on the device and in the dtype of a live `source`, or in a checkpoint's dtype (on the CPU)."""
+    if isinstance(source, nn.Module):
+        return model.to(device=source.device, dtype=source.dtype)
+    return model.to(source.floating_dtype())
 
 
 class RoundedWeights(Mapping):
@@ -307,6 +451,35 @@ def offloaded_model(
     return model
 
 
+@contextmanager
+def reference_model(
+    source: nn.Module | LazyCheckpoint,
+    model_class=None,
+    config=None,
+    table: tuple[KeyRule, ...] | None = None,
+    rounded_to: torch.dtype | None = None,
+) -> Iterator[nn.Module]:
+    """A model to check a conversion against, in float32 and eval mode, without gradients: a live model (a float32
+    copy when it is in another dtype; its own mode is restored after), or `model_class(config)` with its weights
+    left in the checkpoint `source` (`offloaded_model`)."""
+    if isinstance(source, nn.Module):
+        with float32_eval(source) as model:
+            yield model
+        return
+    model = offloaded_model(model_class, config, source, table, rounded_to)
+    try:
+        with torch.no_grad():
+            yield model
+    finally:
+        release(model)
+
+
+def input_device(model: nn.Module) -> torch.device:
+    """Where `model` takes its inputs: its weights' device, the CPU when they are left on disk."""
+    device = next(model.parameters()).device
+    return torch.device("cpu") if device.type == "meta" else device
+
+
 def layer_outputs(model: torch.nn.Module, run: Callable[[torch.nn.Module], torch.Tensor]):
     """`run(model)` (the final output) and the output of every transformer layer (modules named `*.layers.N`)."""
     captured, handles = {}, []
@@ -315,7 +488,7 @@ def layer_outputs(model: torch.nn.Module, run: Callable[[torch.nn.Module], torch
             handles.append(
                 module.register_forward_hook(
                     lambda module, args, output, name=name: captured.__setitem__(
-                        name, (output[0] if isinstance(output, tuple) else output).detach().clone()
+                        name, (output[0] if isinstance(output, tuple) else output).detach().to("cpu", copy=True)
                     )
                 )
             )
@@ -328,29 +501,23 @@ def layer_outputs(model: torch.nn.Module, run: Callable[[torch.nn.Module], torch
     return final, captured
 
 
-def verify_offloaded(reference, converted, run_reference, run_converted, reference_name: str) -> None:
-    """Both models run on the fixed input with their weights on disk; every layer output and the final output
-    must agree (max |diff| <= LOGIT_ATOL relative to the reference's scale), or this raises."""
+def verify_outputs(reference, converted, run_reference, run_converted, reference_name: str) -> None:
+    """Both models run on the fixed input: every layer output (max |diff| <= LOGIT_ATOL relative to the
+    reference's scale) and the logits (`require_close`) must agree, or this raises."""
     reference_final, reference_layers = layer_outputs(reference, run_reference)
     converted_final, converted_layers = layer_outputs(converted, run_converted)
     if sorted(reference_layers) != sorted(converted_layers):
         raise ValueError(f"Layer check failed: the layers differ from {reference_name}'s.")
     for name in tqdm(sorted(reference_layers, key=_layer_order), desc="checking layers", leave=False):
         expected, got = reference_layers[name], converted_layers[name]
-        difference = (expected - got).abs().max().item()
+        difference = (expected.float() - got.float()).abs().max().item()
         if not difference <= LOGIT_ATOL * max(1.0, expected.abs().max().item()):
             raise ValueError(
                 f"Layer check failed at {name}: the converted layer differs from {reference_name}'s "
-                f"by {difference:.3e} on the fixed input. Nothing was written."
+                f"by {difference:.3e} on the fixed input. The conversion is refused."
             )
     logger.info("every one of %d layers matches %s on the fixed input", len(reference_layers), reference_name)
-    difference = (reference_final - converted_final).abs().max().item()
-    if not difference <= LOGIT_ATOL:
-        raise ValueError(
-            f"Logit check failed: the converted model differs from {reference_name} by {difference:.3e} "
-            f"(limit {LOGIT_ATOL:.0e}). Nothing was written."
-        )
-    logger.info("logits match %s: max |diff| %.2e (limit %.0e)", reference_name, difference, LOGIT_ATOL)
+    require_close(reference_final, converted_final, reference_name)
 
 
 def _layer_order(name: str) -> tuple:
@@ -369,3 +536,51 @@ def save_model_files(model_class, config, folder: Path, dtype: torch.dtype) -> N
     with torch.device("meta"):
         model = model_class(config)
     model.save_pretrained(folder, state_dict={})
+
+
+@dataclass(frozen=True)
+class Converter:
+    """One family's conversion from one layout to another, as `mosaic-vlm convert` runs it. Every entry is called
+    the same way: `converter(source, output, *, dtype=None, max_shard_size=DEFAULT_MAX_SHARD_SIZE, **options)`
+    streams the checkpoint `source` (a safetensors file or folder) into the folder `output` (created), one tensor
+    at a time in the source dtype (or `dtype`), and checks it against the source; a failed check raises. `options`
+    are the family's own keyword options, which each entry declares (CLIP from openai: `activation`); any other
+    is one ValueError naming those it accepts."""
+
+    family: str
+    source_layout: str
+    target_layout: str
+    options: tuple[str, ...]
+    # function(source, output, *, source_layout, target_layout, dtype, max_shard_size, **options)
+    function: Callable[..., None]
+
+    def __call__(
+        self,
+        source: str | os.PathLike,
+        output: str | os.PathLike,
+        *,
+        dtype: torch.dtype | None = None,
+        max_shard_size: str | int = DEFAULT_MAX_SHARD_SIZE,
+        **options,
+    ) -> None:
+        undeclared = sorted(set(options) - set(self.options))
+        if undeclared:
+            accepted = ", ".join(f"{name}=" for name in ("dtype", "max_shard_size", *self.options))
+            raise ValueError(
+                f"The {self.family} conversion from {self.source_layout} to {self.target_layout} takes no "
+                f"{', '.join(f'{name}=' for name in undeclared)}; it accepts {accepted}."
+            )
+        if dtype is not None and dtype not in DTYPES.values():
+            raise ValueError(f"dtype= must be None or one of {', '.join(map(str, DTYPES.values()))}, got {dtype!r}.")
+        parse_size(max_shard_size)
+        output = Path(output)
+        output.mkdir(parents=True, exist_ok=True)
+        self.function(
+            Path(source),
+            output,
+            source_layout=self.source_layout,
+            target_layout=self.target_layout,
+            dtype=dtype,
+            max_shard_size=max_shard_size,
+            **options,
+        )

@@ -6,7 +6,7 @@ family means its model, config and processor files plus one `Family` row here.
 """
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from transformers import (
     AutoModel,
@@ -15,6 +15,7 @@ from transformers import (
     AutoModelForZeroShotImageClassification,
 )
 
+from mosaic_vlm.conversion import CLIP_CONVERTERS, FUYU_CONVERTERS, Converter
 from mosaic_vlm.modeling import (
     MosaicClipConfig,
     MosaicClipModel,
@@ -52,6 +53,8 @@ class Family:
     pipeline_tag: str  # the Hub card's task
     usage_snippet: str  # the Hub card's runnable example; {repo_id} is filled in
     key_figures: Callable[[object], dict[str, str]]  # config -> the card's shape figures
+    # (source layout, target layout) -> the converter `mosaic-vlm convert` runs; a dict, so left out of the hash
+    converters: dict[tuple[str, str], Converter] = field(hash=False)
 
     @property
     def model_type(self) -> str:
@@ -109,6 +112,7 @@ classifier = pipeline("zero-shot-image-classification", model="{repo_id}", trust
 print(classifier("photo.png", candidate_labels=["a photo of a cat", "a photo of a dog"]))
 ```""",
     key_figures=clip_figures,
+    converters=CLIP_CONVERTERS,
 )
 
 FUYU = Family(
@@ -136,6 +140,7 @@ inputs = processor(images=PIL.Image.open("photo.png"), text="What digit is this?
 print(processor.post_process_image_text_to_text(model.generate(**inputs, max_new_tokens=8))[0])
 ```""",
     key_figures=fuyu_figures,
+    converters=FUYU_CONVERTERS,
 )
 
 FAMILIES: dict[str, Family] = {family.name: family for family in (CLIP, FUYU)}

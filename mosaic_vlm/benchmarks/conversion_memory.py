@@ -1,4 +1,4 @@
-"""Peak memory of a checkpoint conversion, the streaming converter against the in-memory one, side by side.
+"""Peak memory of a checkpoint conversion as `mosaic-vlm convert` runs it (the streaming converters).
 
 Two checkpoints are made here with random weights at real shapes: a transformers Fuyu folder in bfloat16 of
 1.2 GB (hidden 2048, 6 layers, vocabulary 72000) and a transformers CLIP folder in float32 at ViT-L/14's
@@ -6,9 +6,8 @@ shapes (1.7 GB). Each conversion to the mosaic layout runs in a fresh process th
 the figure is the peak above that bare import, as a multiple of the checkpoint's bytes:
 - peak RSS (the kernel's VmHWM): every resident page, the read-only pages of the memory-mapped source included;
 - peak anonymous memory (RssAnon, sampled every 5 ms): what the process allocated itself.
-The in-memory converter (`fuyu_from_transformers` / `clip_from_transformers`, then `save_pretrained`) holds
-the source model, a float32 copy for the check and the converted model; the streaming one
-(`convert_*_checkpoint`, what `mosaic-vlm convert` runs) holds one shard and one module at a time.
+The converters (`CLIP_CONVERTERS` / `FUYU_CONVERTERS`) hold one shard and one module at a time. The in-memory
+converters these figures were once set against are gone; their figures are recorded in the README.
 
     python -m mosaic_vlm.benchmarks.conversion_memory [--quick]
 """
@@ -27,15 +26,14 @@ _MEASURE = textwrap.dedent(
     import json, sys, threading, time
     import torch, transformers
     import mosaic_vlm
-    from mosaic_vlm.conversion.clip import clip_from_transformers, convert_clip_checkpoint
-    from mosaic_vlm.conversion.fuyu import convert_fuyu_checkpoint, fuyu_from_transformers
+    from mosaic_vlm.conversion import CLIP_CONVERTERS, FUYU_CONVERTERS
 
     def status(field):
         for line in open("/proc/self/status"):
             if line.startswith(field + ":"):
                 return int(line.split()[1]) * 1024
 
-    family, mode, source, output, newline = sys.argv[1:]
+    family, source, output, newline = sys.argv[1:]
     newline = int(newline)
     base_rss, base_anon = status("VmRSS"), status("RssAnon")
     peak_anon, done = base_anon, False
@@ -48,14 +46,10 @@ _MEASURE = textwrap.dedent(
 
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
-    if mode == "streaming" and family == "fuyu":
-        convert_fuyu_checkpoint(source, output, to="mosaic", image_newline_token_id=newline)
-    elif mode == "streaming":
-        convert_clip_checkpoint(source, output, source_layout="transformers", target_layout="mosaic")
-    elif family == "fuyu":
-        fuyu_from_transformers(source, image_newline_token_id=newline).save_pretrained(output)
+    if family == "fuyu":
+        FUYU_CONVERTERS["transformers", "mosaic"](source, output, image_newline_token_id=newline)
     else:
-        clip_from_transformers(source).save_pretrained(output)
+        CLIP_CONVERTERS["transformers", "mosaic"](source, output)
     done = True
     sampler.join()
     print(json.dumps({"rss": status("VmHWM") - base_rss, "anon": max(peak_anon, status("RssAnon")) - base_anon}))
@@ -97,14 +91,14 @@ def make_checkpoints(folder: Path, quick: bool) -> dict[str, Path]:
 PEAK_NAMES = {"rss": "RSS", "anon": "anonymous"}
 
 
-def measure(family: str, mode: str, source: Path, output: Path, newline: int) -> dict:
+def measure(family: str, source: Path, output: Path, newline: int) -> dict:
     result = subprocess.run(
-        [sys.executable, "-c", _MEASURE, family, mode, str(source), str(output), str(newline)],
+        [sys.executable, "-c", _MEASURE, family, str(source), str(output), str(newline)],
         capture_output=True,
         text=True,
     )
     if result.returncode != 0:
-        raise RuntimeError(f"{mode} conversion of {family} failed:\n{result.stderr[-3000:]}")
+        raise RuntimeError(f"conversion of {family} failed:\n{result.stderr[-3000:]}")
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
@@ -117,15 +111,11 @@ def run_conversion_memory_benchmark(quick: bool = False) -> dict:
         cases = []
         for family, source in sources.items():
             size = LazyCheckpoint(source).nbytes
-            peaks = {}
-            for mode in ("in-memory", "streaming"):
-                (work / f"{family}-{mode}").mkdir()
-                peaks[mode] = measure(family, mode, source, work / f"{family}-{mode}", NEWLINE_TOKEN_ID[quick])
+            peaks = measure(family, source, work / f"{family}-mosaic", NEWLINE_TOKEN_ID[quick])
             for kind in ("rss", "anon"):
-                old, new = peaks["in-memory"][kind] / size, peaks["streaming"][kind] / size
                 cases.append({
                     "case": f"{family} ({size / 1e9:.2f} GB) peak {PEAK_NAMES[kind]} / checkpoint",
-                    "ours": new, "reference": old, "unit": "x checkpoint", "ratio": old / new if new > 0 else None,
+                    "ours": peaks[kind] / size, "reference": None, "unit": "x checkpoint", "ratio": None,
                 })  # fmt: skip
     return {"cases": cases}
 
@@ -134,9 +124,9 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="small checkpoints (a smoke run)")
     args = parser.parse_args(argv)
-    print("| case | streaming | in-memory |\n|---|---:|---:|")
+    print("| case | streaming |\n|---|---:|")
     for case in run_conversion_memory_benchmark(args.quick)["cases"]:
-        print(f"| {case['case']} | {case['ours']:.2f}x | {case['reference']:.2f}x |")
+        print(f"| {case['case']} | {case['ours']:.2f}x |")
 
 
 if __name__ == "__main__":

@@ -29,6 +29,11 @@ BENCHMARKS = {
 }
 
 
+def cell(value) -> str:
+    """A table cell: a dash where a benchmark has no figure (the conversion memory benchmark has no reference)."""
+    return "-" if value is None else str(value)
+
+
 def ratio_rows(name: str, result: dict) -> list[dict]:
     """The (case, ours, reference, unit, ratio) rows a benchmark reports under `cases`; times are in ms
     unless a case names another unit (V* counts scorer calls)."""
@@ -76,7 +81,8 @@ def write_report(output: Path, quick: bool = False, vstar_models: tuple | None =
         lines.append(
             f"| {row['benchmark']} | {row['case']} | {ours:.1f} | {reference:.1f} | {row['unit']} | {ratio:.2f} |"
             if None not in (ours, reference, ratio)
-            else f"| {row['benchmark']} | {row['case']} | {ours} | {reference} | {row['unit']} | {ratio} |"
+            else f"| {row['benchmark']} | {row['case']} | {cell(ours)} | {cell(reference)} | {row['unit']} | "
+            f"{cell(ratio)} |"
         )
     markdown_path = output / "report.md"
     markdown_path.write_text("\n".join(lines) + "\n")

@@ -4,16 +4,49 @@ import argparse
 import logging
 from pathlib import Path
 
-from mosaic_vlm.conversion.clip import OPENAI_WEIGHTS_NAME, convert_clip_checkpoint
-from mosaic_vlm.conversion.fuyu import FUYU_8B_NEWLINE_TOKEN_ID, convert_fuyu_checkpoint
+from mosaic_vlm.conversion.clip import OPENAI_WEIGHTS_NAME
+from mosaic_vlm.conversion.fuyu import FUYU_8B_NEWLINE_TOKEN_ID
 from mosaic_vlm.conversion.state_dict_mapping import LOGIT_ATOL
 from mosaic_vlm.conversion.streaming import DEFAULT_MAX_SHARD_SIZE, DTYPES, parse_size
+from mosaic_vlm.families import FAMILIES, Family
 from mosaic_vlm.processing.fuyu_special_tokens import IMAGE_NEWLINE_TOKEN
 
 from .staging import require_writable_output, staged_folder
 
 PROGRAM = "mosaic-vlm"
 logger = logging.getLogger(__name__)
+
+# the flags that carry a family's own converter options: flag -> (its argparse dest, the converters' option name)
+OPTION_FLAGS = {
+    "--activation": ("activation", "activation"),
+    "--newline-token-id": ("newline_token_id", "image_newline_token_id"),
+}
+
+
+def supported_pairs(family: Family, separator: str = ", ") -> str:
+    """The conversions of `family` as flags: '--from transformers --to mosaic, ...'."""
+    return separator.join(f"--from {source} --to {target}" for source, target in sorted(family.converters))
+
+
+def layout_arrows(family: Family) -> str:
+    """The conversions of `family`, compact: 'mosaic -> openai|transformers, ...'."""
+    targets: dict[str, list[str]] = {}
+    for source, target in sorted(family.converters):
+        targets.setdefault(source, []).append(target)
+    return ", ".join(f"{source} -> {'|'.join(names)}" for source, names in targets.items())
+
+
+def where_option_applies(option: str) -> str:
+    """The conversions whose converter takes `option`, as flags: '--model clip --from openai (--to mosaic or ...)'."""
+    places: dict[tuple[str, str], list[str]] = {}
+    for name, family in sorted(FAMILIES.items()):
+        for (source, target), converter in sorted(family.converters.items()):
+            if option in converter.options:
+                places.setdefault((name, source), []).append(target)
+    return " or ".join(
+        f"--model {name} --from {source} (--to {' or '.join(targets)})" for (name, source), targets in places.items()
+    )
+
 
 CONVERT_EXAMPLES = f"""\
 examples:
@@ -62,7 +95,8 @@ def add_convert_command(subparsers) -> None:
     parser.add_argument(
         "input",
         type=Path,
-        help="--from transformers: a CLIPModel save_pretrained folder; --from openai: a .safetensors state dict",
+        help="--from transformers or mosaic: a save_pretrained folder (sharded or not); --from openai: a "
+        ".safetensors state dict",
     )
     parser.add_argument(
         "--from",
@@ -71,8 +105,12 @@ def add_convert_command(subparsers) -> None:
         choices=("transformers", "openai", "mosaic"),
         help="layout of the input (mosaic: a mosaic-vlm save_pretrained folder, to export it)",
     )
+    conversions = "; ".join(f"{name}: {layout_arrows(family)}" for name, family in sorted(FAMILIES.items()))
     parser.add_argument(
-        "--model", choices=("clip", "fuyu"), default="clip", help="model family (fuyu: transformers <-> mosaic only)"
+        "--model",
+        choices=sorted(FAMILIES),
+        default="clip",
+        help=f"model family (default clip) and its conversions: {conversions}",
     )
     parser.add_argument(
         "--newline-token-id",
@@ -116,34 +154,24 @@ def add_convert_command(subparsers) -> None:
 def run_convert(args: argparse.Namespace) -> None:
     if args.source == args.target:
         raise ValueError(f"--from and --to are both {args.source!r}; there is nothing to convert.")
-    if args.activation is not None and args.source != "openai":
-        raise ValueError("--activation applies only to --from openai; the transformers config records it.")
-    if args.model == "fuyu" and "openai" in (args.source, args.target):
-        raise ValueError("--model fuyu converts --from transformers --to mosaic, or --from mosaic --to transformers.")
-    if args.model == "clip" and args.newline_token_id is not None:
-        raise ValueError("--newline-token-id applies only to --model fuyu.")
+    family = FAMILIES[args.model]
+    if (args.source, args.target) not in family.converters:
+        raise ValueError(
+            f"--model {args.model} converts {supported_pairs(family, ' or ')}; "
+            f"not --from {args.source} --to {args.target}."
+        )
+    converter = family.converters[(args.source, args.target)]
+    options = {}
+    for flag, (dest, option) in OPTION_FLAGS.items():
+        if getattr(args, dest) is None:
+            continue
+        if option not in converter.options:
+            raise ValueError(f"{flag} applies only to {where_option_applies(option)}.")
+        options[option] = getattr(args, dest)
     parse_size(args.max_shard_size)
     require_writable_output(args.output, args.overwrite, inputs=[args.input])
     dtype = DTYPES[args.dtype] if args.dtype else None
     logger.info("converting %s (%s) to the %s layout", args.input, args.source, args.target)
     with staged_folder(args.output) as folder:
-        if args.model == "fuyu":
-            convert_fuyu_checkpoint(
-                args.input,
-                folder,
-                to=args.target,
-                image_newline_token_id=args.newline_token_id,
-                dtype=dtype,
-                max_shard_size=args.max_shard_size,
-            )
-        else:
-            convert_clip_checkpoint(
-                args.input,
-                folder,
-                source_layout=args.source,
-                target_layout=args.target,
-                activation=args.activation,
-                dtype=dtype,
-                max_shard_size=args.max_shard_size,
-            )
+        converter(args.input, folder, dtype=dtype, max_shard_size=args.max_shard_size, **options)
     logger.info("done: %s", args.output)

@@ -6,9 +6,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from mosaic_vlm.conversion.state_dict_mapping import load_folder_strictly
-
-from .inputs import folder_family
+from .inputs import folder_family, load_folder_strictly
 from .staging import require_writable_output, staged_folder
 
 logger = logging.getLogger(__name__)

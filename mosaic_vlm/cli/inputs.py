@@ -1,10 +1,35 @@
 """Reading what a user names on the command line: model folders and image files, each with one clear error."""
 
-import warnings
+import os
 from pathlib import Path
 
-from mosaic_vlm.conversion.state_dict_mapping import load_folder_strictly
+from safetensors import SafetensorError
+
+from mosaic_vlm.conversion.state_dict_mapping import load_config_strictly
 from mosaic_vlm.families import FAMILIES, Family, family_of_model_type
+
+
+def load_folder_strictly(path: str | os.PathLike, config_class, model_class):
+    """A `model_class` from a local save_pretrained folder whose config is a `config_class` (a transformers or a
+    mosaic folder), loaded strictly from safetensors only: a folder of another model type, or with missing,
+    extra or mis-shaped weights, is one ValueError (FileNotFoundError for a missing path), never random weights."""
+    path, name = Path(path), model_class.__name__
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"{path} is not a folder; pass the save_pretrained folder of a {name}.")
+    try:
+        config = load_config_strictly(path, config_class)
+    except ValueError as error:
+        raise ValueError(f"{error} (expected a {name})") from error
+    try:
+        model, info = model_class.from_pretrained(
+            path, config=config, local_files_only=True, use_safetensors=True, output_loading_info=True
+        )
+    except (OSError, ValueError, RuntimeError, SafetensorError) as error:
+        raise ValueError(f"Cannot load the {name} weights in {path} (safetensors only): {error}") from error
+    problems = {kind: sorted(map(str, keys)) for kind, keys in info.items() if keys}
+    if problems:
+        raise ValueError(f"{path} does not load strictly into {name}: {problems}.")
+    return model
 
 
 def require_model_folder(path: Path) -> Path:
@@ -42,26 +67,3 @@ def load_model_folder(folder: Path, family_name: str, command: str):
     return load_folder_strictly(folder, family.config_class, family.model_class).eval(), AutoProcessor.from_pretrained(
         folder
     )
-
-
-def open_image(path: Path):
-    """An image file as an RGB PIL image; files PIL cannot read, truncated files and images above PIL's
-    decompression-bomb limit are one clear error."""
-    import PIL.Image
-
-    if not path.is_file():
-        raise ValueError(f"image file {path} does not exist.")
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", PIL.Image.DecompressionBombWarning)
-            with PIL.Image.open(path) as image:
-                return image.convert("RGB")
-    except PIL.UnidentifiedImageError as error:
-        raise ValueError(f"{path} is not an image file PIL can read.") from error
-    except (PIL.Image.DecompressionBombError, PIL.Image.DecompressionBombWarning) as error:
-        raise ValueError(
-            f"{path} is too large: more than {PIL.Image.MAX_IMAGE_PIXELS} pixels (PIL's limit against "
-            "decompression bombs); resize it first."
-        ) from error
-    except OSError as error:
-        raise ValueError(f"{path} could not be read as an image (truncated or damaged): {error}") from error

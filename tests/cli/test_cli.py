@@ -201,7 +201,8 @@ def test_bench_quick_writes_json_markdown_and_chart(tmp_path, capsys, monkeypatc
         "bench_clip", "bench_fuyu_processing", "bench_fuyu_model", "bench_vstar", "bench_conversion_memory"
     }  # fmt: skip
     memory = report["results"]["bench_conversion_memory"]["cases"]
-    assert len(memory) == 4 and all(case["ours"] > 0 and case["reference"] > 0 for case in memory)
+    # the streaming converters only: the removed in-memory ones' figures are a record in the README
+    assert len(memory) == 4 and all(case["ours"] > 0 and case["reference"] is None for case in memory)
     assert "| bench_vstar | scorer calls per search (V* vs exhaustive scan) |" in table
     assert PIL.Image.open(report_folder / "ratios.png").size[0] > 100
 

@@ -125,7 +125,7 @@ def test_transformers_errors(tmp_path):
     source.save_pretrained(tmp_path / "pickled")
     (tmp_path / "pickled" / "model.safetensors").unlink()
     torch.save(source.state_dict(), tmp_path / "pickled" / "pytorch_model.bin")
-    with pytest.raises(ValueError, match="safetensors only"):
+    with pytest.raises(ValueError, match="weights are read only from safetensors"):
         clip_from_transformers(tmp_path / "pickled")
     with pytest.raises(TypeError, match="CLIPModel"):
         clip_from_transformers(random_mosaic(tiny_clip_config()))
@@ -152,17 +152,25 @@ def test_mosaic_to_transformers_refuses_what_clip_cannot_express():
         clip_to_transformers(random_mosaic(tiny_clip_config(text_config=dict(eos_token_id=2, bos_token_id=1))))
 
 
-def test_check_refuses_a_corrupted_conversion(monkeypatch):
-    real_build = clip.build
+@pytest.mark.parametrize(
+    "weight, message",
+    [
+        ("text_model.embeddings.token_embedding.weight", "Layer check failed at text_model.encoder.layers.0: .* by "),
+        ("logit_scale", "Logit check failed: .* by [0-9.e+-]+ .*The conversion is refused"),
+    ],
+    ids=["a layer", "the logits only"],
+)
+def test_check_refuses_a_corrupted_conversion(monkeypatch, weight, message):
+    real_load = clip.load_converted
 
-    def corrupting_build(*args, **kwargs):
-        model = real_build(*args, **kwargs)
+    def corrupting_load(*args, **kwargs):
+        model = real_load(*args, **kwargs)
         with torch.no_grad():
-            model.text_model.embeddings.token_embedding.weight.mul_(1.5)
+            model.get_parameter(weight).mul_(1.5)
         return model
 
-    monkeypatch.setattr(clip, "build", corrupting_build)
-    with pytest.raises(ValueError, match="Logit check failed: .* by [0-9.e+-]+ .*Nothing was returned"):
+    monkeypatch.setattr(clip, "load_converted", corrupting_load)
+    with pytest.raises(ValueError, match=message):
         clip_from_transformers(random_transformers_clip(tiny_clip_config()))
 
 
@@ -306,7 +314,7 @@ def test_openai_round_trip_check_refuses_a_broken_split(monkeypatch):
     split_only_broken = with_split(clip.TensorMap(key_query_swapped, clip.join_qkv))
     swapped_both_ways = with_split(clip.TensorMap(key_query_swapped, swapped_join))
     monkeypatch.setattr(clip, "OPENAI_KEY_TABLE", split_only_broken)
-    with pytest.raises(ValueError, match=r"Round-trip check failed: .*resblocks\.\[0-1\]\.attn\.in_proj_weight"):
+    with pytest.raises(ValueError, match=r"Round-trip check failed: .*resblocks\.0\.attn\.in_proj_weight"):
         clip_from_openai(exported, openai_config())
     # The round trip is exact when q and k are swapped both ways, but the reference forward tells.
     monkeypatch.setattr(clip, "OPENAI_KEY_TABLE", swapped_both_ways)
@@ -378,7 +386,13 @@ def test_cli_openai_to_mosaic_and_transformers(openai_file, tmp_path, capsys):
     path, model = openai_file
     assert cli.main(["convert", "--from", "openai", "--to", "mosaic", str(path), "--output", str(tmp_path / "m")]) == 0
     stderr = capsys.readouterr().err
-    for step in ("converting", "wrote 78 tensors", "round trip", "max |diff| of logits_per_image", "done"):
+    for step in (
+        "converting",
+        "wrote 78 tensors",
+        "round trip",
+        "against the OpenAI reference forward: max |diff|",
+        "done",
+    ):
         assert step in stderr, step
     assert_same_tensors(MosaicClipModel.from_pretrained(tmp_path / "m").state_dict(), model.state_dict())
 
@@ -433,7 +447,7 @@ def test_cli_bad_input_exits_2_with_one_line_and_no_output(case, openai_file, tm
         "pickle": "not a .safetensors file",
         "wrong keys": "unused source keys: visual.ln_pre.gamma; missing target keys: vision_model.pre_layrnorm.weight",
         "same layout": "nothing to convert",
-        "activation": "--activation applies only to --from openai",
+        "activation": "--activation applies only to --model clip --from openai (--to mosaic or transformers)",
     }[case]
     assert line.startswith("mosaic-vlm convert: error: ") and expected in line
     assert not output.exists() and leftovers(tmp_path) == []

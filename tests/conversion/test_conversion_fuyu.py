@@ -44,27 +44,29 @@ def test_round_trip_through_transformers_is_bit_exact_with_equal_logits_and_toke
 
 
 def test_strict_load_lists_the_keys(mosaic_model):
-    from mosaic_vlm.conversion.state_dict_mapping import build
+    from mosaic_vlm.conversion.streaming import StateDictCheckpoint, load_converted
 
     state = dict(fuyu_to_transformers(mosaic_model).state_dict())
     state["model.extra.weight"] = torch.zeros(1)
     del state["lm_head.weight"]
     with pytest.raises(ValueError, match="no place for: model.extra.weight.*missing target keys: lm_head.weight"):
-        build(MosaicFuyuForCausalLM, mosaic_model.config, state, "transformers Fuyu")
+        load_converted(
+            MosaicFuyuForCausalLM, mosaic_model.config, StateDictCheckpoint(state), None, "transformers Fuyu"
+        )
 
 
 def test_the_checks_refuse_a_broken_conversion(mosaic_model, monkeypatch):
     import mosaic_vlm.conversion.fuyu as fuyu_conversion
 
-    real_build = fuyu_conversion.build
+    real_load = fuyu_conversion.load_converted
 
-    def corrupting_build(*args, **kwargs):
-        model = real_build(*args, **kwargs)
+    def corrupting_load(*args, **kwargs):
+        model = real_load(*args, **kwargs)
         with torch.no_grad():
             model.get_output_embeddings().weight.mul_(1.5)
         return model
 
-    monkeypatch.setattr(fuyu_conversion, "build", corrupting_build)
+    monkeypatch.setattr(fuyu_conversion, "load_converted", corrupting_load)
     with pytest.raises(ValueError, match="Logit check failed"):
         fuyu_to_transformers(mosaic_model)
 
@@ -79,7 +81,7 @@ def test_config_mapping_and_refusals(mosaic_model):
         config_from_transformers(config)
     with pytest.raises(FileNotFoundError, match="does not exist"):
         fuyu_from_transformers("/no/such/folder")
-    with pytest.raises(ValueError, match="not a folder; pass the save_pretrained folder of a FuyuForCausalLM"):
+    with pytest.raises(ValueError, match="is not a folder; pass a save_pretrained folder"):
         fuyu_from_transformers(__file__)
 
 

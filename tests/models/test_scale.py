@@ -134,7 +134,7 @@ def fsdp_and_ddp_worker(rank: int, family: str, port: int, folder: str) -> None:
 def test_fsdp2_shards_both_families_on_cpu_and_matches_ddp(family, tmp_path):
     import torch.multiprocessing as multiprocessing
 
-    from mosaic_vlm.conversion.state_dict_mapping import load_folder_strictly
+    from mosaic_vlm.cli.inputs import load_folder_strictly
 
     port = 29600 + len(family)
     multiprocessing.spawn(fsdp_and_ddp_worker, args=(family, port, str(tmp_path)), nprocs=2)
