@@ -17,6 +17,7 @@ from .config_checks import (
     require_positive,
     warn_unknown_keys,
 )
+from .mosaic_transformers_compat import SubConfigSpec
 
 
 @strict
@@ -121,7 +122,10 @@ class MosaicClipConfig(PreTrainedConfig):
     """
 
     model_type = "mosaic_clip"
-    sub_configs_defaults = {"text_config": MosaicClipTextConfig, "vision_config": MosaicClipVisionConfig}
+    sub_configs_defaults = {
+        "text_config": SubConfigSpec(MosaicClipTextConfig),
+        "vision_config": SubConfigSpec(MosaicClipVisionConfig),
+    }
 
     text_config: dict | MosaicClipTextConfig | None = None
     vision_config: dict | MosaicClipVisionConfig | None = None

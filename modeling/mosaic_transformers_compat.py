@@ -15,6 +15,7 @@ import torch.distributed as dist
 import transformers
 from packaging import version
 from transformers.cache_utils import Cache, DynamicCache
+from transformers.configuration_utils import SubConfigSpec
 from transformers.conversion_mapping import register_checkpoint_conversion_mapping
 from transformers.core_model_loading import PrefixChange
 from transformers.masking_utils import create_causal_mask
@@ -25,6 +26,8 @@ from transformers.utils.generic import can_return_tuple, merge_with_config_defau
 from transformers.utils.output_capturing import capture_outputs
 
 TRANSFORMERS_VERSION = version.parse(transformers.__version__)
+
+# Composite configs name sub-configs with SubConfigSpec: 5.21 added the bare-class shorthand, 5.20 needs the spec.
 
 # transformers 5.24 renamed the cache argument of generate, of model forwards and of GradientCheckpointingLayer from
 # `past_key_values` to `cache` (the output classes accept both names). Our forwards take both; layers are called with
@@ -76,6 +79,7 @@ __all__ = [
     "PrefixChange",
     "ROPE_INIT_FUNCTIONS",
     "RopeParameters",
+    "SubConfigSpec",
     "TRANSFORMERS_VERSION",
     "all_gather_with_gradients",
     "cache_keyword",
