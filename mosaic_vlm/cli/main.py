@@ -6,6 +6,7 @@ of the parsed arguments; list it in COMMANDS. Handlers raise ValueError / OSErro
 """
 
 import argparse
+import importlib.util
 import logging
 import sys
 from collections.abc import Iterator
@@ -19,6 +20,7 @@ from .jobs import add_bench_command, add_demo_command, add_train_command
 USAGE_ERROR = 2
 # What `pip install mosaic-vlm` leaves out and the `demo` extra brings: the recipes' data sets, the demo and the
 # benchmarks need them (import name -> distribution)
+NEEDS_DEMO_EXTRA = ("train", "bench", "demo")  # checked before they start anything
 DEMO_EXTRA_MODULES = {
     "datasets": "datasets",
     "sklearn": "scikit-learn",
@@ -69,19 +71,17 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Run the command line; returns the exit code (argparse exits with 2 itself on bad usage)."""
     args = build_parser().parse_args(argv)
+    missing = [name for module, name in DEMO_EXTRA_MODULES.items() if importlib.util.find_spec(module) is None]
+    if args.command in NEEDS_DEMO_EXTRA and missing:
+        print(
+            f"{PROGRAM} {args.command}: error: this command needs {', '.join(missing)}, which the core install "
+            "leaves out; install the demo extra: pip install 'mosaic-vlm[demo]'",
+            file=sys.stderr,
+        )
+        return USAGE_ERROR
     with progress_to_stderr():
         try:
             args.handler(args)
-        except ModuleNotFoundError as error:
-            missing = (error.name or "").partition(".")[0]
-            if missing not in DEMO_EXTRA_MODULES:
-                raise
-            print(
-                f"{PROGRAM} {args.command}: error: this command needs {DEMO_EXTRA_MODULES[missing]}, which the core "
-                "install leaves out; install the demo extra: pip install 'mosaic-vlm[demo]'",
-                file=sys.stderr,
-            )
-            return USAGE_ERROR
         except (ValueError, OSError) as error:
             message = " ".join(str(error).split())  # one line, whatever the exception text holds
             print(f"{PROGRAM} {args.command}: error: {message}", file=sys.stderr)
