@@ -163,6 +163,12 @@ class MosaicFuyuImageProcessor(PilBackend):
     def _prepare_images_structure(self, images, expected_ndims: int = 3):
         return images_to_pil_list(images)
 
+    def patch_grid_of(self, height: int, width: int) -> tuple[int, int]:
+        """(rows, cols) of patches this processor makes of a height x width image, without reading one."""
+        if self.do_resize:
+            height, width = fitted_size(height, width, self.size["height"], self.size["width"])
+        return patch_grid(height, width, self.patch_size)
+
     def process_image(self, image: PIL.Image.Image, do_convert_rgb: bool | None = None, **kwargs) -> PIL.Image.Image:
         """Images stay PIL until they are resized: one conversion to pixels, after the resize."""
         return to_rgb(image) if do_convert_rgb else image

@@ -5,10 +5,22 @@ text can overrun the model's position table.
 """
 
 from transformers.image_utils import ImageInput
-from transformers.processing_utils import ProcessingKwargs, Unpack
+from transformers.processing_utils import MultiModalData, ProcessingKwargs, Unpack
 from transformers.tokenization_utils_base import TextInput
 
 from .mosaic_processing_common import MosaicProcessorMixin, check_texts
+
+# A conversation's text for the text tower: every text item of every message, in order, joined by spaces (images
+# go to the image processor; a CLIP-style model has no turns and no image tokens in its text).
+CHAT_TEMPLATE = (
+    "{%- for message in messages -%}"
+    "{%- if message['content'] is string -%}{{ message['content'] }}"
+    "{%- else -%}{%- for item in message['content'] if item['type'] == 'text' -%}"
+    "{{ ' ' if not loop.first }}{{ item['text'] }}"
+    "{%- endfor -%}{%- endif -%}"
+    "{{ ' ' if not loop.last }}"
+    "{%- endfor -%}"
+)
 
 
 class MosaicClipProcessor(MosaicProcessorMixin):
@@ -18,8 +30,15 @@ class MosaicClipProcessor(MosaicProcessorMixin):
     text_kwargs = {"padding": True, "truncation": True, "return_tensors": "pt"}
     images_kwargs = {"return_tensors": "pt"}
 
-    def __init__(self, image_processor=None, tokenizer=None, **kwargs):
-        super().__init__(image_processor, tokenizer, **kwargs)
+    def __init__(self, image_processor=None, tokenizer=None, chat_template: str | None = None, **kwargs):
+        super().__init__(image_processor, tokenizer, chat_template=chat_template or CHAT_TEMPLATE, **kwargs)
+
+    def _get_num_multimodal_tokens(self, image_sizes=None, **kwargs) -> MultiModalData:
+        """What `__call__` emits per image, for vLLM's counting: one `pixel_values` entry and no image token in
+        the text (the image tower reads the pixels on its own)."""
+        if image_sizes is None:
+            return MultiModalData()
+        return MultiModalData(num_image_tokens=[0] * len(image_sizes), num_image_patches=[1] * len(image_sizes))
 
     def __call__(
         self,

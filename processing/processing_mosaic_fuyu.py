@@ -8,7 +8,8 @@ a token of its own, `<0x0A>` in fuyu-8b's tokenizer). Token ids are built direct
 left-padded (with the pad token, or EOS for a tokenizer without one: padding is masked out).
 
 Images: one image per prompt (a list, or a 4-D array/tensor of shape (N, H, W, C) or (N, C, H, W) with one
-image per prompt), all images for a single prompt, or a list of image lists (one list per prompt).
+image per prompt), one per `<image>` placeholder in the order they stand across the prompts, all images for a
+single prompt, or a list of image lists (one list per prompt).
 
 Model inputs: `input_ids`, `attention_mask`, `pixel_values` (the patches: batch, max patches, patch dim) and
 `image_patches_mask` (batch, max patches), plus `labels` when `answers` are given (-100 everywhere but
@@ -34,12 +35,13 @@ tag are refused with a ValueError.
 """
 
 import re
+from typing import NamedTuple
 
 import numpy as np
 import torch
 from transformers.feature_extraction_utils import BatchFeature
 from transformers.image_utils import ImageInput
-from transformers.processing_utils import ProcessingKwargs, Unpack
+from transformers.processing_utils import MultiModalData, ProcessingKwargs, Unpack
 from transformers.tokenization_utils_base import TextInput
 
 from .fuyu_special_tokens import (
@@ -63,6 +65,61 @@ COORDINATE_TOKENS = {"box": (BOX_OPEN_TOKEN, BOX_CLOSE_TOKEN), "point": (POINT_O
 COORDINATE_COUNT = {"box": 4, "point": 2}
 COORDINATE_FORMATS = "boxes as <box>y1, x1, y2, x2</box> and points as <point>x, y</point>"
 BARE_NUMBER = re.compile(r"[0-9]+")
+ANSWER_TAG = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)  # an assistant turn in chat-rendered text
+LONE_ANSWER_TAG = re.compile(r"</?answer>")
+
+# Renders user and assistant turns into the text `__call__` reads: an `<image>` placeholder per image, the user's
+# text, and each answer as <answer>...</answer> (the processor places BOS, the begin-of-answer token and EOS
+# itself, so the rendered text holds no special token). A system message is prompt text before the first turn.
+CHAT_TEMPLATE = (
+    "{%- for message in messages -%}"
+    "{%- if message['role'] in ('user', 'system') -%}"
+    "{%- if message['content'] is string -%}{{ message['content'] }}"
+    "{%- else -%}{%- for item in message['content'] -%}"
+    "{%- if item['type'] == 'image' -%}<image>"
+    "{%- elif item['type'] == 'text' -%}{{ item['text'] }}{%- endif -%}"
+    "{%- endfor -%}{%- endif -%}"
+    "{%- elif message['role'] == 'assistant' -%}"
+    "{%- generation -%}<answer>"
+    "{%- if message['content'] is string -%}{{ message['content'] }}"
+    "{%- else -%}{%- for item in message['content'] -%}"
+    "{%- if item['type'] == 'text' -%}{{ item['text'] }}{%- endif -%}"
+    "{%- endfor -%}{%- endif -%}"
+    "</answer>{%- endgeneration -%}"
+    "{%- else -%}{{ raise_exception('Unknown role ' ~ message['role'] ~ '; accepted: system, user, assistant.') }}"
+    "{%- endif -%}"
+    "{%- endfor -%}"
+)
+
+
+class Turn(NamedTuple):
+    """A user turn and the answer after it, with where they stand in the prompt text (for offset mappings)."""
+
+    user: str
+    user_start: int
+    answer: str | None  # None: the answer is to be generated
+    answer_span: tuple[int, int] | None = None  # the answer text's characters; None when it is not in the prompt
+    close_span: tuple[int, int] | None = None  # its closing </answer> tag, which stands for the EOS
+
+
+def split_turns(prompt: str, index: int) -> list[Turn]:
+    """A prompt as turns: the text before each <answer>...</answer> and that answer; text after the last answer
+    (or a prompt without answers) is a last turn whose answer is to be generated. A conversation that ends with an
+    answer has no such last turn."""
+    turns, position = [], 0
+    for match in [*ANSWER_TAG.finditer(prompt), None]:
+        user = prompt[position : match.start() if match else len(prompt)]
+        if tag := LONE_ANSWER_TAG.search(user):
+            raise ValueError(f"Prompt {index} has a {tag.group()} that is not closed or not opened.")
+        if match is None:
+            if user or not turns:
+                turns.append(Turn(user, position, None))
+            break
+        if IMAGE_PLACEHOLDER in match.group(1):
+            raise ValueError(f"Prompt {index} has an {IMAGE_PLACEHOLDER} inside an answer; images go in user turns.")
+        turns.append(Turn(user, position, match.group(1), match.span(1), (match.end(1), match.end())))
+        position = match.end()
+    return turns
 
 
 def parse_coordinates(kind: str, text: str) -> list[float]:
@@ -131,12 +188,13 @@ class MosaicFuyuProcessor(MosaicProcessorMixin):
         image_token: str = IMAGE_TOKEN,
         image_newline_token: str = IMAGE_NEWLINE_TOKEN,
         begin_of_answer_token: str = BEGIN_OF_ANSWER_TOKEN,
+        chat_template: str | None = None,
         **kwargs,
     ):
         self.image_token = image_token
         self.image_newline_token = image_newline_token
         self.begin_of_answer_token = begin_of_answer_token
-        super().__init__(image_processor, tokenizer, **kwargs)
+        super().__init__(image_processor, tokenizer, chat_template=chat_template or CHAT_TEMPLATE, **kwargs)
 
     def _token_id(self, token: str) -> int:
         token_id = self.tokenizer.convert_tokens_to_ids(token)
@@ -175,11 +233,15 @@ class MosaicFuyuProcessor(MosaicProcessorMixin):
             raise ValueError("The images mix single images and image lists; pass one or the other.")
         if len(prompts) == 1:
             return [images_to_pil_list(images) if images else []]
+        placeholders = [prompt.count(IMAGE_PLACEHOLDER) for prompt in prompts]
+        if any(placeholders) and sum(placeholders) == len(images):  # in order, as many as each prompt's placeholders
+            starts = [sum(placeholders[:index]) for index in range(len(prompts))]
+            return [images_to_pil_list(images[start : start + count]) for start, count in zip(starts, placeholders)]
         if len(images) == len(prompts):
             return [images_to_pil_list(image) for image in images]
         raise ValueError(
-            f"Got {len(images)} image(s) for {len(prompts)} prompts: pass one image per prompt, or a list of "
-            "image lists (one list per prompt)."
+            f"Got {len(images)} image(s) for {len(prompts)} prompts: pass one image per prompt, one per "
+            f"{IMAGE_PLACEHOLDER} placeholder in order, or a list of image lists (one list per prompt)."
         )
 
     def _fit_scale(self, image_size: tuple[int, int]) -> float:
@@ -204,57 +266,82 @@ class MosaicFuyuProcessor(MosaicProcessorMixin):
             return [int(token) for token in tokens]  # one token per number: "12" "34" decodes as "1234"
         return [int(number) for number in re.findall(r"[0-9]+", self.tokenizer.decode(ids))]
 
-    def _text_ids(self, text: str, index: int, first_image: tuple[tuple[int, int], float] | None) -> list[int]:
-        """Token ids of a piece of prompt `index`, whitespace kept; its boxes and points are checked against the
-        (height, width) of the prompt's first image, rescaled by that image's resize factor (processed / original
-        height, as transformers' Fuyu image processor reports it in `image_scale_factors`) and wrapped in their
-        open/close tokens; `first_image` holds both. Each piece of text between tags is tokenized on its own, as
-        fuyu-8b's processor does."""
-        parts = COORDINATE_TAG.split(text)  # text, kind, coordinates, text, kind, coordinates, ..., text
-        ids = []
-        for start in range(0, len(parts), 3):
-            if lone_tag := LONE_TAG.search(parts[start]):
+    def _text_ids(
+        self, text: str, start: int, index: int, first_image: tuple[tuple[int, int], float] | None
+    ) -> tuple[list[int], list[tuple[int, int]]]:
+        """Token ids of a piece of prompt `index` that starts at character `start`, whitespace kept, and each token's
+        (start, end) characters in the prompt; its boxes and points are checked against the (height, width) of the
+        prompt's first image, rescaled by that image's resize factor (processed / original height, as transformers'
+        Fuyu image processor reports it in `image_scale_factors`) and wrapped in their open/close tokens (which
+        stand for the whole tag's characters); `first_image` holds both. Each piece of text between tags is
+        tokenized on its own, as fuyu-8b's processor does."""
+        ids, offsets, position = [], [], 0
+        for match in [*COORDINATE_TAG.finditer(text), None]:
+            plain = text[position : match.start() if match else len(text)]
+            if lone_tag := LONE_TAG.search(plain):
                 raise ValueError(
                     f"Prompt {index} has a {lone_tag.group()} that is not closed or not opened; "
                     f"write {COORDINATE_FORMATS}."
                 )
-            if parts[start]:
-                ids += self.tokenizer(parts[start], add_special_tokens=False)["input_ids"]
-            if start + 2 < len(parts):
-                kind, values = parts[start + 1], parse_coordinates(parts[start + 1], parts[start + 2])
-                if first_image is None:
-                    raise ValueError(f"Prompt {index} has a <{kind}> but no image it could refer to.")
-                image_size, scale = first_image
-                check_inside(kind, values, *image_size)
-                open_token, close_token = COORDINATE_TOKENS[kind]
-                numbers = self._coordinate_ids(to_processed_coordinates(values, scale))
-                ids += [self._token_id(open_token), *numbers, self._token_id(close_token)]
-        return ids
+            if plain:
+                encoded = self.tokenizer(plain, add_special_tokens=False, return_offsets_mapping=True)
+                ids += encoded["input_ids"]
+                offsets += [(start + position + a, start + position + b) for a, b in encoded["offset_mapping"]]
+            if match is None:
+                break
+            kind, values = match.group(1), parse_coordinates(match.group(1), match.group(2))
+            if first_image is None:
+                raise ValueError(f"Prompt {index} has a <{kind}> but no image it could refer to.")
+            image_size, scale = first_image
+            check_inside(kind, values, *image_size)
+            open_token, close_token = COORDINATE_TOKENS[kind]
+            numbers = self._coordinate_ids(to_processed_coordinates(values, scale))
+            ids += [self._token_id(open_token), *numbers, self._token_id(close_token)]
+            offsets += [(start + match.start(), start + match.end())] * (len(numbers) + 2)
+            position = match.end()
+        return ids, offsets
 
-    def _segments(self, prompt: str, prompt_images: list, index: int) -> list[str]:
-        """The text of prompt `index` around its images: one piece more than it has images."""
-        segments = prompt.split(IMAGE_PLACEHOLDER)
-        if len(segments) == 1 and len(prompt_images) == 1:
-            segments = ["", prompt]  # one image without a placeholder goes first, as in Fuyu
-        if len(segments) - 1 != len(prompt_images):
+    def _layout(self, turns: list[Turn], prompt_images: list, index: int) -> list[tuple]:
+        """Prompt `index` as the items of its layout, in order: ("text", piece, its first character), ("image",)
+        where a placeholder stands, ("answer", turn) after each user turn."""
+        placeholders = sum(turn.user.count(IMAGE_PLACEHOLDER) for turn in turns)
+        items = []
+        if placeholders == 0 and len(prompt_images) == 1:
+            items.append(("image",))  # one image without a placeholder goes first, as in Fuyu
+        elif placeholders != len(prompt_images):
             raise ValueError(
-                f"Prompt {index} has {len(segments) - 1} {IMAGE_PLACEHOLDER} placeholders but "
-                f"{len(prompt_images)} images; give one image per placeholder."
+                f"Prompt {index} has {placeholders} {IMAGE_PLACEHOLDER} placeholders but {len(prompt_images)} images; "
+                "give one image per placeholder."
             )
-        return segments
+        for turn in turns:
+            position = turn.user_start
+            pieces = turn.user.split(IMAGE_PLACEHOLDER)
+            for number, piece in enumerate(pieces):
+                if piece:
+                    items.append(("text", piece, position))
+                position += len(piece) + len(IMAGE_PLACEHOLDER)
+                if number < len(pieces) - 1:
+                    items.append(("image",))
+            items.append(("answer", turn))
+        return items
 
-    def _text_only_ids(self, prompt: str, index: int, add_special_tokens: bool) -> torch.Tensor:
+    def _text_only_ids(
+        self, prompt: str, index: int, add_special_tokens: bool
+    ) -> tuple[torch.Tensor, list[tuple[int, int]]]:
         """Prompt `index` of a call without images, tokenized as the tokenizer does on its own (as transformers'
-        FuyuProcessor does): no image block, no begin-of-answer token. A box or point in it refers to no image."""
+        FuyuProcessor does): no image block, no begin-of-answer token; with each token's characters. A box or
+        point in it refers to no image."""
         if tag := LONE_TAG.search(prompt):
             raise ValueError(f"Prompt {index} has a {tag.group()} but no image it could refer to.")
-        return torch.tensor(
-            self.tokenizer(prompt, add_special_tokens=add_special_tokens)["input_ids"], dtype=torch.long
-        )
+        encoded = self.tokenizer(prompt, add_special_tokens=add_special_tokens, return_offsets_mapping=True)
+        return torch.tensor(encoded["input_ids"], dtype=torch.long), [
+            tuple(pair) for pair in encoded["offset_mapping"]
+        ]
 
-    def _image_prompts(self, segments_per_prompt, images_per_prompt, answer_texts, bos_id: int, images_kwargs: dict):
-        """Each prompt's ids in Fuyu's layout (see the module docstring) and labels (-100 but on the answers),
-        and (row, patches of one image) pairs in order."""
+    def _image_prompts(self, layouts, images_per_prompt, bos_id: int, images_kwargs: dict):
+        """Each prompt's ids in Fuyu's layout (see the module docstring), labels (-100 but on the answers and their
+        EOS) and each token's (start, end) characters in the prompt ((0, 0) for tokens the processor places; an
+        answer's EOS stands for its closing tag), and (row, patches of one image) pairs in order."""
         flat_images = [image for entry in images_per_prompt for image in entry]
         processed = (
             self.image_processor(flat_images, **images_kwargs)
@@ -263,39 +350,45 @@ class MosaicFuyuProcessor(MosaicProcessorMixin):
         )
         image_token_id, newline_id = self._token_id(self.image_token), self._token_id(self.image_newline_token)
         answer_id = self._token_id(self.begin_of_answer_token)
-        eos_id = None if answer_texts is None else self._special_id("eos", "ends every answer")
+        with_answers = any(item[0] == "answer" and item[1].answer is not None for layout in layouts for item in layout)
+        eos_id = self._special_id("eos", "ends every answer") if with_answers else None
 
-        sequences, label_sequences, patches = [], [], []
+        sequences, label_sequences, offset_sequences, patches = [], [], [], []
         next_image = 0
-        for index, (segments, prompt_images) in enumerate(zip(segments_per_prompt, images_per_prompt)):
-            pieces, bos_placed = [], False
-            first_image = None
+        for index, (layout, prompt_images) in enumerate(zip(layouts, images_per_prompt)):
+            pieces = []  # (ids, their characters or None for placed tokens, whether they are an answer's)
+            first_image, bos_placed = None, False
             if prompt_images:
                 image_size = processed["image_sizes"][next_image]
                 first_image = image_size, processed["resized_sizes"][next_image][0] / image_size[0]
-            for position, segment in enumerate(segments):
-                if segment and not bos_placed:
-                    pieces.append(torch.tensor([bos_id]))
+            for item in layout:
+                if item[0] in ("text", "answer") and not bos_placed:
+                    pieces.append(([bos_id], None, False))
                     bos_placed = True
-                if segment:
-                    pieces.append(torch.tensor(self._text_ids(segment, index, first_image), dtype=torch.long))
-                if position < len(prompt_images):
+                if item[0] == "text":
+                    pieces.append((*self._text_ids(item[1], item[2], index, first_image), False))
+                elif item[0] == "image":
                     rows, cols = processed["patch_grids"][next_image]
-                    pieces.append(image_token_layout(rows, cols, image_token_id, newline_id))
+                    pieces.append((image_token_layout(rows, cols, image_token_id, newline_id).tolist(), None, False))
                     patches.append((index, processed["pixel_values"][next_image]))
                     next_image += 1
-            if not bos_placed:
-                pieces.append(torch.tensor([bos_id]))
-            pieces.append(torch.tensor([answer_id]))
-            prompt_ids = torch.cat(pieces)
-            labels = torch.full_like(prompt_ids, IGNORE_INDEX)
-            if answer_texts is not None:
-                answer_ids = self.tokenizer(answer_texts[index], add_special_tokens=False)["input_ids"] + [eos_id]
-                answer_ids = torch.tensor(answer_ids, dtype=torch.long)
-                prompt_ids, labels = torch.cat([prompt_ids, answer_ids]), torch.cat([labels, answer_ids])
-            sequences.append(prompt_ids)
-            label_sequences.append(labels)
-        return sequences, label_sequences, patches
+                else:
+                    turn = item[1]
+                    pieces.append(([answer_id], None, False))
+                    if turn.answer is not None:
+                        encoded = self.tokenizer(turn.answer, add_special_tokens=False, return_offsets_mapping=True)
+                        in_text = turn.answer_span is not None  # the answer stands in the prompt text
+                        start = turn.answer_span[0] if in_text else 0
+                        answer_offsets = [(start + a, start + b) for a, b in encoded["offset_mapping"]]
+                        pieces.append((encoded["input_ids"], answer_offsets if in_text else None, True))
+                        pieces.append(([eos_id], [turn.close_span] if in_text else None, True))
+            ids = [token for piece_ids, _, _ in pieces for token in piece_ids]
+            labelled = [answer for piece_ids, _, answer in pieces for _ in piece_ids]
+            offsets = [pair for piece_ids, chars, _ in pieces for pair in (chars or [(0, 0)] * len(piece_ids))]
+            sequences.append(torch.tensor(ids, dtype=torch.long))
+            label_sequences.append(torch.where(torch.tensor(labelled, dtype=torch.bool), sequences[-1], IGNORE_INDEX))
+            offset_sequences.append(offsets)
+        return sequences, label_sequences, offset_sequences, patches, with_answers
 
     def _padded_length(self, lengths: list[int], text_kwargs: dict) -> int:
         """The length every row is left-padded to, by the text kwargs `padding` and `max_length`. Prompts are never
@@ -330,7 +423,11 @@ class MosaicFuyuProcessor(MosaicProcessorMixin):
         """`images` and `text` as in the module docstring; `answers` (one per prompt) add `labels`. Image kwargs go
         to the image processor; of the text kwargs, `padding` ("longest" by default, "max_length" with
         `max_length`, or False), `max_length`, `add_special_tokens` (calls without images) and `return_tensors`
-        ("pt" by default) apply. Rows are always left-padded."""
+        ("pt" by default), `padding_side` ("left" by default, "right" for training collators),
+        `return_mm_token_type_ids` (1 on image-block tokens) and `return_offsets_mapping` (each token's characters
+        in its prompt, for `apply_chat_template(..., return_assistant_tokens_mask=True)`) apply. Answers may also
+        come inside the text as <answer>...</answer> after each user turn, as the chat template renders a
+        conversation."""
         if text is None:
             raise ValueError("MosaicFuyuProcessor needs `text` (a prompt or a list of prompts).")
         output_kwargs = self._merge_kwargs(tokenizer_init_kwargs=self.tokenizer.init_kwargs, **kwargs)
@@ -342,27 +439,33 @@ class MosaicFuyuProcessor(MosaicProcessorMixin):
         answer_texts = None if answers is None else check_texts(answers, "Answer", typed_special_tokens)
         if answer_texts is not None and len(answer_texts) != len(prompts):
             raise ValueError(f"Got {len(answer_texts)} answers for {len(prompts)} prompts.")
+        turns_per_prompt = [split_turns(prompt, index) for index, prompt in enumerate(prompts)]
+        chat_rendered = any(turn.answer is not None for turns in turns_per_prompt for turn in turns)
+        if answer_texts is not None:
+            if chat_rendered:
+                raise ValueError("Pass answers either as `answers` or as <answer>...</answer> in the text, not both.")
+            turns_per_prompt = [[Turn(prompt, 0, answer)] for prompt, answer in zip(prompts, answer_texts)]
         images_per_prompt = self._images_per_prompt(images, prompts)
-        segments_per_prompt = [
-            self._segments(prompt, prompt_images, index)
-            for index, (prompt, prompt_images) in enumerate(zip(prompts, images_per_prompt))
+        layouts = [
+            self._layout(turns, prompt_images, index)
+            for index, (turns, prompt_images) in enumerate(zip(turns_per_prompt, images_per_prompt))
         ]
         bos_id = self._special_id("bos", "starts every prompt")  # checked on every call, with images or without
-        if images is None:
-            if answer_texts is not None:
+        if images is None and answer_texts is None and not chat_rendered:
+            add_special_tokens = text_kwargs.get("add_special_tokens", True)
+            sequences, offset_sequences = zip(
+                *(self._text_only_ids(prompt, index, add_special_tokens) for index, prompt in enumerate(prompts))
+            )
+            label_sequences, patches, with_answers = None, [], False
+        else:
+            if images is None and answer_texts is not None:
                 raise ValueError(
                     "`answers` need `images`: without them the prompts are only tokenized as the tokenizer does "
-                    "(as in "
-                    "transformers' FuyuProcessor); pass an empty image list per prompt for text-only training rows."
+                    "(as in transformers' FuyuProcessor); pass an empty image list per prompt for text-only "
+                    "training rows."
                 )
-            add_special_tokens = text_kwargs.get("add_special_tokens", True)
-            sequences = [
-                self._text_only_ids(prompt, index, add_special_tokens) for index, prompt in enumerate(prompts)
-            ]
-            label_sequences, patches = None, []
-        else:
-            sequences, label_sequences, patches = self._image_prompts(
-                segments_per_prompt, images_per_prompt, answer_texts, bos_id, output_kwargs["images_kwargs"]
+            sequences, label_sequences, offset_sequences, patches, with_answers = self._image_prompts(
+                layouts, images_per_prompt, bos_id, output_kwargs["images_kwargs"]
             )
         tokenizer = self.tokenizer
         for index, ids in enumerate(sequences):
@@ -377,18 +480,31 @@ class MosaicFuyuProcessor(MosaicProcessorMixin):
         pad_id = next(
             (token_id for token_id in (tokenizer.pad_token_id, tokenizer.eos_token_id) if token_id is not None), 0
         )
+        padding_side = text_kwargs.get("padding_side") or "left"  # left by default: generation continues the rows
+        if padding_side not in ("left", "right"):
+            raise ValueError(f"Unknown padding_side {padding_side!r}; pass 'left' or 'right'.")
         input_ids = torch.full((len(prompts), length), pad_id, dtype=torch.long)
         attention_mask = torch.zeros(len(prompts), length, dtype=torch.long)
-        for row, ids in enumerate(sequences):
-            input_ids[row, length - len(ids) :] = ids  # left padding
-            attention_mask[row, length - len(ids) :] = 1
+        placed = [
+            slice(length - len(ids), length) if padding_side == "left" else slice(0, len(ids)) for ids in sequences
+        ]
+        for row, (ids, where) in enumerate(zip(sequences, placed)):
+            input_ids[row, where] = ids
+            attention_mask[row, where] = 1
         data = {"input_ids": input_ids, "attention_mask": attention_mask}
+        if text_kwargs.get("return_offsets_mapping"):  # each token's characters in its prompt; (0, 0) if placed
+            data["offset_mapping"] = torch.zeros(len(prompts), length, 2, dtype=torch.long)
+            for row, (offsets, where) in enumerate(zip(offset_sequences, placed)):
+                data["offset_mapping"][row, where] = torch.tensor(offsets, dtype=torch.long).view(-1, 2)
+        if text_kwargs.get("return_mm_token_type_ids"):  # 1 on the image blocks' tokens (patches and newlines)
+            image_ids = torch.tensor([self._token_id(self.image_token), self._token_id(self.image_newline_token)])
+            data["mm_token_type_ids"] = torch.isin(input_ids, image_ids).long() * attention_mask
         if patches:
             data["pixel_values"], data["image_patches_mask"] = batch_patches(patches, len(prompts))
-        if answer_texts is not None:
+        if with_answers:
             data["labels"] = torch.full((len(prompts), length), IGNORE_INDEX, dtype=torch.long)
-            for row, labels in enumerate(label_sequences):
-                data["labels"][row, length - len(labels) :] = labels
+            for row, (labels, where) in enumerate(zip(label_sequences, placed)):
+                data["labels"][row, where] = labels
         return BatchFeature(data, tensor_type=text_kwargs.get("return_tensors"))
 
     @property
@@ -396,6 +512,17 @@ class MosaicFuyuProcessor(MosaicProcessorMixin):
         """What `__call__` returns for the model (`labels` aside, with `answers`): the processor builds the token ids
         and mask itself, so the tokenizer's own input names (token_type_ids, ...) do not apply."""
         return ["input_ids", "attention_mask", "pixel_values", "image_patches_mask"]
+
+    def _get_num_multimodal_tokens(self, image_sizes=None, **kwargs) -> MultiModalData:
+        """Tokens (patches and row newlines) and patch rows of each (height, width) image, as `__call__` emits them
+        (vLLM counts image tokens with this)."""
+        if image_sizes is None:
+            return MultiModalData()
+        grids = [self.image_processor.patch_grid_of(height, width) for height, width in image_sizes]
+        return MultiModalData(
+            num_image_tokens=[rows * (cols + 1) for rows, cols in grids],
+            num_image_patches=[rows * cols for rows, cols in grids],
+        )
 
     def post_process_image_text_to_text(
         self, generated_ids, skip_special_tokens: bool = True, image_sizes=None, **kwargs

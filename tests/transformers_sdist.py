@@ -166,3 +166,23 @@ def auto_tables_with(**entries: dict[str, str]):
                     raise ValueError(f"{table_name} already holds {model_type!r}")
                 table[model_type] = class_name
         yield
+
+
+@contextlib.contextmanager
+def local_test_images(processing_common: ModuleType, folder: Path):
+    """The mixins' chat-template tests read their images from huggingface.co URLs, which this machine cannot
+    reach: for the duration they read a real photo (scikit-image's coffee, saved as PNG in `folder`) instead."""
+    import PIL.Image
+    from skimage import data
+
+    photo = folder / "coffee.png"
+    PIL.Image.fromarray(data.coffee()).save(photo)
+    images = processing_common.MODALITY_INPUT_DATA["images"]
+    original_images, original_lookup = list(images), processing_common.url_to_local_path
+    images[:] = [str(photo)] * len(images)
+    processing_common.url_to_local_path = lambda url: str(photo) if url.endswith((".png", ".jpg")) else url
+    try:
+        yield
+    finally:
+        images[:] = original_images
+        processing_common.url_to_local_path = original_lookup

@@ -13,7 +13,7 @@ import pytest
 import torch
 from tiny import CAPTIONS
 from tiny_model_tester import TinyModelTester
-from transformers_sdist import auto_tables_with, load
+from transformers_sdist import auto_tables_with, load, local_test_images
 
 from mosaic_vlm.modeling import (
     MosaicClipConfig,
@@ -37,6 +37,14 @@ ConfigTester = configuration_common.ConfigTester
 ImageProcessingTestMixin = image_processing_common.ImageProcessingTestMixin
 ImageProcessingTester = image_processing_common.ImageProcessingTester
 ProcessorTesterMixin = processing_common.ProcessorTesterMixin
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _local_test_images(tmp_path_factory):
+    with local_test_images(processing_common, tmp_path_factory.mktemp("images")):
+        yield
+
+
 floats_tensor, ids_tensor = modeling_common.floats_tensor, modeling_common.ids_tensor
 
 PAD, BOS, EOS = 0, 1, 2
@@ -269,7 +277,10 @@ class MosaicClipProcessorTest(ProcessorTesterMixin, unittest.TestCase):
     def _setup_tokenizer(cls):
         # trained on the spot (no Hub); "lower newer" etc. are the mixin's own test texts
         return train_bpe_tokenizer(
-            CAPTIONS * 4 + ["lower newer upper older longer string"] * 4, vocab_size=128, model_max_length=64
+            # long enough for the mixin's chat-template conversations
+            CAPTIONS * 4 + ["lower newer upper older longer string"] * 4,
+            vocab_size=128,
+            model_max_length=256,
         )
 
     @classmethod

@@ -13,7 +13,7 @@ import unittest
 import pytest
 import torch
 from tiny_model_tester import TinyModelTester
-from transformers_sdist import auto_tables_with, load
+from transformers_sdist import auto_tables_with, load, local_test_images
 
 from mosaic_vlm.modeling import MosaicFuyuConfig, MosaicFuyuForCausalLM, MosaicFuyuModel
 from mosaic_vlm.processing import MosaicFuyuImageProcessor, MosaicFuyuProcessor, train_bpe_tokenizer
@@ -31,6 +31,14 @@ ConfigTester = configuration_common.ConfigTester
 ImageProcessingTestMixin = image_processing_common.ImageProcessingTestMixin
 ImageProcessingTester = image_processing_common.ImageProcessingTester
 ProcessorTesterMixin = processing_common.ProcessorTesterMixin
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _local_test_images(tmp_path_factory):
+    with local_test_images(processing_common, tmp_path_factory.mktemp("images")):
+        yield
+
+
 floats_tensor, ids_tensor = modeling_common.floats_tensor, modeling_common.ids_tensor
 
 PAD, BOS, EOS, IMAGE, NEWLINE = 0, 1, 2, 5, 6

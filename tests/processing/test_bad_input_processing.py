@@ -270,7 +270,7 @@ CASES += [
         "fuyu-one-image-two-prompts",
         lambda _: fuyu_processor()(images=PIL.Image.new("RGB", (30, 20)), text=["describe it", "seven"]),
         ValueError,
-        r"Got 1 image\(s\) for 2 prompts: pass one image per prompt, or a list of image lists",
+        r"Got 1 image\(s\) for 2 prompts: pass one image per prompt, one per <image> placeholder in order, or a list",
     ),
     Case(
         "fuyu-images-mixing-lists-and-images",
