@@ -71,6 +71,16 @@ def all_gather_with_gradients(features: torch.Tensor) -> torch.Tensor:
     return torch.cat(all_gather(features), dim=0)
 
 
+def register_no_video_processor(config_class: type) -> None:
+    """Records that `config_class`'s models have no video processor. Without it transformers (5.23-5.25) guesses a
+    remote "<Name>VideoProcessor" from the image processor's auto_map, and a pipeline then asks whether to run custom
+    code for a class that does not exist. Registered in the mapping itself: AutoVideoProcessor refuses to be used
+    without torchvision."""
+    from transformers.models.auto.video_processing_auto import VIDEO_PROCESSOR_MAPPING
+
+    VIDEO_PROCESSOR_MAPPING.register(config_class, {}, exist_ok=True)
+
+
 __all__ = [
     "CACHE_ARGUMENT",
     "Cache",
@@ -89,6 +99,7 @@ __all__ = [
     "dynamic_rope_update",
     "merge_with_config_defaults",
     "one_cache",
+    "register_no_video_processor",
     "register_checkpoint_conversion_mapping",
     "torch_compilable_check",
 ]

@@ -12,11 +12,13 @@ from transformers import AutoConfig, AutoImageProcessor, AutoProcessor
 
 from .families import FAMILIES
 from .hub_card import model_card
+from .modeling.mosaic_transformers_compat import register_no_video_processor
 
 for _family in FAMILIES.values():
     for _config in (_family.config_class, *_family.sub_config_classes):
         AutoConfig.register(_config.model_type, _config, exist_ok=True)
         _config.register_for_auto_class()
+        register_no_video_processor(_config)
     for _auto_class, _config, _model in _family.auto_models:
         _auto_class.register(_config, _model, exist_ok=True)
     for _model, _auto_name in _family.remote_code_classes:

@@ -303,7 +303,8 @@ class MosaicFuyuProcessor(MosaicProcessorMixin):
 
     def _layout(self, turns: list[Turn], prompt_images: list, index: int) -> list[tuple]:
         """Prompt `index` as the items of its layout, in order: ("text", piece, its first character), ("image",)
-        where a placeholder stands, ("answer", turn) after each user turn."""
+        where a placeholder stands, ("answer", turn) after each user turn; ("continuation", turn) first for a text
+        that begins with an answer."""
         placeholders = sum(turn.user.count(IMAGE_PLACEHOLDER) for turn in turns)
         items = []
         if placeholders == 0 and len(prompt_images) == 1:
@@ -313,6 +314,11 @@ class MosaicFuyuProcessor(MosaicProcessorMixin):
                 f"Prompt {index} has {placeholders} {IMAGE_PLACEHOLDER} placeholders but {len(prompt_images)} images; "
                 "give one image per placeholder."
             )
+        if not prompt_images and not turns[0].user and turns[0].answer is not None:
+            # a text that begins with an answer continues a prompt tokenized on its own (a prompt-completion
+            # collator's completion): the answer and its EOS only, no BOS or begin-of-answer token
+            items.append(("continuation", turns[0]))
+            turns = turns[1:]
         for turn in turns:
             position = turn.user_start
             pieces = turn.user.split(IMAGE_PLACEHOLDER)
@@ -350,7 +356,11 @@ class MosaicFuyuProcessor(MosaicProcessorMixin):
         )
         image_token_id, newline_id = self._token_id(self.image_token), self._token_id(self.image_newline_token)
         answer_id = self._token_id(self.begin_of_answer_token)
-        with_answers = any(item[0] == "answer" and item[1].answer is not None for layout in layouts for item in layout)
+        with_answers = any(
+            item[0] != "text" and item[0] != "image" and item[1].answer is not None
+            for layout in layouts
+            for item in layout
+        )
         eos_id = self._special_id("eos", "ends every answer") if with_answers else None
 
         sequences, label_sequences, offset_sequences, patches = [], [], [], []
@@ -362,6 +372,8 @@ class MosaicFuyuProcessor(MosaicProcessorMixin):
                 image_size = processed["image_sizes"][next_image]
                 first_image = image_size, processed["resized_sizes"][next_image][0] / image_size[0]
             for item in layout:
+                if item[0] == "continuation":
+                    bos_placed = True
                 if item[0] in ("text", "answer") and not bos_placed:
                     pieces.append(([bos_id], None, False))
                     bos_placed = True
@@ -374,7 +386,8 @@ class MosaicFuyuProcessor(MosaicProcessorMixin):
                     next_image += 1
                 else:
                     turn = item[1]
-                    pieces.append(([answer_id], None, False))
+                    if item[0] == "answer":
+                        pieces.append(([answer_id], None, False))
                     if turn.answer is not None:
                         encoded = self.tokenizer(turn.answer, add_special_tokens=False, return_offsets_mapping=True)
                         in_text = turn.answer_span is not None  # the answer stands in the prompt text

@@ -7,7 +7,7 @@ import pytest
 import torch
 from safetensors import safe_open
 from tiny import convert_argv, tiny_clip_config
-from transformers import AutoModel, AutoModelForCausalLM, CLIPModel, FuyuConfig, FuyuForCausalLM
+from transformers import AutoModel, AutoModelForCausalLM, AutoProcessor, CLIPModel, FuyuConfig, FuyuForCausalLM
 
 from mosaic_vlm.cli.main import main
 from mosaic_vlm.conversion import clip as clip_conversion
@@ -73,6 +73,8 @@ def test_fuyu_streams_both_ways_keeping_shards_dtype_and_every_bit(fuyu_source, 
     model = AutoModelForCausalLM.from_pretrained(mosaic)  # strict, our class, the folder's own config
     assert model.config.image_newline_token_id == tokenizer.convert_tokens_to_ids(IMAGE_NEWLINE_TOKEN)
     assert (mosaic / "processor_config.json").is_file()
+    # the converted folder speaks chat: AutoProcessor loads the template saved beside it
+    assert AutoProcessor.from_pretrained(mosaic).chat_template == (mosaic / "chat_template.jinja").read_text()
 
     back = tmp_path / "back"
     assert (
