@@ -5,13 +5,14 @@ from .boxes import Box, box_iou, enlarge_box, same_object
 from .draw import draw_search
 from .generate import VStarOutput, separate_targets, vstar_generate
 from .prompts import FOCUS_PROMPT, PRESENCE_QUESTION, TARGETS_PROMPT, focus_question, focus_text, parse_targets
-from .scorers import CheckedScorer, ClipScorer, FuyuScorer, Scorer
+from .scorers import CheckedScorer, ClipScorer, DetectorScorer, FuyuScorer, Scorer
 from .search import SearchConfig, SearchResult, exhaustive_search, paint_over, visual_search
 
 __all__ = [
     "Box",
     "CheckedScorer",
     "ClipScorer",
+    "DetectorScorer",
     "FOCUS_PROMPT",
     "FuyuScorer",
     "PRESENCE_QUESTION",

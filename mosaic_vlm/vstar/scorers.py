@@ -5,7 +5,12 @@ A scorer is any object with two methods (the `Scorer` protocol):
   image shows the target (one batched call for many crops);
 - `heatmap(image: PIL.Image.Image, target: str) -> torch.Tensor`: a 2-D non-negative map of where in
   the image the target likely is (any resolution; it is stretched over the image).
+A scorer may also have `locate(image, target) -> (x0, y0, x1, y1) | None`: the target's box in the image, which
+then becomes a found patch's box (a detector's own box) instead of one tightened from heatmaps.
 `CheckedScorer` wraps any scorer for a search: it counts evaluations and refuses malformed answers.
+
+Scorers here: `ClipScorer` (ours, transformers' CLIPModel and SiglipModel), `DetectorScorer` (an open-vocabulary
+detector, e.g. `pipeline("zero-shot-object-detection")`), `FuyuScorer` (a Fuyu-style model asked yes or no).
 """
 
 import math
@@ -55,6 +60,27 @@ class CheckedScorer:
             )
         return scores
 
+    def locate(self, box: Box) -> Box | None:
+        """Where in `box` the scorer sees the target, in image pixels (one evaluation), or None when it does not
+        say (a scorer without `locate`, or one that found nothing there)."""
+        if not hasattr(self.scorer, "locate"):
+            return None
+        answer = self.scorer.locate(self.image.crop(box), self.target)
+        self.calls += 1
+        if answer is None:
+            return None
+        x0, y0, x1, y1 = box
+        try:
+            left, top, right, bottom = (round(float(value)) for value in answer)
+        except (TypeError, ValueError):
+            left = top = right = bottom = -1
+        if not (0 <= left < right <= x1 - x0 and 0 <= top < bottom <= y1 - y0):
+            raise ValueError(
+                f"{type(self.scorer).__name__}.locate must return None or a box (x0, y0, x1, y1) inside the "
+                f"{x1 - x0}x{y1 - y0} crop it was given; got {answer!r}."
+            )
+        return x0 + left, y0 + top, x0 + right, y0 + bottom
+
     def heatmap(self, box: Box) -> torch.Tensor:
         answer = self.scorer.heatmap(self.image.crop(box), self.target)
         self.calls += 1
@@ -70,10 +96,17 @@ class CheckedScorer:
         return heatmap
 
 
+def _pooled(output) -> torch.Tensor:
+    """The embedding a `get_*_features` call gives: a model output's `pooler_output`, or the tensor itself."""
+    return output.pooler_output if hasattr(output, "pooler_output") else output
+
+
 class ClipScorer:
-    """Scores with a CLIP-style model. Confidence: the softmax probability of the target prompt against
-    background prompts. Heatmap: the same softmax per patch, from the projected patch tokens of one
-    forward pass (each patch token compared with the text embeddings)."""
+    """Scores with a CLIP-style dual encoder: ours (`MosaicClipModel`, either loss), transformers' `CLIPModel` or
+    `SiglipModel`, with its processor. Confidence: for a softmax-trained model the probability of the target
+    prompt against background prompts; for a sigmoid-trained one (SigLIP, ours with `loss_type="siglip"`) the
+    sigmoid of the target prompt's own logit, calibrated as it was trained. Heatmap: the same per patch, from the
+    vision tower's patch tokens of one forward pass through the projection into the shared space."""
 
     def __init__(
         self,
@@ -82,45 +115,120 @@ class ClipScorer:
         prompt: str = "a photo of {}",
         background_prompts: Sequence[str] = ("a photo", "a photo of the background", "a photo of something"),
     ):
-        if not background_prompts:
-            raise ValueError(
-                "ClipScorer needs at least one background prompt: the target's confidence is its softmax "
-                "probability against them (with none, every image scores 1.0)."
-            )
         if "{}" not in prompt:
             raise ValueError(f"ClipScorer's prompt must hold '{{}}' where the target goes, got {prompt!r}.")
         self.model, self.processor = model.eval(), processor
-        self.prompt, self.background_prompts = prompt, tuple(background_prompts)
+        config = model.config
+        self.sigmoid = "siglip" in config.model_type or getattr(config, "loss_type", None) == "siglip"
+        if not self.sigmoid and not background_prompts:
+            raise ValueError(
+                "ClipScorer needs at least one background prompt for a softmax-trained model: the target's "
+                "confidence is its softmax probability against them (with none, every image scores 1.0)."
+            )
+        self.prompt, self.background_prompts = prompt, () if self.sigmoid else tuple(background_prompts)
 
     @torch.no_grad()
     def _text_embeds(self, target: str) -> torch.Tensor:
-        texts = self.processor(text=[self.prompt.format(target), *self.background_prompts])
-        embeds = self.model.get_text_features(texts["input_ids"], texts["attention_mask"]).pooler_output
+        padding = "max_length" if "siglip" in self.model.config.model_type else True  # as SigLIP was trained
+        texts = self.processor(
+            text=[self.prompt.format(target), *self.background_prompts], padding=padding, return_tensors="pt"
+        )
+        embeds = _pooled(self.model.get_text_features(**texts))
         return embeds / embeds.norm(dim=-1, keepdim=True)  # (1 + backgrounds, dim)
 
     def _pixels(self, images) -> torch.Tensor:
         """Whole images stretched to the model's square input: no centre crop, so a heatmap covers all of it."""
         side = self.model.config.vision_config.image_size
+        image_processor = self.processor.image_processor
+        options = {"do_center_crop": False} if hasattr(image_processor, "do_center_crop") else {}
         size = {"height": side, "width": side}
-        return self.processor.image_processor(images, do_center_crop=False, size=size, return_tensors="pt")[
-            "pixel_values"
-        ]
+        return image_processor(images, size=size, return_tensors="pt", **options)["pixel_values"]
+
+    def _confidence(self, text_embeds: torch.Tensor, image_embeds: torch.Tensor) -> torch.Tensor:
+        """The target's confidence for each (normalised) image embedding."""
+        logits = self.model.logit_scale.exp() * text_embeds @ image_embeds.T  # (prompts, images)
+        if self.sigmoid:
+            return torch.sigmoid(logits[0] + self.model.logit_bias)
+        return logits.softmax(dim=0)[0]
+
+    def _patch_embeds(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """The patch tokens in the shared embedding space: (patches, dim)."""
+        if hasattr(self.model, "get_patch_features"):  # ours
+            return self.model.get_patch_features(pixel_values)[0]
+        vision = self.model.vision_model
+        tokens = vision(pixel_values=pixel_values).last_hidden_state[0]
+        if hasattr(vision, "head"):  # SigLIP: no class token; each token through the pooling head's MLP
+            head = vision.head
+            return tokens + head.mlp(head.layernorm(tokens))
+        return self.model.visual_projection(vision.post_layernorm(tokens[1:]))  # CLIP: the class token left out
 
     @torch.no_grad()
     def score(self, images: list[PIL.Image.Image], target: str) -> list[float]:
-        pixel_values = self._pixels(images)
-        image_embeds = self.model.get_image_features(pixel_values).pooler_output
+        image_embeds = _pooled(self.model.get_image_features(pixel_values=self._pixels(images)))
         image_embeds = image_embeds / image_embeds.norm(dim=-1, keepdim=True)
-        logits = self.model.similarity_logits(self._text_embeds(target), image_embeds)  # (prompts, images)
-        return logits.softmax(dim=0)[0].tolist()
+        return self._confidence(self._text_embeds(target), image_embeds).tolist()
 
     @torch.no_grad()
     def heatmap(self, image: PIL.Image.Image, target: str) -> torch.Tensor:
-        patch_embeds = self.model.get_patch_features(self._pixels(image))[0]  # (patches, dim)
+        patch_embeds = self._patch_embeds(self._pixels(image))
         patch_embeds = patch_embeds / patch_embeds.norm(dim=-1, keepdim=True)
-        probabilities = self.model.similarity_logits(self._text_embeds(target), patch_embeds).softmax(dim=0)[0]
-        grid = math.isqrt(probabilities.numel())
-        return probabilities.reshape(grid, grid)  # row-major patch order -> (grid rows, grid cols)
+        confidence = self._confidence(self._text_embeds(target), patch_embeds)
+        grid = math.isqrt(confidence.numel())
+        return confidence.reshape(grid, grid)  # row-major patch order -> (grid rows, grid cols)
+
+
+class DetectorScorer:
+    """Scores with an open-vocabulary detector: transformers' `pipeline("zero-shot-object-detection")` (OWL-ViT,
+    OWLv2, Grounding DINO) or anything called the same way, `detector(image, candidate_labels=[target])`
+    answering a list of `{"score", "label", "box": {"xmin", "ymin", "xmax", "ymax"}}`. Confidence: the best box's
+    score for the target (0 with none). Heatmap: every box's score painted over its cells (the highest where boxes
+    overlap) on a grid of `grid` cells along the longer side. `locate`: the best box itself, so a found patch is
+    the detector's box."""
+
+    def __init__(self, detector, grid: int = 32):
+        if grid < 1:
+            raise ValueError(f"DetectorScorer needs grid >= 1, got {grid}.")
+        self.detector, self.grid = detector, grid
+
+    def _detections(self, image: PIL.Image.Image, target: str) -> list[tuple[float, Box]]:
+        """The target's boxes in `image`, strongest first, each clipped to the image."""
+        answer = self.detector(image, candidate_labels=[target])
+        width, height = image.size
+        detections = []
+        try:
+            for item in answer:
+                if item.get("label", target) != target:
+                    continue
+                box = item["box"]
+                x0, y0 = max(0, round(box["xmin"])), max(0, round(box["ymin"]))
+                x1, y1 = min(width, round(box["xmax"])), min(height, round(box["ymax"]))
+                if x1 > x0 and y1 > y0:
+                    detections.append((float(item["score"]), (x0, y0, x1, y1)))
+        except (TypeError, KeyError, AttributeError, ValueError) as error:
+            raise ValueError(
+                f"{type(self.detector).__name__} must answer a list of {{'score', 'label', 'box': {{'xmin', 'ymin', "
+                f"'xmax', 'ymax'}}}} as pipeline('zero-shot-object-detection') does; got {answer!r} ({error})."
+            ) from None
+        return sorted(detections, key=lambda detection: -detection[0])
+
+    def score(self, images: list[PIL.Image.Image], target: str) -> list[float]:
+        return [max((score for score, _ in self._detections(image, target)), default=0.0) for image in images]
+
+    def heatmap(self, image: PIL.Image.Image, target: str) -> torch.Tensor:
+        width, height = image.size
+        cols = self.grid if width >= height else max(1, round(self.grid * width / height))
+        rows = self.grid if height >= width else max(1, round(self.grid * height / width))
+        heatmap = torch.zeros(rows, cols)
+        for score, (x0, y0, x1, y1) in self._detections(image, target):
+            # the cells a box covers, at least one: (rows, cols) cells over (height, width) pixels
+            top, left = math.floor(y0 * rows / height), math.floor(x0 * cols / width)
+            bottom, right = max(top + 1, math.ceil(y1 * rows / height)), max(left + 1, math.ceil(x1 * cols / width))
+            heatmap[top:bottom, left:right] = heatmap[top:bottom, left:right].clamp(min=score)
+        return heatmap
+
+    def locate(self, image: PIL.Image.Image, target: str) -> Box | None:
+        detections = self._detections(image, target)
+        return detections[0][1] if detections else None
 
 
 class FuyuScorer:

@@ -28,12 +28,17 @@ class SearchConfig:
     conf_high: a patch scoring at least this ends the search.
     conf_low: when no patch reaches `conf_high`, the best patch seen is returned if it reaches this.
     max_calls: scorer evaluations allowed (None: no limit).
+    confirm: a patch below the root that reaches `conf_high` ends the search only when the box its heatmap
+        tightens it to also scores at least `conf_high` (one more evaluation); otherwise the search goes on, and
+        the patch counts with that lower score. A scorer confidently wrong about a patch whose heatmap points
+        elsewhere (a cup's rim for "cup") no longer ends the search there.
     """
 
     min_size: int | None = None
     conf_high: float = 0.5
     conf_low: float = 0.3
     max_calls: int | None = None
+    confirm: bool = True
 
     def __post_init__(self):
         if self.min_size is not None and (not isinstance(self.min_size, int) or self.min_size < 1):
@@ -222,7 +227,8 @@ def visual_search(
     the strongest region of the patch's heatmap (as SEAL's detector looks inside a patch): when that region
     reaches `conf_high` the search ends there, so a target cut by the split is still found whole. When
     the queue is empty or `max_calls` is spent, the best patch seen is returned if it reaches `conf_low`.
-    A found patch is tightened onto the target with its heatmap (`tighten`). `exclude` boxes (objects known
+    A found patch is tightened onto the target with its heatmap (`tighten`), or becomes the box the scorer
+    locates in it when the scorer can (`Scorer.locate`: a detector's own box). `exclude` boxes (objects known
     to be something else) are painted over before the search (`paint_over`), so nothing scores them.
     """
     if not isinstance(image, PIL.Image.Image):
@@ -243,16 +249,33 @@ def visual_search(
     root = (0, 0, *image.size)
     root_score = counter.score([root])[0]
     path = [(root, root_score)]
-    best_box, best_score = root, root_score
 
     def budget_left(needed: int) -> bool:
         return max_calls is None or counter.calls + needed <= max_calls
 
-    def found(box: Box, score: float, boxes: list[Box] | None = None) -> SearchResult:
-        final = box if box == root else tighten(counter, box, min_size / 4, budget_left)
-        return SearchResult(True, final, score, boxes or [final], path, counter.calls)
+    scored = {root: root_score}  # every patch's score, as calibrated by a failed confirmation
+
+    def found(box: Box, score: float) -> SearchResult:
+        located = counter.locate(box) if box != root and budget_left(1) else None
+        final = located or (box if box == root else tighten(counter, box, min_size / 4, budget_left))
+        return SearchResult(True, final, score, [final], path, counter.calls)
+
+    def confirmed(box: Box, score: float) -> SearchResult | None:
+        """The search's result at a patch that reached conf_high, or None when its tightened box does not."""
+        result = found(box, score)
+        if not config.confirm or result.box == box or not budget_left(1):
+            return result
+        check = counter.score([result.box])[0]
+        path.append((result.box, check))
+        result.num_calls = counter.calls
+        if check >= conf_high:
+            return result
+        scored[box] = check  # the heatmap disagrees with the patch's score: the patch is worth what its box is
+        return None
 
     if root_score >= conf_high:
+        if (located := counter.locate(root) if budget_left(1) else None) is not None:
+            return SearchResult(True, located, root_score, [located], path, counter.calls)
         instances = []
         if budget_left(1):
             candidates = [box for _, box in heatmap_components(counter.heatmap(root), root)]
@@ -270,8 +293,8 @@ def visual_search(
         _, _, box, level, score, ancestors = heapq.heappop(queue)
         if box != root:
             path.append((box, score))
-            if score >= conf_high:
-                return found(box, score)
+            if score >= conf_high and (result := confirmed(box, score)) is not None:
+                return result
         if min(box[2] - box[0], box[3] - box[1]) <= min_size or not budget_left(1 + 5):  # a heatmap, then 5 crops
             continue
         heatmap = counter.heatmap(box)
@@ -285,21 +308,20 @@ def visual_search(
         if region is not None:
             region_score = scores[len(children)]
             path.append((region, region_score))
-            if region_score >= conf_high:
-                return found(region, region_score)
-            if region_score > best_score:
-                best_box, best_score = region, region_score
+            scored[region] = region_score
+            if region_score >= conf_high and (result := confirmed(region, region_score)) is not None:
+                return result
         for child, child_score in zip(children, scores):
             priority = sum(
                 heatmap_share(a_heatmap, a_box, child) / 4**a_level for a_box, a_level, a_heatmap in lineage
             )
             heapq.heappush(queue, (-priority, next(order), child, level + 1, child_score, lineage))
-            if child_score > best_score:
-                best_box, best_score = child, child_score
+            scored.setdefault(child, child_score)
 
-    if best_score >= conf_low:
-        return found(best_box, best_score)
-    return SearchResult(False, None, best_score, [], path, counter.calls)
+    best_box = max(scored, key=scored.__getitem__)  # the first seen among equals
+    if scored[best_box] >= conf_low:
+        return found(best_box, scored[best_box])
+    return SearchResult(False, None, scored[best_box], [], path, counter.calls)
 
 
 def exhaustive_search(

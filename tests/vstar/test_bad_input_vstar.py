@@ -41,9 +41,12 @@ def scan(**kwargs):
 
 
 def clip_scorer(**kwargs):
+    from tiny import tiny_clip_config
+
+    from mosaic_vlm.modeling import MosaicClipModel
     from mosaic_vlm.vstar import ClipScorer
 
-    return ClipScorer(None, None, **kwargs)
+    return ClipScorer(MosaicClipModel(tiny_clip_config()), None, **kwargs)  # softmax-trained: needs backgrounds
 
 
 CASES = [

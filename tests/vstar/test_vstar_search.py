@@ -96,8 +96,9 @@ def test_a_found_patch_that_cuts_the_target_is_tightened_onto_all_of_it():
     # target's 40 columns, and it is confident; tightening looks at it with context and finds the rest
     image = photo_with_squares((1024, 1024), [(499, 300, 40, RED)])
     result = visual_search(image, "red square", PlantedColorScorer(grid=4))
-    found_patch = max(result.path, key=lambda step: step[1])[0]
+    found_patch = next(box for box, score in result.path if score >= SearchConfig().conf_high)
     assert found_patch == (512, 256, 768, 512)
+    assert result.path[-1] == (result.box, 1.0)  # its tightened box confirmed it (SearchConfig.confirm)
     assert result.found and result.box[0] <= 499 and box_iou(result.box, (499, 300, 539, 340)) > 0.7
 
 
@@ -401,3 +402,30 @@ def test_clip_scorer_scores_and_heatmaps(clip_processor):
     assert heatmap.shape == (4, 4) and bool((heatmap > 0).all() and (heatmap < 1).all())
     result = visual_search(image, "cat", scorer, SearchConfig(min_size=100, max_calls=30))
     assert result.num_calls <= 30 and len(result.path) >= 1
+
+
+class RimScorer(PlantedColorScorer):
+    """Confidently wrong about crops that show a little of a blue decoy (a cup's rim at a crop's edge), right
+    about a crop tight on it; the heatmap shows red and blue where they are."""
+
+    def score(self, images, target):
+        scores = super().score(images, target)
+        for index, image in enumerate(images):
+            blue = float(color_mask(image, BLUE).mean())
+            if scores[index] < 0.5 and 0.05 < blue < 0.3:
+                scores[index] = 0.9
+        return scores
+
+    def heatmap(self, image, target):
+        mask = color_mask(image, RED) + color_mask(image, BLUE)
+        return torch.nn.functional.adaptive_avg_pool2d(mask[None, None], (self.grid, self.grid))[0, 0]
+
+
+def test_a_confident_patch_must_be_confirmed_by_its_tightened_box():
+    image = photo_with_squares((1536, 1536), [(150, 150, 120, BLUE), (1300, 1300, 40, RED)])
+    trusting = visual_search(image, "red square", RimScorer(), SearchConfig(confirm=False))
+    assert trusting.found and box_iou(trusting.box, (150, 150, 270, 270)) > 0.5  # it stopped on the decoy
+    calibrated = visual_search(image, "red square", RimScorer())
+    assert calibrated.found and box_iou(calibrated.box, (1300, 1300, 1340, 1340)) > 0.5
+    rejected = [box for box, score in calibrated.path if box_iou(box, (150, 150, 270, 270)) > 0.5]
+    assert rejected and all(score < 0.5 for box, score in calibrated.path if box in rejected[-1:])
