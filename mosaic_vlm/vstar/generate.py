@@ -7,7 +7,7 @@ from dataclasses import dataclass, replace
 import PIL.Image
 
 from .boxes import Box, enlarge_box, normalised, same_object
-from .prompts import TARGETS_PROMPT, focus_question, parse_targets
+from .prompts import IMAGE_PLACEHOLDER, TARGETS_PROMPT, focus_question, parse_targets
 from .scorers import CheckedScorer, FuyuScorer, Scorer
 from .search import SearchConfig, SearchResult, visual_search
 
@@ -88,9 +88,54 @@ def separate_targets(
     return separated
 
 
+def chat_message(images: list[PIL.Image.Image], text: str) -> list[dict]:
+    """A one-turn conversation: `text` with an image wherever `IMAGE_PLACEHOLDER` stands (the whole text after
+    one image when it holds no placeholder), in the chat-template message format every VLM processor reads."""
+    pieces = text.split(IMAGE_PLACEHOLDER)
+    if len(pieces) == 1 and len(images) == 1:
+        pieces = ["", text]
+    if len(pieces) - 1 != len(images):
+        raise ValueError(f"The prompt has {len(pieces) - 1} image placeholders for {len(images)} images.")
+    content = []
+    for index, piece in enumerate(pieces):
+        if piece:
+            content.append({"type": "text", "text": piece})
+        if index < len(images):
+            content.append({"type": "image", "image": images[index]})
+    return [{"role": "user", "content": content}]
+
+
+def side_by_side(images: list[PIL.Image.Image]) -> PIL.Image.Image:
+    """One canvas for a model that reads one image: the first image, and the others stacked in a column to its
+    right, each scaled to the column's width (the first image's width divided by two) and in order."""
+    first, rest = images[0], images[1:]
+    if not rest:
+        return first
+    column = max(1, first.width // 2)
+    scaled = [crop.resize((column, max(1, round(crop.height * column / crop.width)))) for crop in rest]
+    canvas = PIL.Image.new("RGB", (first.width + column, max(first.height, sum(crop.height for crop in scaled))))
+    canvas.paste(first, (0, 0))
+    top = 0
+    for crop in scaled:
+        canvas.paste(crop, (first.width, top))
+        top += crop.height
+    return canvas
+
+
+# Families whose processor takes one image per prompt: V* pastes its crops beside the whole image for them.
+ONE_IMAGE_MODEL_TYPES = ("fuyu",)
+
+
 def _generate_text(model, processor, images: list, text: str, **generate_kwargs) -> str:
-    inputs = processor(images=[images], text=[text]).to(model.device)
-    return processor.post_process_image_text_to_text(model.generate(**inputs, **generate_kwargs))[0]
+    """The model's answer to `text` about `images`, through the processor's chat template (any image-text-to-text
+    model whose processor has one); the crops go into one canvas for a model that reads one image."""
+    if len(images) > 1 and model.config.model_type in ONE_IMAGE_MODEL_TYPES:
+        images, text = [side_by_side(images)], text.replace(IMAGE_PLACEHOLDER, "") + " (the crops are on the right)"
+    inputs = processor.apply_chat_template(
+        chat_message(images, text), add_generation_prompt=True, tokenize=True, return_dict=True, return_tensors="pt"
+    ).to(model.device)
+    generated = model.generate(**inputs, **generate_kwargs)[:, inputs["input_ids"].shape[1] :]  # the new tokens
+    return processor.post_process_image_text_to_text(generated, skip_special_tokens=True)[0].strip()
 
 
 def vstar_generate(
@@ -104,12 +149,17 @@ def vstar_generate(
     search_config: SearchConfig | None = None,
     **generate_kwargs,
 ) -> VStarOutput:
-    """Answer `question` about `image` with a Fuyu-style `model`, searching first for what it needs.
+    """Answer `question` about `image` with `model`, searching first for what it needs. The model is any
+    image-text-to-text model whose processor has a chat template (ours, LLaVA, Idefics3 / SmolVLM, Qwen2-VL, ...);
+    it reads each prompt as one user turn, images where the prompt's placeholders stand. A model that reads one
+    image per prompt (`ONE_IMAGE_MODEL_TYPES`: transformers' Fuyu) gets the crops pasted to the right of the
+    whole image (`side_by_side`).
 
     1. Without `targets`, the model is asked which objects it must see (`TARGETS_PROMPT`); its reply is
        parsed as a comma-separated list ("none": nothing to search). A string names one target.
     2. Each target is searched for with `visual_search(..., search_config)`; the scorer defaults to a
-       FuyuScorer on `model`. Different targets then get different objects (`separate_targets`).
+       FuyuScorer on `model` (ours only: pass a ClipScorer or DetectorScorer for another model). Different
+       targets then get different objects (`separate_targets`).
     3. The visual working memory holds each found box enlarged 1.2x around its centre, cropped at full
        resolution, with its coordinates normalised to the image.
     4. The whole image, the crops and the question (`FOCUS_PROMPT`) go to the model, which generates.
