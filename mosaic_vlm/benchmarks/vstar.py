@@ -16,6 +16,7 @@ import os
 import statistics
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -126,8 +127,9 @@ def scan_questions(
     searcher, items: list, search: SearchConfig, progress: Callable[[str], None] = _no_progress
 ) -> list[dict]:
     """V*'s search against the exhaustive scan on each target of `items`, at V*'s leaf size and confidence
-    threshold: one row per target. A call scores one crop or makes one heatmap, and a FuyuScorer heatmap scores one
-    crop per cell, so both are counted. Needs the search model only. `progress` is told of each question done."""
+    threshold, and against itself without calibrated stopping (`SearchConfig.confirm=False`): one row per target. A
+    call scores one crop or makes one heatmap, and a FuyuScorer heatmap scores one crop per cell, so both are
+    counted. Needs the search model only. `progress` is told of each question done."""
     scorer = FuyuScorer(*searcher, **SCORER)
     scan_rows = []
     for index, item in enumerate(items):
@@ -139,14 +141,19 @@ def scan_questions(
             )
             between = scorer.evaluations
             ours = visual_search(image, target, scorer, search)
+            after = scorer.evaluations
+            trusting = visual_search(image, target, scorer, replace(search, confirm=False))  # stops unconfirmed
             scan_rows.append(
                 {
                     "scan_calls": scan.num_calls,
                     "scan_crops": between - before,
                     "scan_hit": scan.found and box_iou(scan.box, box) > 0.5,
                     "vstar_calls": ours.num_calls,
-                    "vstar_crops": scorer.evaluations - between,
+                    "vstar_crops": after - between,
                     "vstar_hit": ours.found and box_iou(ours.box, box) > 0.5,
+                    "unconfirmed_calls": trusting.num_calls,
+                    "unconfirmed_hit": trusting.found and box_iou(trusting.box, box) > 0.5,
+                    "same_box": ours.box == trusting.box,
                 }
             )
         progress(f"{index + 1} of {len(items)} exhaustive scans done")
@@ -211,6 +218,14 @@ def summarise(rows: list[dict], scan_rows: list[dict]) -> dict:
             "vstar_calls_per_search": vstar_calls,
             "vstar_crops_per_search": vstar_crops,
             "vstar_hit_rate": share(row["vstar_hit"] for row in scan_rows),
+        },
+        "calibrated_stopping": {
+            "searches": len(scan_rows),
+            "outcome_changed": share(not row["same_box"] for row in scan_rows),
+            "hits_gained": sum(row["vstar_hit"] and not row["unconfirmed_hit"] for row in scan_rows),
+            "hits_lost": sum(row["unconfirmed_hit"] and not row["vstar_hit"] for row in scan_rows),
+            "calls_per_search": vstar_calls,
+            "unconfirmed_calls_per_search": share(row["unconfirmed_calls"] for row in scan_rows),
         },
         "cases": cases,
         "threads": torch.get_num_threads(),
@@ -282,6 +297,12 @@ def print_result(result: dict) -> None:
         f"({scan['scan_crops_per_search']:.0f} crops), hit rate {scan['scan_hit_rate']:.1%}; V* on the same: "
         f"{scan['vstar_calls_per_search']:.1f} calls ({scan['vstar_crops_per_search']:.0f} crops), hit rate "
         f"{scan['vstar_hit_rate']:.1%}"
+    )
+    c = r["calibrated_stopping"]
+    print(
+        f"calibrated stopping on {c['searches']} searches: outcome changed in {c['outcome_changed']:.1%} (hits "
+        f"gained {c['hits_gained']}, lost {c['hits_lost']}); {c['calls_per_search']:.1f} calls per search against "
+        f"{c['unconfirmed_calls_per_search']:.1f} without"
     )
 
 
