@@ -22,7 +22,7 @@ from transformers.processing_utils import Unpack
 from transformers.utils import ModelOutput, TransformersKwargs
 
 from .configuration_mosaic_clip import MosaicClipConfig, MosaicClipTextConfig, MosaicClipVisionConfig
-from .mosaic_pretrained import MosaicPreTrainedModel, check_token_ids, output_flags_default_to_config
+from .mosaic_pretrained import MosaicPreTrainedModel, check_token_ids, check_values, output_flags_default_to_config
 from .mosaic_transformers_compat import (
     GradientCheckpointingLayer,
     PrefixChange,
@@ -31,7 +31,6 @@ from .mosaic_transformers_compat import (
     capture_outputs,
     create_causal_mask,
     register_checkpoint_conversion_mapping,
-    torch_compilable_check,
 )
 
 
@@ -136,7 +135,9 @@ class MosaicClipVisionEmbeddings(nn.Module):
                 f"got {pixel_values.dtype}; run the images through the image processor."
             )
         weight = self.patch_embedding.weight
-        patches = self.patch_embedding(pixel_values.to(weight.dtype))  # (B, dim, grid_h, grid_w)
+        # the weight's dtype, unless quantization stores it as integers (then the class embedding's, never quantized)
+        dtype = weight.dtype if weight.is_floating_point() else self.class_embedding.dtype
+        patches = self.patch_embedding(pixel_values.to(dtype))  # (B, dim, grid_h, grid_w)
         patches = patches.flatten(2).transpose(1, 2)  # (B, grid_h * grid_w, dim)
         positions = self.interpolated_positions(height, width)
         patches = patches + positions[:, 1:]
@@ -266,6 +267,7 @@ class MosaicClipPreTrainedModel(MosaicPreTrainedModel):
     _no_split_modules = ["MosaicClipTextEmbeddings", "MosaicClipEncoderLayer", "MosaicClipVisionEmbeddings"]
     _supports_sdpa = True
     _supports_attention_backend = True
+    _can_compile_fullgraph = True  # the whole forward compiles as one graph (tested)
     # hidden states and attentions are recorded by hooks on these modules (transformers' `capture_outputs`)
     _can_record_outputs = {"hidden_states": MosaicClipEncoderLayer, "attentions": MosaicClipAttention}
 
@@ -336,8 +338,8 @@ class MosaicClipTextModel(MosaicClipPreTrainedModel):
                 f"{tuple(attention_mask.shape)}."
             )
         eos_positions = input_ids == self.config.eos_token_id
-        torch_compilable_check(
-            eos_positions.any(dim=-1),
+        check_values(  # an error in eager, nothing traced under torch.compile or export
+            lambda: eos_positions.any(dim=-1),
             f"Every text must contain the EOS token (id {self.config.eos_token_id}), where the text tower pools; "
             "tokenize with the model's tokenizer, which appends it.",
         )
@@ -431,7 +433,7 @@ class MosaicClipModel(MosaicClipPreTrainedModel):
     @can_return_tuple
     def get_text_features(
         self, input_ids, attention_mask=None, position_ids=None, **kwargs: Unpack[TransformersKwargs]
-    ):
+    ) -> tuple | BaseModelOutputWithPooling:  # the annotation tells clients (sentence-transformers) what returns
         """Text tower output whose `pooler_output` is the projected (unnormalised) text embedding."""
         text_outputs = self.text_model(input_ids, attention_mask, position_ids, return_dict=True, **kwargs)
         text_outputs.pooler_output = self.text_projection(text_outputs.pooler_output)
@@ -440,7 +442,7 @@ class MosaicClipModel(MosaicClipPreTrainedModel):
     @can_return_tuple
     def get_image_features(
         self, pixel_values, interpolate_pos_encoding: bool = False, **kwargs: Unpack[TransformersKwargs]
-    ):
+    ) -> tuple | BaseModelOutputWithPooling:
         """Image tower output whose `pooler_output` is the projected (unnormalised) image embedding."""
         vision_outputs = self.vision_model(pixel_values, interpolate_pos_encoding, return_dict=True, **kwargs)
         vision_outputs.pooler_output = self.visual_projection(vision_outputs.pooler_output)

@@ -34,6 +34,8 @@ from .mosaic_pretrained import (
     OUTPUT_FLAGS,
     MosaicPreTrainedModel,
     check_token_ids,
+    check_values,
+    is_tracing,
     output_flags_default_to_config,
     renamed_argument,
 )
@@ -49,7 +51,6 @@ from .mosaic_transformers_compat import (
     dynamic_rope_update,
     merge_with_config_defaults,
     one_cache,
-    torch_compilable_check,
 )
 
 logger = logging.get_logger(__name__)
@@ -237,6 +238,7 @@ class MosaicFuyuPreTrainedModel(MosaicPreTrainedModel):
     _skip_keys_device_placement = ["past_key_values", "cache"]
     _supports_sdpa = True
     _supports_attention_backend = True
+    _can_compile_fullgraph = True  # static cache: a decode step compiles as one graph (tested)
     # hidden states and attentions are recorded by hooks on these modules (transformers' `capture_outputs`)
     _can_record_outputs = {"hidden_states": MosaicFuyuDecoderLayer, "attentions": MosaicFuyuAttention}
 
@@ -273,8 +275,12 @@ class MosaicFuyuDecoder(MosaicFuyuPreTrainedModel):
         position_embeddings = self.rotary_emb(inputs_embeds, position_ids)
         recording = any(kwargs.get(flag, getattr(self.config, flag)) for flag in OUTPUT_FLAGS)
         # Pruning the last layer needs a mask whose rows can be cut; without a mask, attention would align a
-        # shorter causal query block to the first keys, which is right for one query only.
-        prunable_mask = isinstance(causal_mask, torch.Tensor) or (causal_mask is None and positions_to_keep == 1)
+        # shorter causal query block to the first keys, which is right for one query only, and only when the keys
+        # are the cached and new tokens alone (a static cache hands attention all its slots, empty ones included).
+        exact_keys = cache is None or not cache.is_compileable
+        prunable_mask = isinstance(causal_mask, torch.Tensor) or (
+            causal_mask is None and positions_to_keep == 1 and exact_keys
+        )
         last_layer_queries = positions_to_keep if positions_to_keep and not recording and prunable_mask else 0
         hidden_states = inputs_embeds
         for index, layer in enumerate(self.layers):
@@ -293,6 +299,12 @@ class MosaicFuyuDecoder(MosaicFuyuPreTrainedModel):
 class MosaicFuyuModel(MosaicFuyuPreTrainedModel):
     """Patch projection plus decoder; returns the final hidden states."""
 
+    # The patch projection reads raw pixels and holds ~0.1% of the weights: it stays in float32 under fp16 loads, and
+    # quantizers (bitsandbytes, torchao, quanto) leave it unquantized, as they leave the lm_head. Quantized, it would
+    # fail on CPU: bitsandbytes' 4-bit path and torchao's int4 groups need input widths in multiples of 64 or 32, and
+    # fuyu-8b's patches hold 2700 values. A regex: torchao matches it against parameter names from their start.
+    _keep_in_fp32_modules = [r"(?:model\.)?vision_embed_tokens"]
+
     def __init__(self, config: MosaicFuyuConfig):
         super().__init__(config)
         self.language_model = MosaicFuyuDecoder._from_config(config)
@@ -309,7 +321,9 @@ class MosaicFuyuModel(MosaicFuyuPreTrainedModel):
     def get_image_features(self, pixel_values: torch.Tensor, **kwargs) -> BaseModelOutputWithPooling:
         """Every patch projected into the decoder's embedding space: `last_hidden_state` (batch, patches, hidden)."""
         weight = self.vision_embed_tokens.weight
-        return BaseModelOutputWithPooling(last_hidden_state=self.vision_embed_tokens(pixel_values.to(weight.dtype)))
+        # the weight's dtype, unless quantization stores it as integers (then the model's floating dtype)
+        dtype = weight.dtype if weight.is_floating_point() else self.dtype
+        return BaseModelOutputWithPooling(last_hidden_state=self.vision_embed_tokens(pixel_values.to(dtype)))
 
     def image_token_mask(self, input_ids: torch.Tensor | None, inputs_embeds: torch.Tensor) -> torch.Tensor:
         """(B, T) True at the image tokens: from `input_ids`, or, without them, where the embedding is the image
@@ -344,32 +358,13 @@ class MosaicFuyuModel(MosaicFuyuPreTrainedModel):
                 f"Each patch must hold patch_size * patch_size * channels = {self.config.patch_dim} values, "
                 f"got {pixel_values.shape[-1]}."
             )
-        tokens_per_sample = image_token_mask.sum(-1)  # (B,)
-        if image_patches_mask is None:
-            patches_per_sample = torch.full_like(tokens_per_sample, num_patches)
-        else:
-            if image_patches_mask.shape != pixel_values.shape[:2]:
-                raise ValueError(
-                    f"image_patches_mask must have shape (batch, patches) = {tuple(pixel_values.shape[:2])}, "
-                    f"got {tuple(image_patches_mask.shape)}."
-                )
-            torch_compilable_check(
-                (image_patches_mask == 0) | (image_patches_mask == 1),
-                "image_patches_mask must hold booleans (or 0 and 1): True at real patches, False at padding.",
+        if image_patches_mask is not None and image_patches_mask.shape != pixel_values.shape[:2]:
+            raise ValueError(
+                f"image_patches_mask must have shape (batch, patches) = {tuple(pixel_values.shape[:2])}, "
+                f"got {tuple(image_patches_mask.shape)}."
             )
-            patches_per_sample = image_patches_mask.sum(-1)
-            first_patches = torch.arange(num_patches, device=pixel_values.device) < patches_per_sample[:, None]
-            torch_compilable_check(
-                image_patches_mask.bool() == first_patches,
-                "image_patches_mask must mark each sample's real patches first, then its padding.",
-            )
-        torch_compilable_check(
-            tokens_per_sample == patches_per_sample,
-            lambda: (
-                f"Each sample needs one patch per image token: image tokens per sample {tokens_per_sample.tolist()}, "
-                f"patches per sample {patches_per_sample.tolist()}."
-            ),
-        )
+        if not is_tracing():  # checks on values: errors in eager, nothing traced under compile or export
+            self.check_patch_counts(image_token_mask, num_patches, image_patches_mask)
         if num_patches == 0:
             return inputs_embeds
         patch_embeds = self.get_image_features(pixel_values).last_hidden_state.to(inputs_embeds.dtype)  # (B, N, hid)
@@ -377,6 +372,67 @@ class MosaicFuyuModel(MosaicFuyuPreTrainedModel):
         patch_index = (image_token_mask.cumsum(-1) - 1).clamp(0, num_patches - 1)  # (B, T)
         gathered = patch_embeds.gather(1, patch_index.unsqueeze(-1).expand(-1, -1, patch_embeds.shape[-1]))
         return torch.where(image_token_mask.unsqueeze(-1), gathered, inputs_embeds)  # (B, T, hidden)
+
+    @staticmethod
+    def check_patch_counts(
+        image_token_mask: torch.Tensor, num_patches: int, image_patches_mask: torch.Tensor | None
+    ) -> None:
+        """A clear ValueError unless `image_patches_mask` marks each sample's real patches first and each sample holds
+        one real patch per image token. Reads values (a host sync): eager only."""
+        tokens_per_sample = image_token_mask.sum(-1)  # (B,)
+        if image_patches_mask is None:
+            patches_per_sample = torch.full_like(tokens_per_sample, num_patches)
+        else:
+            check_values(
+                lambda: (image_patches_mask == 0) | (image_patches_mask == 1),
+                "image_patches_mask must hold booleans (or 0 and 1): True at real patches, False at padding.",
+            )
+            patches_per_sample = image_patches_mask.sum(-1)
+            first_patches = torch.arange(num_patches, device=image_patches_mask.device) < patches_per_sample[:, None]
+            check_values(
+                lambda: image_patches_mask.bool() == first_patches,
+                "image_patches_mask must mark each sample's real patches first, then its padding.",
+            )
+        check_values(
+            lambda: tokens_per_sample == patches_per_sample,
+            lambda: (
+                f"Each sample needs one patch per image token: image tokens per sample {tokens_per_sample.tolist()}, "
+                f"patches per sample {patches_per_sample.tolist()}."
+            ),
+        )
+
+    @staticmethod
+    def check_attention_mask(attention_mask: torch.Tensor, batch_size: int, seq_length: int, past_length) -> None:
+        """A 2-D padding mask (batch, cached + new tokens), or a 4-D mask (batch, 1, new tokens, key length) as
+        generate() builds for static caches and transformers' attention functions take (bool, or additive for eager
+        attention). The key length of a 4-D mask is the cache's: cached + new tokens, or a static cache's size."""
+        # A static cache counts its tokens in a tensor: read in eager only (traced, it is a graph input). A dynamic
+        # cache's count is its length, compared without int(), which would specialise a compiled graph to it.
+        cached = past_length
+        if isinstance(past_length, torch.Tensor):
+            cached = None if is_tracing() else int(past_length)
+        if attention_mask.ndim == 2:
+            total = None if cached is None else cached + seq_length
+            if attention_mask.shape[0] != batch_size or (total is not None and attention_mask.shape[1] != total):
+                raise ValueError(
+                    f"attention_mask must have shape (batch, cached + new tokens) = {(batch_size, total)}, got "
+                    f"{tuple(attention_mask.shape)} (or be 4-D: (batch, 1, new tokens, key length))."
+                )
+        elif attention_mask.ndim == 4:
+            if (
+                attention_mask.shape[0] != batch_size
+                or attention_mask.shape[2] != seq_length
+                or (cached is not None and attention_mask.shape[3] < cached + seq_length)
+            ):
+                raise ValueError(
+                    f"A 4-D attention_mask must have shape (batch={batch_size}, 1, new tokens={seq_length}, key "
+                    f"length >= cached + new tokens), got {tuple(attention_mask.shape)}."
+                )
+        else:
+            raise ValueError(
+                f"attention_mask must be 2-D (batch, cached + new tokens) or 4-D (batch, 1, new tokens, key length), "
+                f"got {attention_mask.ndim} dimensions."
+            )
 
     @can_return_tuple
     @renamed_argument("image_patches", "pixel_values", removed_in="0.3")
@@ -407,20 +463,15 @@ class MosaicFuyuModel(MosaicFuyuPreTrainedModel):
                 )
             check_token_ids(input_ids, self.get_input_embeddings().num_embeddings)
             inputs_embeds = self.get_input_embeddings()(input_ids)
+        # an int, or for static caches a 0-d tensor (so that a compiled decode step does not recompile per length)
         past_length = cache.get_seq_length() if cache is not None else 0
-        if attention_mask is not None and attention_mask.shape != (
-            inputs_embeds.shape[0],
-            past_length + inputs_embeds.shape[1],
-        ):
-            raise ValueError(
-                f"attention_mask must have shape (batch, cached + new tokens) = "
-                f"{(inputs_embeds.shape[0], past_length + inputs_embeds.shape[1])}, got {tuple(attention_mask.shape)}."
-            )
+        if attention_mask is not None:
+            self.check_attention_mask(attention_mask, *inputs_embeds.shape[:2], past_length)
         if (
             pixel_values is None
             and input_ids is not None
+            and not is_tracing()
             and past_length == 0
-            and not torch.compiler.is_compiling()
             and bool((input_ids == self.config.image_token_id).any())
         ):  # read as text, as transformers' Fuyu reads them, but never silently
             logger.warning(
@@ -429,14 +480,16 @@ class MosaicFuyuModel(MosaicFuyuPreTrainedModel):
             )
         if pixel_values is not None:
             image_token_mask = self.image_token_mask(input_ids, inputs_embeds)
-            # continuing from a cache whose tokens hold the image: its patches were placed when the cache was filled
-            if past_length == 0 or image_token_mask.any():
+            # Continuing from a cache whose tokens hold the image, its patches were placed when the cache was filled.
+            # Traced, they are placed anyway (then no position takes one): the test would be a data-dependent branch.
+            if is_tracing() or past_length == 0 or image_token_mask.any():
                 inputs_embeds = self.place_patches(inputs_embeds, image_token_mask, pixel_values, image_patches_mask)
         if use_cache and cache is None:
             cache = DynamicCache(config=self.config)
-        if position_ids is None:
+        if position_ids is None:  # a 4-D mask gives no padding to skip: generate() passes position_ids with it
+            padding_mask = attention_mask if attention_mask is not None and attention_mask.ndim == 2 else None
             position_ids = self.position_ids_from(
-                attention_mask, past_length, inputs_embeds.shape[1], inputs_embeds.device
+                padding_mask, past_length, inputs_embeds.shape[1], inputs_embeds.device
             )
         return self.language_model(
             inputs_embeds,
@@ -448,10 +501,11 @@ class MosaicFuyuModel(MosaicFuyuPreTrainedModel):
         )
 
     @staticmethod
-    def position_ids_from(attention_mask, past_length: int, seq_length: int, device) -> torch.Tensor:
-        """Positions that skip left padding: the count of attended tokens before each one. (B or 1, T)"""
+    def position_ids_from(attention_mask, past_length, seq_length: int, device) -> torch.Tensor:
+        """Positions that skip left padding: the count of attended tokens before each one. (B or 1, T)
+        `past_length` may be a 0-d tensor (a static cache's count)."""
         if attention_mask is None:
-            return torch.arange(past_length, past_length + seq_length, device=device).unsqueeze(0)
+            return (torch.arange(seq_length, device=device) + past_length).unsqueeze(0)
         positions = attention_mask.long().cumsum(-1) - 1
         return positions.clamp(min=0)[:, -seq_length:]
 

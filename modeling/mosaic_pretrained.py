@@ -1,9 +1,10 @@
 """The base both model families share: remote-code auto_map, the Hub model card hook, the weight-initialisation
-dispatch, and two helpers for their forward passes."""
+dispatch, and the helpers their forward passes share (output flags, renamed arguments, input checks)."""
 
 import functools
 import os
 import warnings
+from collections.abc import Callable
 
 import torch
 from transformers import PreTrainedModel
@@ -51,11 +52,25 @@ def renamed_argument(old: str, new: str, removed_in: str):
     return decorator
 
 
+def is_tracing() -> bool:
+    """True while torch.compile, torch.export (and so ONNX's dynamo export and transformers' exporters) or torch.jit
+    trace the forward pass."""
+    return torch.compiler.is_compiling() or torch.jit.is_tracing()
+
+
+def check_values(condition: Callable[[], torch.Tensor | bool], message: str | Callable[[], str]) -> None:
+    """A check on the values of input tensors: one clear ValueError in eager, nothing at all while traced. Traced,
+    reading a tensor's values would break the graph on every call (`.item()`) or leave assert ops in an exported
+    program (ONNX has none for them); the condition is a callable, so not even the comparison is traced."""
+    if not is_tracing():
+        torch_compilable_check(condition(), message)
+
+
 def check_token_ids(input_ids: torch.Tensor, vocab_size: int) -> None:
     """A clear ValueError for token ids outside [0, vocab_size) (torch's embedding lookup raises an IndexError that
-    names neither), checked without a host sync under torch.compile."""
-    torch_compilable_check(
-        (input_ids >= 0) & (input_ids < vocab_size),
+    names neither); free under torch.compile and export (see `check_values`)."""
+    check_values(
+        lambda: (input_ids >= 0) & (input_ids < vocab_size),
         lambda: (
             f"input_ids holds token id {input_ids[(input_ids < 0) | (input_ids >= vocab_size)][0].item()}, outside "
             f"the vocabulary of {vocab_size} tokens (ids 0 to {vocab_size - 1})."

@@ -7,8 +7,11 @@ The sdist is fetched once from the configured package registry with pip (`pip do
 install would put them), never into this repository; it is then imported like any installed package.
 
 The sdist leaves out a few modules those files import; small stand-ins are written next to them:
-- `exporters/test_export.py` and `generation/test_utils.py`: empty ExportTesterMixin and GenerationTesterMixin
-  (no export tests run; our generation tests are in tests/models/test_generation_fuyu.py);
+- `exporters/test_export.py`: ExportTesterMixin and ExportGenerateTesterMixin from tests/export_tester_mixin.py,
+  transformers' export tests written for the installed release's exporters (the repository's file targets newer
+  exporter modules);
+- `generation/test_utils.py`: an empty GenerationTesterMixin (our generation tests are in
+  tests/models/test_generation_fuyu.py);
 - `utils/test_configuration_utils.py`: the common config kwargs ConfigTester sets (PreTrainedConfig's common
   fields, each with a non-default value);
 - `utils/fetch_hub_objects_for_ci.py` (beside the package, where the mixins look for it): the CI's Hub fixture
@@ -18,6 +21,7 @@ The mixins also need `parameterized` (in the test extras).
 """
 
 import contextlib
+import hashlib
 import importlib
 import os
 import shutil
@@ -46,10 +50,11 @@ STAND_INS = {
     "__init__.py": "",
     f"{PACKAGE}/__init__.py": "",
     f"{PACKAGE}/exporters/__init__.py": "",
-    f"{PACKAGE}/exporters/test_export.py": '''
-class ExportTesterMixin:
-    """Stand-in: the sdist does not ship tests/exporters; no export tests run."""
-''',
+    # the sdist does not ship tests/exporters: tests/export_tester_mixin.py holds the export mixins, written for the
+    # installed release's transformers.exporters (on sys.path under pytest, as every shared helper in tests/)
+    f"{PACKAGE}/exporters/test_export.py": """
+from export_tester_mixin import ExportGenerateTesterMixin, ExportTesterMixin  # noqa: F401
+""",
     f"{PACKAGE}/generation/__init__.py": "",
     f"{PACKAGE}/generation/test_utils.py": '''
 class GenerationTesterMixin:
@@ -105,9 +110,15 @@ def _unpack_mixins(sdist: Path, target: Path) -> None:
             (target / PACKAGE / name).write_bytes(archive.extractfile(member).read())
 
 
+def build_id() -> str:
+    """The installed transformers version and a digest of the stand-ins: a change to either rebuilds the package."""
+    digest = hashlib.sha256(repr(sorted(STAND_INS.items())).encode()).hexdigest()[:12]
+    return f"{transformers.__version__}+{digest}"
+
+
 def _build(root: Path) -> None:
     """Fetch the sdist and write the package into a scratch folder beside `root`, then move it into place in
-    one rename (a version file tells which transformers it came from)."""
+    one rename (a version file tells which transformers, and which stand-ins, it came from)."""
     scratch = Path(tempfile.mkdtemp(prefix=f".{root.name}.", dir=root.parent))
     try:
         for relative, text in STAND_INS.items():
@@ -127,8 +138,8 @@ def _build(root: Path) -> None:
             )
             (sdist,) = Path(download).glob("transformers-*.tar.gz")
             _unpack_mixins(sdist, scratch)
-        (scratch / "VERSION").write_text(transformers.__version__)
-        if root.exists():  # a package of another transformers version: replaced
+        (scratch / "VERSION").write_text(build_id())
+        if root.exists():  # a package of another transformers version, or older stand-ins: replaced
             shutil.rmtree(root)
         os.rename(scratch, root)
     finally:
@@ -140,7 +151,7 @@ def load(module: str) -> ModuleType:
     mixin files themselves append their sibling utils/ folder to sys.path to find `fetch_hub_objects_for_ci`.)"""
     root = cache_root()
     version = root / "VERSION"
-    if not version.is_file() or version.read_text() != transformers.__version__:
+    if not version.is_file() or version.read_text() != build_id():
         _build(root)
         importlib.invalidate_caches()
     with warnings.catch_warnings():

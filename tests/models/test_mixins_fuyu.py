@@ -3,9 +3,11 @@ bound to the Fuyu-style family, the way transformers tests FuyuModel, FuyuForCau
 processor.
 
 The mixins come from the transformers sdist (see transformers_sdist.py). The sdist has no GenerationTesterMixin:
-tests/models/test_generation_fuyu.py holds our own generation tests. Every skip written below names a capability
-transformers' own Fuyu class lacks too (the test fails on it as well), or a test that has nothing to check here;
-the mixins skip by themselves what needs an accelerator, flash-attention, deepspeed or the Hub.
+tests/models/test_generation_fuyu.py holds our own generation tests. Nor has it the export mixins: those of
+tests/export_tester_mixin.py export both classes (torch.export, ONNX) and generate()'s prefill and decode steps.
+Every skip written below names a capability transformers' own Fuyu class lacks too (the test fails on it as well), or
+a test that has nothing to check here; the mixins skip by themselves what needs an accelerator, flash-attention,
+deepspeed or the Hub.
 """
 
 import unittest
@@ -22,11 +24,13 @@ from mosaic_vlm.processing.fuyu_special_tokens import FUYU_SPECIAL_TOKENS, IMAGE
 modeling_common = load("test_modeling_common")
 configuration_common = load("test_configuration_common")
 generation_common = load("generation.test_utils")
+export_common = load("exporters.test_export")
 image_processing_common = load("test_image_processing_common")
 processing_common = load("test_processing_common")
 
 ModelTesterMixin = modeling_common.ModelTesterMixin
 GenerationTesterMixin = generation_common.GenerationTesterMixin
+ExportGenerateTesterMixin = export_common.ExportGenerateTesterMixin  # ExportTesterMixin comes with ModelTesterMixin
 ConfigTester = configuration_common.ConfigTester
 ImageProcessingTestMixin = image_processing_common.ImageProcessingTestMixin
 ImageProcessingTester = image_processing_common.ImageProcessingTester
@@ -97,7 +101,7 @@ class MosaicFuyuModelTester(TinyModelTester):
         return self.get_config(), inputs
 
 
-class MosaicFuyuModelTest(ModelTesterMixin, GenerationTesterMixin, unittest.TestCase):
+class MosaicFuyuModelTest(ModelTesterMixin, GenerationTesterMixin, ExportGenerateTesterMixin, unittest.TestCase):
     all_model_classes = (MosaicFuyuModel, MosaicFuyuForCausalLM)
     additional_model_inputs = ["pixel_values"]
     test_can_init_all_missing_weights_before_2023 = True  # the mixin dates models by a copyright line we lack

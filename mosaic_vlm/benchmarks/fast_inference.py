@@ -1,0 +1,208 @@
+"""Decode speed of the fast-inference routes, ours beside transformers' own FuyuForCausalLM / CLIPModel, on CPU.
+
+Fuyu: the README's ~170M config (hidden 1024, 8 layers, 16 heads, vocab 32000, patch 30; `fuyu_model.FULL`) with
+one 1280x960 image worth of patches (32 rows x 43 columns + newlines) and a 30-token prompt, ~1420 tokens. Both
+models hold the same random weights, sdpa, fp32. Decode ms/token is timed alone: a prefill (not timed), then
+`--new-tokens` greedy steps of one token each, as generate() runs them, for
+
+- eager: a DynamicCache, the plain forward;
+- static+compile: a StaticCache, the forward under torch.compile(fullgraph=True) (inductor), fed the 4-D mask and
+  positions generate() builds for compileable caches (the compile happens in the warm-up round, never timed);
+- int8 weight-only: torchao's Int8WeightOnlyConfig (the CPU scheme that keeps fp32's tokens here), eager, a
+  DynamicCache.
+
+CLIP: image encode (`get_image_features`) of a batch of `--images` 224x224 images at ViT-B/32 shapes
+(`clip.VISION_CONFIG`), ours under torch.compile against transformers' eager (and ours eager, for the ratio).
+
+Before any timing both implementations must agree (Fuyu's greedy tokens, eager and compiled; CLIP's image features
+within 1e-4), or nothing is timed. Variants alternate within every repeat (the first round warms up and compiles);
+times are medians; ratio = transformers' eager time / this variant's time (> 1: faster than transformers eager).
+Timings mean something only on an otherwise idle machine.
+
+    python -m mosaic_vlm.benchmarks.fast_inference [--repeats 5] [--new-tokens 16] [--images 8] [--quick]
+"""
+
+import argparse
+import importlib.util
+import statistics
+import time
+
+import torch
+import transformers
+from transformers import DynamicCache, StaticCache
+
+from mosaic_vlm.modeling import MosaicClipConfig, MosaicClipModel
+
+from . import clip as clip_benchmark
+from . import fuyu_model
+
+QUICK_CLIP = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, projection_dim=32)
+TOLERANCE = 1e-4
+
+
+def int8_weight_only(model):
+    """`model` with its linear weights quantized by torchao's Int8WeightOnlyConfig (what
+    `from_pretrained(..., quantization_config=TorchAoConfig(Int8WeightOnlyConfig()))` applies), in place."""
+    from torchao.quantization import Int8WeightOnlyConfig, quantize_
+
+    quantize_(model, Int8WeightOnlyConfig())
+    return model
+
+
+class Decoder:
+    """One decode variant of a model: its cache, and its forward (plain or compiled)."""
+
+    def __init__(self, model, static: bool, compiled: bool, max_cache_len: int):
+        self.model, self.static, self.max_cache_len = model, static, max_cache_len
+        self.forward = torch.compile(model.forward, fullgraph=True) if compiled else model.forward
+
+    def prefill(self, inputs: dict):
+        if self.static:
+            cache = StaticCache(config=self.model.config, max_cache_len=self.max_cache_len)
+        else:
+            cache = DynamicCache(config=self.model.config)
+        logits = self.model(**inputs, past_key_values=cache, use_cache=True, logits_to_keep=1).logits
+        return cache, logits[:, -1:].argmax(-1)
+
+    def step(self, cache, token, length: int):
+        """The forward of `token` at position `length`, with the inputs generate() passes (its
+        `prepare_inputs_for_generation`: a 4-D mask for a static cache)."""
+        inputs = self.model.prepare_inputs_for_generation(
+            token,
+            past_key_values=cache,
+            attention_mask=torch.ones(token.shape[0], length + 1, dtype=torch.long),
+            position_ids=torch.full_like(token, length),
+            use_cache=True,
+        )
+        return self.forward(**inputs).logits[:, -1:].argmax(-1)
+
+    def greedy(self, inputs: dict, new_tokens: int) -> tuple[list[int], float]:
+        """`new_tokens` greedy tokens after the prompt, and the seconds the decode steps took (prefill excluded)."""
+        cache, token = self.prefill(inputs)
+        length, tokens = inputs["input_ids"].shape[1], [token.item()]
+        start = time.perf_counter()
+        for _ in range(new_tokens - 1):
+            token = self.step(cache, token, length)
+            tokens.append(token.item())
+            length += 1
+        return tokens, time.perf_counter() - start
+
+
+def fuyu_decoders(quick: bool, max_cache_len: int) -> dict:
+    ours, reference = fuyu_model.build_models(fuyu_model.QUICK if quick else fuyu_model.FULL)
+    decoders = {}
+    for who, model in (("ours", ours), ("transformers", reference)):
+        decoders[who, "eager"] = Decoder(model, static=False, compiled=False, max_cache_len=max_cache_len)
+        decoders[who, "static+compile"] = Decoder(model, static=True, compiled=True, max_cache_len=max_cache_len)
+    if importlib.util.find_spec("torchao") is None:
+        print("torchao is not installed (pip install torchao, or the test extra): no int8 weight-only rows")
+        return decoders
+    ours_int8, reference_int8 = fuyu_model.build_models(fuyu_model.QUICK if quick else fuyu_model.FULL)
+    for who, model in (("ours", ours_int8), ("transformers", reference_int8)):
+        decoders[who, "int8 weight-only"] = Decoder(int8_weight_only(model), False, False, max_cache_len)
+    return decoders
+
+
+def run_fuyu_decode(repeats: int, new_tokens: int, quick: bool) -> dict:
+    rows, cols = (4, 5) if quick else (32, 43)
+    decoders = fuyu_decoders(quick, max_cache_len=rows * (cols + 1) + 31 + new_tokens + 1)
+    vocab = decoders["ours", "eager"].model.config.vocab_size
+    input_ids, patches = fuyu_model.inputs_for(rows, cols, 30, vocab)
+    inputs = {"input_ids": input_ids, "pixel_values": patches}
+    times = {key: [] for key in decoders}
+    tokens = {}
+    with torch.inference_mode():
+        for repeat in range(repeats + 1):  # the first round warms up (and compiles)
+            order = list(decoders.items())
+            for key, decoder in order if repeat % 2 else order[::-1]:
+                tokens[key], seconds = decoder.greedy(inputs, new_tokens)
+                if repeat:
+                    times[key].append(seconds / (new_tokens - 1))
+            for key in decoders:  # the float variants must decode the same tokens (int8 reports its agreement)
+                if key[1] != "int8 weight-only" and tokens[key] != tokens["ours", "eager"]:
+                    raise RuntimeError(f"{key} decodes {tokens[key]}, ours eager {tokens['ours', 'eager']}: not timed")
+    reference_ms = statistics.median(times["transformers", "eager"]) * 1000
+    cases = []
+    for (who, variant), values in times.items():
+        ms = statistics.median(values) * 1000
+        agree = sum(a == b for a, b in zip(tokens[who, variant], tokens["ours", "eager"])) / new_tokens
+        cases.append(
+            {"model": who, "case": f"decode {variant}", "ms": ms, "ratio": reference_ms / ms, "tokens_agree": agree}
+        )
+    return {"tokens": input_ids.shape[1], "new_tokens": new_tokens, "cases": cases}
+
+
+def clip_models(quick: bool):
+    vision = {**clip_benchmark.VISION_CONFIG, **(QUICK_CLIP if quick else {})}
+    text = {**clip_benchmark.TEXT_CONFIG, **(QUICK_CLIP if quick else {})}
+    projection_dim = vision["projection_dim"]
+    torch.manual_seed(0)
+    ours = MosaicClipModel(MosaicClipConfig(text_config=text, vision_config=vision, projection_dim=projection_dim))
+    reference = transformers.CLIPModel(
+        transformers.CLIPConfig(text_config=text, vision_config=vision, projection_dim=projection_dim)
+    )
+    reference.load_state_dict(ours.state_dict(), strict=True)
+    for model in (ours, reference):
+        model.set_attn_implementation("sdpa")
+        model.eval().requires_grad_(False)
+    return ours, reference
+
+
+def run_clip_encode(repeats: int, images: int, quick: bool) -> dict:
+    ours, reference = clip_models(quick)
+    pixel_values = clip_benchmark.make_pixel_values(images)
+    variants = {
+        ("ours", "eager"): ours.get_image_features,
+        ("ours", "compile"): torch.compile(ours.get_image_features, fullgraph=True),
+        ("transformers", "eager"): reference.get_image_features,
+    }
+    times = {key: [] for key in variants}
+    with torch.inference_mode():
+        expected = reference.get_image_features(pixel_values).pooler_output
+        for repeat in range(repeats + 1):
+            order = list(variants.items())
+            for key, encode in order if repeat % 2 else order[::-1]:
+                start = time.perf_counter()
+                features = encode(pixel_values).pooler_output
+                seconds = time.perf_counter() - start
+                if (difference := (features - expected).abs().max().item()) > TOLERANCE:
+                    raise RuntimeError(f"{key} image features differ by {difference}: not timed")
+                if repeat:
+                    times[key].append(seconds)
+    reference_ms = statistics.median(times["transformers", "eager"]) * 1000
+    cases = []
+    for (who, variant), values in times.items():
+        ms = statistics.median(values) * 1000
+        cases.append({"model": who, "case": f"image encode {variant}", "ms": ms, "ratio": reference_ms / ms})
+    return {"images": images, "cases": cases}
+
+
+def run_fast_inference_benchmark(repeats: int = 5, new_tokens: int = 16, images: int = 8, quick: bool = False) -> dict:
+    if quick:
+        repeats, new_tokens, images = 1, 4, 2
+    return {
+        "threads": torch.get_num_threads(),
+        "fuyu": run_fuyu_decode(repeats, new_tokens, quick),
+        "clip": run_clip_encode(repeats, images, quick),
+    }
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--repeats", type=int, default=5, help="timed repeats per variant (default 5)")
+    parser.add_argument("--new-tokens", type=int, default=16, help="greedy tokens per decode run (default 16)")
+    parser.add_argument("--images", type=int, default=8, help="images per CLIP encode (default 8)")
+    parser.add_argument("--quick", action="store_true", help="tiny configs, one repeat: a smoke test, not figures")
+    args = parser.parse_args(argv)
+    result = run_fast_inference_benchmark(args.repeats, args.new_tokens, args.images, args.quick)
+    fuyu, clip = result["fuyu"], result["clip"]
+    print(f"{result['threads']} threads; Fuyu: {fuyu['tokens']} prompt tokens; CLIP: {clip['images']} images")
+    print("| model | case | ms | vs transformers eager | tokens as ours eager |\n|---|---|---:|---:|---:|")
+    for case in fuyu["cases"] + clip["cases"]:
+        agree = f"{case['tokens_agree']:.0%}" if "tokens_agree" in case else "-"
+        unit = " (ms/token)" if case["case"].startswith("decode") else ""
+        print(f"| {case['model']} | {case['case']}{unit} | {case['ms']:.1f} | {case['ratio']:.2f} | {agree} |")
+
+
+if __name__ == "__main__":
+    main()
