@@ -216,3 +216,12 @@ class MosaicProcessorMixin(ProcessorMixin):
             return super().save_pretrained(save_directory, push_to_hub=push_to_hub, **kwargs)
         finally:
             self.__dict__.pop("auto_map", None)
+
+
+def wants_mm_token_type_ids(call_kwargs: dict) -> bool:
+    """Whether a processor call asks for `mm_token_type_ids`: flat, or among its text kwargs (transformers 5.25
+    reads the flag at the processor's level, 5.23 among the text kwargs)."""
+    return bool(
+        call_kwargs.get("return_mm_token_type_ids")
+        or call_kwargs.get("text_kwargs", {}).get("return_mm_token_type_ids")
+    )

@@ -5,7 +5,7 @@ text can overrun the model's position table.
 """
 
 from transformers.image_utils import ImageInput
-from transformers.processing_utils import MultiModalData, ProcessingKwargs, Unpack
+from transformers.processing_utils import ProcessingKwargs, Unpack
 from transformers.tokenization_utils_base import TextInput
 
 from .mosaic_processing_common import MosaicProcessorMixin, check_texts
@@ -32,13 +32,6 @@ class MosaicClipProcessor(MosaicProcessorMixin):
 
     def __init__(self, image_processor=None, tokenizer=None, chat_template: str | None = None, **kwargs):
         super().__init__(image_processor, tokenizer, chat_template=chat_template or CHAT_TEMPLATE, **kwargs)
-
-    def _get_num_multimodal_tokens(self, image_sizes=None, **kwargs) -> MultiModalData:
-        """What `__call__` emits per image, for vLLM's counting: one `pixel_values` entry and no image token in
-        the text (the image tower reads the pixels on its own)."""
-        if image_sizes is None:
-            return MultiModalData()
-        return MultiModalData(num_image_tokens=[0] * len(image_sizes), num_image_patches=[1] * len(image_sizes))
 
     def __call__(
         self,

@@ -56,7 +56,7 @@ from .fuyu_special_tokens import (
     POINT_OPEN_TOKEN,
 )
 from .image_processing_mosaic_fuyu import fit_scale, image_token_layout
-from .mosaic_processing_common import MosaicProcessorMixin, check_texts, images_to_pil_list
+from .mosaic_processing_common import MosaicProcessorMixin, check_texts, images_to_pil_list, wants_mm_token_type_ids
 
 IGNORE_INDEX = -100
 COORDINATE_TAG = re.compile(r"<(box|point)>(.*?)</\1>", re.DOTALL)
@@ -509,7 +509,7 @@ class MosaicFuyuProcessor(MosaicProcessorMixin):
             data["offset_mapping"] = torch.zeros(len(prompts), length, 2, dtype=torch.long)
             for row, (offsets, where) in enumerate(zip(offset_sequences, placed)):
                 data["offset_mapping"][row, where] = torch.tensor(offsets, dtype=torch.long).view(-1, 2)
-        if text_kwargs.get("return_mm_token_type_ids"):  # 1 on the image blocks' tokens (patches and newlines)
+        if wants_mm_token_type_ids(kwargs):  # 1 on the image blocks' tokens (patches and newlines)
             image_ids = torch.tensor([self._token_id(self.image_token), self._token_id(self.image_newline_token)])
             data["mm_token_type_ids"] = torch.isin(input_ids, image_ids).long() * attention_mask
         if patches:

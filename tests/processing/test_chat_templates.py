@@ -184,10 +184,3 @@ def test_vllm_token_counts_equal_what_the_processor_emits(fuyu_processor, patch_
         out = processor(images=image(height, width), text="what digit is this?", return_mm_token_type_ids=True)
         assert out["mm_token_type_ids"].sum().item() == tokens, (height, width)
         assert out["image_patches_mask"].sum().item() == patches, (height, width)
-
-
-def test_clip_token_counts_say_one_pixel_entry_and_no_text_token(clip_processor):
-    counted = clip_processor._get_num_multimodal_tokens(image_sizes=[(40, 50), (300, 20)])
-    assert counted.num_image_tokens == [0, 0] and counted.num_image_patches == [1, 1]
-    out = clip_processor(images=[image(40, 50), image(300, 20)], text=["a", "b"], return_tensors="pt")
-    assert len(out["pixel_values"]) == 2
