@@ -9,15 +9,21 @@ the figure is the peak above that bare import, as a multiple of the checkpoint's
 The converters (`CLIP_CONVERTERS` / `FUYU_CONVERTERS`) hold one shard and one module at a time. The in-memory
 converters these figures were once set against are gone; their figures are recorded in the README.
 
-    python -m mosaic_vlm.benchmarks.conversion_memory [--quick]
+    python -m mosaic_vlm.benchmarks.conversion_memory [--quick] [--work-dir FOLDER]
+
+The checkpoints are made in a scratch folder: the temp folder, or --work-dir (removed at the end); `mosaic-vlm bench`
+makes it under its --output, so that it writes nothing elsewhere.
 """
 
 import argparse
 import json
+import shutil
 import subprocess
 import sys
 import tempfile
 import textwrap
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 # run in a fresh process: prints {"rss": peak RSS above the bare import, "anon": peak RssAnon above it} in bytes
@@ -102,11 +108,28 @@ def measure(family: str, source: Path, output: Path, newline: int) -> dict:
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
-def run_conversion_memory_benchmark(quick: bool = False) -> dict:
+@contextmanager
+def scratch_folder(work_dir: Path | None) -> Iterator[Path]:
+    """`work_dir` (made, and removed with everything in it at the end: it must not exist yet), or a folder in the
+    system's temp folder when None."""
+    if work_dir is None:
+        with tempfile.TemporaryDirectory(prefix="mosaic-conversion-memory-") as work:
+            yield Path(work)
+        return
+    work_dir = Path(work_dir)
+    work_dir.mkdir(parents=True)
+    try:
+        yield work_dir
+    finally:
+        shutil.rmtree(work_dir, ignore_errors=True)
+
+
+def run_conversion_memory_benchmark(quick: bool = False, work_dir: Path | None = None) -> dict:
+    """The peaks of both conversions. The checkpoints and the converted folders are made in `work_dir` (created,
+    and removed at the end; `mosaic-vlm bench` gives a folder under its --output), or in the temp folder."""
     from mosaic_vlm.conversion.streaming import LazyCheckpoint
 
-    with tempfile.TemporaryDirectory(prefix="mosaic-conversion-memory-") as work:
-        work = Path(work)
+    with scratch_folder(work_dir) as work:
         sources = make_checkpoints(work, quick)
         cases = []
         for family, source in sources.items():
@@ -123,9 +146,12 @@ def run_conversion_memory_benchmark(quick: bool = False) -> dict:
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="small checkpoints (a smoke run)")
+    parser.add_argument(
+        "--work-dir", type=Path, default=None, help="scratch folder to make and remove (default: in the temp folder)"
+    )
     args = parser.parse_args(argv)
     print("| case | streaming |\n|---|---:|")
-    for case in run_conversion_memory_benchmark(args.quick)["cases"]:
+    for case in run_conversion_memory_benchmark(args.quick, args.work_dir)["cases"]:
         print(f"| {case['case']} | {case['ours']:.2f}x |")
 
 

@@ -19,7 +19,8 @@ import torch
 
 from . import clip, conversion_memory, fuyu_model, fuyu_processing, vstar
 
-# name -> (its entry point, keyword arguments of a full run, of a --quick run); V*'s also takes its two models
+# name -> (its entry point, keyword arguments of a full run, of a --quick run); V*'s also takes its two models, the
+# conversion memory benchmark a scratch folder under the report's (SCRATCH_FOLDER, removed when it ends)
 BENCHMARKS = {
     "bench_clip": (clip.run_clip_benchmark, {}, {"batch_images": 2, "batch_texts": 4, "repeats": 2, "warmup": 1}),
     "bench_fuyu_processing": (fuyu_processing.run_fuyu_processing_benchmark, {}, {"repeats": 2, "size": (320, 240)}),
@@ -27,6 +28,9 @@ BENCHMARKS = {
     "bench_vstar": (vstar.run_vstar_benchmark, {}, {"questions": 3, "exhaustive": 1, "quick": True}),
     "bench_conversion_memory": (conversion_memory.run_conversion_memory_benchmark, {}, {"quick": True}),
 }
+
+
+SCRATCH_FOLDER = "conversion-memory-scratch"
 
 
 def cell(value) -> str:
@@ -53,21 +57,23 @@ def ratio_rows(name: str, result: dict) -> list[dict]:
 def write_report(output: Path, quick: bool = False, vstar_models: tuple | None = None) -> list[Path]:
     """Runs the benchmarks and writes the report into `output`; returns the paths written. `vstar_models`: V*'s
     answering and search models (folders or (model, processor) pairs); without them the V* benchmark is left
-    out."""
+    out. The conversion memory benchmark works in a scratch folder under `output`, removed when it ends."""
     output = Path(output)
     output.mkdir(parents=True, exist_ok=True)
     processor = platform.processor() or platform.machine()
     machine = f"{processor}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads"
     results, rows = {}, []
     for name, (entry, full_settings, quick_settings) in BENCHMARKS.items():
-        models = {}
+        inputs = {}
         if name == "bench_vstar":
             if vstar_models is None:
                 print(f"== {name}: left out (no trained V* models given)", file=sys.stderr)
                 continue
-            models = dict(zip(("answerer", "searcher"), vstar_models, strict=True))
+            inputs = dict(zip(("answerer", "searcher"), vstar_models, strict=True))
+        if name == "bench_conversion_memory":
+            inputs = {"work_dir": output / SCRATCH_FOLDER}  # written under the report's folder, nowhere else
         print(f"== {name}", file=sys.stderr)
-        result = entry(**models, **(quick_settings if quick else full_settings))
+        result = entry(**inputs, **(quick_settings if quick else full_settings))
         results[name] = result
         rows += ratio_rows(name, result)
     report = {"machine": machine, "torch": torch.__version__, "quick": quick, "results": results}

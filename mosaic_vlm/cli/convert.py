@@ -11,6 +11,13 @@ from mosaic_vlm.conversion.streaming import DEFAULT_MAX_SHARD_SIZE, DTYPES, pars
 from mosaic_vlm.families import FAMILIES, Family
 from mosaic_vlm.processing.fuyu_special_tokens import IMAGE_NEWLINE_TOKEN
 
+from .inputs import (
+    check_processor_files,
+    load_config_at_door,
+    read_weight_headers,
+    require_layers_fit_weights,
+    require_weights_fit_config,
+)
 from .staging import require_writable_output, staged_folder
 
 PROGRAM = "mosaic-vlm"
@@ -78,8 +85,10 @@ mis-shaped tensors, or a folder of another model type, are refused. From a trans
 and image processor become the mosaic processor; an OpenAI state dict carries none (the conversion says how
 to add one). Output is written to a staging folder beside --output and renamed into place at the end, so a
 failed or killed run leaves no partial folder; --overwrite swaps the new folder in atomically and never
-replaces a file, the input, or a folder holding the input. Weights are read from .safetensors only; convert
-pickles (.pt, .bin) first.
+replaces a file, the input, a folder holding the input or a folder inside it. Weights are read from
+.safetensors only; convert pickles (.pt, .bin) first. An input folder is checked before any model is built: its
+config and processor files (types, sizes, classes that need no remote code), a shard index that names only files
+beside it, and layer counts and (for --from mosaic) every tensor's shape against the weights' headers.
 """
 
 
@@ -169,9 +178,34 @@ def run_convert(args: argparse.Namespace) -> None:
             raise ValueError(f"{flag} applies only to {where_option_applies(option)}.")
         options[option] = getattr(args, dest)
     parse_size(args.max_shard_size)
-    require_writable_output(args.output, args.overwrite, inputs=[args.input])
+    require_writable_output(args.output, args.overwrite, inputs=[("input", args.input)])
+    check_input(args.input, family, args.source)
     dtype = DTYPES[args.dtype] if args.dtype else None
     logger.info("converting %s (%s) to the %s layout", args.input, args.source, args.target)
-    with staged_folder(args.output) as folder:
+    with staged_folder(args.output, overwrite=args.overwrite) as folder:
         converter(args.input, folder, dtype=dtype, max_shard_size=args.max_shard_size, **options)
     logger.info("done: %s", args.output)
+
+
+def source_config_class(family: Family, layout: str):
+    """The config class of a folder in `layout`: the family's own, or transformers' (CLIPConfig, FuyuConfig)."""
+    if layout == "mosaic":
+        return family.config_class
+    from transformers import CLIPConfig, FuyuConfig
+
+    return {"clip": CLIPConfig, "fuyu": FuyuConfig}[family.name]
+
+
+def check_input(path: Path, family: Family, layout: str) -> None:
+    """What the converter will read, checked at the door: a readable safetensors file (--from openai), or a folder
+    whose config and processor files are sound and whose weights' headers fit its config."""
+    if layout == "openai" or not path.is_dir():
+        if path.exists():
+            read_weight_headers(path, "input")
+        return
+    config = load_config_at_door(path, source_config_class(family, layout))
+    if layout == "mosaic":
+        require_weights_fit_config(path, config, family.model_class)
+    else:  # the converter checks every key and shape against the model built from this config
+        require_layers_fit_weights(config, read_weight_headers(path, "input"), path / "config.json")
+    check_processor_files(path, family if layout == "mosaic" else None)

@@ -2,12 +2,23 @@
 
 import argparse
 import functools
+import os
+import re
 from pathlib import Path
 
 from mosaic_vlm.processing.mosaic_processing_common import read_image_file
 
 from .inputs import load_model_folder, require_model_folder
-from .staging import save_file
+from .staging import require_writable_file, save_file
+
+
+def add_trust_remote_code_argument(parser) -> None:
+    parser.add_argument(
+        "--trust-remote-code",
+        action="store_true",
+        help="let the model folder's processor files name classes only the folder's own code provides (runs "
+        "that code; without it such a folder is refused)",
+    )
 
 
 def add_zero_shot_command(subparsers) -> None:
@@ -25,6 +36,7 @@ def add_zero_shot_command(subparsers) -> None:
     parser.add_argument(
         "--template", default="{}", help="text around each label, '{}' marks the label (default: the label alone)"
     )
+    add_trust_remote_code_argument(parser)
     parser.set_defaults(handler=run_zero_shot)
 
 
@@ -38,7 +50,7 @@ def run_zero_shot(args: argparse.Namespace) -> None:
     missing = [str(image) for image in args.images if not image.is_file()]
     if missing:
         raise ValueError(f"image file(s) not found: {', '.join(missing)}")
-    model, processor = load_model_folder(args.model, "clip", "zero-shot")
+    model, processor = load_model_folder(args.model, "clip", "zero-shot", args.trust_remote_code)
     images = [read_image_file(path).convert("RGB") for path in args.images]
     classifier = pipeline(
         "zero-shot-image-classification",
@@ -77,6 +89,7 @@ def add_question_arguments(parser) -> None:
     parser.add_argument("image", type=Path, help="an image file")
     parser.add_argument("question", help="the question")
     parser.add_argument("--max-new-tokens", type=int, default=20, help="longest answer in tokens (default 20)")
+    add_trust_remote_code_argument(parser)
 
 
 def add_ask_command(subparsers) -> None:
@@ -100,7 +113,7 @@ def add_ask_command(subparsers) -> None:
 
 def run_ask(args: argparse.Namespace) -> None:
     image = read_image_file(args.image).convert("RGB")
-    model, processor = load_model_folder(args.model, "fuyu", "ask")
+    model, processor = load_model_folder(args.model, "fuyu", "ask", args.trust_remote_code)
     question = args.question
     if args.box:
         question += " <box>" + ", ".join(f"{v:g}" for v in args.box) + "</box>"
@@ -136,7 +149,11 @@ def add_vstar_command(subparsers) -> None:
         "-o",
         type=Path,
         default=Path("vstar-search.png"),
-        help="PNG of the search; with several targets, one file per target (default vstar-search.png)",
+        help="PNG of the search; with several targets, one file per target, NAME-0.png, NAME-1.png, ... (default "
+        "vstar-search.png); written beside the target and renamed into place",
+    )
+    parser.add_argument(
+        "--overwrite", action="store_true", help="replace existing pictures (never the image or a model's file)"
     )
     parser.add_argument(
         "--max-cell",
@@ -157,9 +174,17 @@ def run_vstar(args: argparse.Namespace) -> None:
 
     if args.output.suffix.lower() != ".png":
         raise ValueError(f"--output must name a .png file, got {args.output}.")
+    inputs = [("the image", args.image), ("the model", args.model)]
+    inputs += [("--search-model", args.search_model)] if args.search_model else []
+    for path in picture_paths(args.output, args.targets):
+        require_writable_file(path, args.overwrite, inputs)
     image = read_image_file(args.image).convert("RGB")
-    model, processor = load_model_folder(args.model, "fuyu", "vstar")
-    searcher = load_model_folder(args.search_model, "fuyu", "vstar") if args.search_model else (model, processor)
+    model, processor = load_model_folder(args.model, "fuyu", "vstar", args.trust_remote_code)
+    searcher = (
+        load_model_folder(args.search_model, "fuyu", "vstar", args.trust_remote_code)
+        if args.search_model
+        else (model, processor)
+    )
     scorer = FuyuScorer(*searcher, max_cell=args.max_cell)
     search = SearchConfig(
         min_size=args.min_size, conf_high=args.conf_high, conf_low=args.conf_low, max_calls=args.max_calls
@@ -176,15 +201,28 @@ def run_vstar(args: argparse.Namespace) -> None:
         do_sample=False,
     )
     print(f"answer: {output.answer}")
-    for index, (target, result) in enumerate(output.searches.items()):
+    paths = picture_paths(args.output, list(output.searches))
+    for path, (target, result) in zip(paths, output.searches.items()):
         where = f"box {result.box}" if result.found else "not found"
         print(f"target {target!r}: {where}, score {result.score:.2f}, {result.num_calls} scorer calls")
-        path = args.output if len(output.searches) == 1 else args.output.with_stem(f"{args.output.stem}-{index}")
         crops = [(name, image.crop(box)) for name, box, _ in output.memory]
         picture = draw_search(
             image, result, question=args.question, target=target, answer=output.answer, crops=crops, config=search
         )
-        save_file(path, functools.partial(picture.save, format="PNG"))
+        save_file(path, functools.partial(picture.save, format="PNG"), overwrite=args.overwrite)
         print(f"search picture: {path}")
     if not output.searches:
         print("no target to search for: answered from the whole image")
+
+
+def picture_paths(output: Path, targets: list[str] | None) -> list[Path]:
+    """Where `vstar` saves its pictures: `output` for one target, NAME-0.png, NAME-1.png, ... for several. With the
+    targets not known yet (the model names them), every path it may write: `output` and the numbered pictures
+    already beside it."""
+    if targets is not None:
+        if len(targets) == 1:
+            return [output]
+        return [output.with_stem(f"{output.stem}-{index}") for index in range(len(targets))]
+    numbered = re.compile(rf"{re.escape(output.stem)}-[0-9]+{re.escape(output.suffix)}")
+    siblings = sorted(os.listdir(output.parent)) if output.parent.is_dir() else []
+    return [output, *(output.parent / name for name in siblings if numbered.fullmatch(name))]

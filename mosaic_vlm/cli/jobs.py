@@ -4,6 +4,7 @@ import argparse
 import importlib
 from pathlib import Path
 
+from .hub import push_folder
 from .staging import require_writable_output, staged_folder
 
 
@@ -12,9 +13,12 @@ def add_train_command(subparsers) -> None:
         "train",
         help="run a Trainer recipe (clip, fuyu or vstar) on the bundled digits and scenes",
         description="Run the Trainer recipe mosaic_vlm.recipes.<recipe>; everything after the recipe name goes to "
-        "its own parser (HfArgumentParser: every TrainingArguments flag works; see `mosaic-vlm train RECIPE --help`). "
-        "The run writes into a staging folder beside --output_dir, which takes --output_dir's place when training "
-        "ends; a failed or killed run leaves no partial folder (and its checkpoints go with it).",
+        "its own parser (HfArgumentParser: every TrainingArguments flag works, written out in full and once each; "
+        "see `mosaic-vlm train RECIPE --help`). The run writes into a staging folder beside --output_dir, which "
+        "takes --output_dir's place when training ends; a failed or killed run leaves no partial folder (and its "
+        "checkpoints go with it). --output_dir may not be, hold or lie inside --resume_from_checkpoint or "
+        "--init_from. With --push_to_hub the saved folder is pushed once it is in place (to --hub_model_id, by "
+        "default the output folder's name); a failed push keeps the model and says how to push it again.",
         epilog="example:\n  mosaic-vlm train clip --output_dir out/clip --num_train_epochs 20 --learning_rate 2e-3",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -29,38 +33,62 @@ def add_train_command(subparsers) -> None:
 OUTPUT_DIR_FLAGS = ("--output_dir", "--output-dir")
 
 
-def output_dir_argument(arguments: list[str]) -> tuple[int, Path] | None:
-    """Where the recipe arguments name the output folder: (index of its value, the folder), or None."""
-    for index, argument in enumerate(arguments):
-        flag, equals, value = argument.partition("=")
-        if flag in OUTPUT_DIR_FLAGS:
-            if equals:
-                return index, Path(value)
-            if index + 1 < len(arguments):
-                return index + 1, Path(arguments[index + 1])
-    return None
+def names_output_dir(arguments: list[str]) -> bool:
+    """Whether the recipe arguments name the output folder (the recipe parser takes flags whole, never
+    abbreviated, so this is every way of naming it)."""
+    return any(argument.partition("=")[0] in OUTPUT_DIR_FLAGS for argument in arguments)
 
 
 def run_train(args: argparse.Namespace) -> None:
+    from mosaic_vlm.recipes.recipe import INPUT_PATH_FIELDS
+
     recipe = importlib.import_module(f"mosaic_vlm.recipes.{args.recipe}")
-    found = output_dir_argument(args.recipe_args)
-    if found is None or "-h" in args.recipe_args or "--help" in args.recipe_args:
-        recipe.main(args.recipe_args)  # its own parser explains a missing --output_dir, or prints --help
+    arguments = [argument for argument in args.recipe_args if argument != "--overwrite"]
+    overwrite = args.overwrite or len(arguments) < len(args.recipe_args)  # --overwrite after the recipe works too
+    prog = f"mosaic-vlm train {args.recipe}"
+    if "-h" in arguments or "--help" in arguments:
+        recipe.parse(arguments, prog)  # prints the recipe's help and exits
         return
-    index, output = found
-    checkpoints = [
-        Path(value)
-        for flag, value in zip(args.recipe_args, args.recipe_args[1:])
-        if flag == "--resume_from_checkpoint"
+    if not names_output_dir(arguments):
+        raise ValueError(f"train {args.recipe} needs --output_dir FOLDER (where the trained model goes).")
+    # parsed first, whole: every path is read as the recipe will read it, whatever its spelling
+    model_args, training_args = recipe.parse(arguments, prog)
+    output = Path(training_args.output_dir)
+    inputs = [
+        (f"--{field}", path)
+        for field in INPUT_PATH_FIELDS
+        for path in [getattr(model_args, field, None) or getattr(training_args, field, None)]
+        if path
     ]
-    require_writable_output(output, args.overwrite, inputs=checkpoints, flag="--output_dir")
-    with staged_folder(output) as staging:
-        arguments = list(args.recipe_args)
-        arguments[index] = (
-            arguments[index].partition("=")[0] + f"={staging}" if "=" in arguments[index] else str(staging)
-        )
-        recipe.main(arguments)
+    require_writable_output(output, overwrite, inputs=inputs, flag="--output_dir")
+    # the push runs once the model is in place (a failed push loses nothing), under the output folder's name
+    push, training_args.push_to_hub = training_args.push_to_hub, False
+    repo_id = training_args.hub_model_id or output.resolve().name
+    with staged_folder(output, overwrite=overwrite, flag="--output_dir") as staging:
+        training_args.output_dir = str(staging)
+        recipe.run(model_args, training_args)
     print(f"saved: {output}")
+    if push:
+        push_trained(output, repo_id, training_args)
+
+
+def push_trained(output: Path, repo_id: str, training_args) -> None:
+    """`mosaic-vlm push OUTPUT REPO` with the run's hub settings; a failure is one error that says the model is
+    kept and how to push it again."""
+    try:
+        pushed = push_folder(
+            output,
+            repo_id,
+            revision=training_args.hub_revision,
+            private=bool(training_args.hub_private_repo),
+            token=training_args.hub_token,
+        )
+    except (ValueError, OSError) as error:
+        raise OSError(
+            f"{error}. The trained model is kept in {output}; push it again with: mosaic-vlm push {output} {repo_id}"
+            + (f" --revision {training_args.hub_revision}" if training_args.hub_revision else "")
+        ) from error
+    print(f"pushed: {pushed}")
 
 
 def add_bench_command(subparsers) -> None:
@@ -69,7 +97,8 @@ def add_bench_command(subparsers) -> None:
         help="run the side-by-side benchmarks and write the report",
         description="Run every benchmark against its transformers reference in one run; write JSON, a "
         "markdown table and a PNG bar chart of the speed ratios into --output. V*'s two models are trained first "
-        "(the Trainer recipe vstar) into --output/vstar-models; nothing is left behind outside --output.",
+        "(the Trainer recipe vstar) into --output/vstar-models; the conversion memory benchmark works in a scratch "
+        "folder under --output: nothing is written outside --output.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--output", "-o", type=Path, default=Path("bench-report"), help="report folder")
@@ -83,10 +112,11 @@ def run_bench(args: argparse.Namespace) -> None:
     from mosaic_vlm.recipes.vstar import FULL_PLAN, QUICK_PLAN, start_training
 
     require_writable_output(args.output, args.overwrite)
-    with staged_folder(args.output) as staging:
-        # trained before the benchmarks run, so that their timings have the machine to themselves
-        training = start_training(staging / "vstar-models", QUICK_PLAN if args.quick else FULL_PLAN)
-        models = training.folder("answer"), training.folder("search")
+    with staged_folder(args.output, overwrite=args.overwrite) as staging:
+        # trained before the benchmarks run, so that their timings have the machine to themselves; the training
+        # processes end with this one
+        with start_training(staging / "vstar-models", QUICK_PLAN if args.quick else FULL_PLAN) as training:
+            models = training.folder("answer"), training.folder("search")
         names = [path.name for path in write_report(staging, quick=args.quick, vstar_models=models)]
     for name in names:
         print(args.output / name)
@@ -97,7 +127,8 @@ def add_demo_command(subparsers) -> None:
         "demo",
         help="the main job: train tiny models on real images offline and report",
         description="Train, evaluate, search and reload tiny models on images that ship in wheels; write a "
-        "report with pictures into --output-dir.",
+        "report with pictures into --output-dir. V*'s background training processes end with the demo, however "
+        "it ends.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
@@ -112,7 +143,7 @@ def run_demo(args: argparse.Namespace) -> None:
     from mosaic_vlm.demo.main_job import run_main_job
 
     require_writable_output(args.output_dir, args.overwrite, flag="--output-dir")
-    with staged_folder(args.output_dir) as staging:
+    with staged_folder(args.output_dir, overwrite=args.overwrite, flag="--output-dir") as staging:
         minutes = run_main_job(staging, quick=args.quick)
     output = args.output_dir.resolve()
     print(f"\nreport: {output / 'report.md'}\nsearch pictures: {output / 'traces'}\ndone in {minutes:.1f} min")

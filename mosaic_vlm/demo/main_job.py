@@ -324,22 +324,25 @@ def _run_stages(output: Path, settings: Settings) -> float:
         "V*'s two models train in two background processes from now on (logs: logs/vstar-digits.log, then "
         "logs/vstar-answer.log, and logs/vstar-search.log); the other stages run meanwhile."
     )
-    training = train_vstar.start_training(output, settings.vstar, log_dir=logs)
-    title = "CLIP-style model on captioned digits and photo crops (Trainer)"
-    with Stage(1, STAGES, title, logs / "1-clip.log", total=1 + len(PHOTO_CAPTIONS)) as clip_stage:
-        clip_lines, clip_trainer = stage_clip(settings, output, clip_stage)
-    title = "Fuyu-style model answers 'What digit is this?' (Trainer)"
-    with Stage(2, STAGES, title, logs / "2-fuyu.log", total=2) as fuyu_stage:
-        fuyu_lines, fuyu_trainer = stage_fuyu(settings, output, fuyu_stage)
-    title, done = "V*'s two models finish training (background processes)", 100 * min(training.progress().values())
-    with Stage(3, STAGES, title, logs / "3-vstar-training.log", total=100, initial=done) as training_stage:
-        answerer, searcher = stage_vstar_training(training, training_stage)
-    title, items = "V* guided visual search on the V*Bench-like set", settings.questions + settings.exhaustive
-    with Stage(4, STAGES, title, logs / "4-vstar-bench.log", total=items) as bench_stage:
-        vstar_lines = stage_vstar_bench(settings, output, answerer, searcher, bench_stage)
-    title = "Save and reload both digit models with AutoModel / AutoProcessor"
-    with Stage(5, STAGES, title, logs / "5-reload.log", total=2) as reload_stage:
-        reload_lines = stage_reload(clip_trainer, fuyu_trainer, output, reload_stage)
+    # the training processes end with this process, however it ends; leaving the block early ends them too
+    with train_vstar.start_training(output, settings.vstar, log_dir=logs) as training:
+        title = "CLIP-style model on captioned digits and photo crops (Trainer)"
+        with Stage(1, STAGES, title, logs / "1-clip.log", total=1 + len(PHOTO_CAPTIONS)) as clip_stage:
+            clip_lines, clip_trainer = stage_clip(settings, output, clip_stage)
+        title = "Fuyu-style model answers 'What digit is this?' (Trainer)"
+        with Stage(2, STAGES, title, logs / "2-fuyu.log", total=2) as fuyu_stage:
+            fuyu_lines, fuyu_trainer = stage_fuyu(settings, output, fuyu_stage)
+        title = "V*'s two models finish training (background processes)"
+        done = 100 * min(training.progress().values())
+        with Stage(3, STAGES, title, logs / "3-vstar-training.log", total=100, initial=done) as training_stage:
+            answerer, searcher = stage_vstar_training(training, training_stage)
+        title = "V* guided visual search on the V*Bench-like set"
+        items = settings.questions + settings.exhaustive
+        with Stage(4, STAGES, title, logs / "4-vstar-bench.log", total=items) as bench_stage:
+            vstar_lines = stage_vstar_bench(settings, output, answerer, searcher, bench_stage)
+        title = "Save and reload both digit models with AutoModel / AutoProcessor"
+        with Stage(5, STAGES, title, logs / "5-reload.log", total=2) as reload_stage:
+            reload_lines = stage_reload(clip_trainer, fuyu_trainer, output, reload_stage)
 
     stages = [clip_stage, fuyu_stage, training_stage, bench_stage, reload_stage]
     children = resource.getrusage(resource.RUSAGE_CHILDREN)

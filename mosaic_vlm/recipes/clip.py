@@ -142,9 +142,15 @@ def run(model_args: ModelArguments, training_args: TrainingArguments) -> dict:
     return run_recipe(build_trainer, model_args, training_args, summary)
 
 
+def parse(argv: list[str] | None = None, prog: str | None = None) -> tuple[ModelArguments, TrainingArguments]:
+    """`argv` (sys.argv when None) as this recipe's two dataclasses, as `main` reads it (no abbreviated flags, each
+    flag once); `prog` names the command in usage and errors."""
+    return parse_arguments(ModelArguments, argv, __doc__, prog)
+
+
 def main(argv: list[str] | None = None) -> dict:
     """`mosaic-vlm train clip ARGS`: `argv` (sys.argv when None) parsed into the two dataclasses, then `run`."""
-    return run(*parse_arguments(ModelArguments, argv, __doc__))
+    return run(*parse(argv))
 
 
 if __name__ == "__main__":

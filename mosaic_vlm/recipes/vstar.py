@@ -13,18 +13,21 @@ Evaluation during training: held-out answer accuracy (teacher-forced, equal to g
 
 (`python -m mosaic_vlm.recipes.vstar ...` runs the same; in Python, `run(VStarArguments(...),
 TrainingArguments(...))`. The launcher of both models at once in background processes, `start_training`, runs a
-`TrainingPlan` (`FULL_PLAN`, `QUICK_PLAN`) with `LAUNCH_SETTINGS`: batches of 32, learning rate 3e-3.)
+`TrainingPlan` (`FULL_PLAN`, `QUICK_PLAN`) with `LAUNCH_SETTINGS`: batches of 32, learning rate 3e-3; its
+processes end with the process that started them, even when that one is killed.)
 
 The rows come from `mosaic_vlm.data.vstar_scenes` (skimage photos, sklearn digits); every
 TrainingArguments flag works (see --help).
 """
 
+import contextlib
 import dataclasses
 import json
 import os
-import shlex
+import signal
 import subprocess
 import sys
+import threading
 from collections.abc import Mapping
 from pathlib import Path
 from types import MappingProxyType
@@ -44,7 +47,7 @@ from mosaic_vlm.processing.collators import MosaicFuyuCollator
 from mosaic_vlm.processing.fuyu_special_tokens import FUYU_SPECIAL_TOKENS
 
 from .fuyu import answer_accuracy, build_model, greedy_predictions
-from .recipe import parse_arguments, prepare_run, run_recipe
+from .recipe import child_command, parse_arguments, prepare_run, run_recipe
 
 
 @dataclasses.dataclass
@@ -160,10 +163,74 @@ LAUNCH_SETTINGS = {
 
 class BackgroundTraining:
     """V*'s two models training at once (`start_training`), each in its own process: the answering model's
-    stages (`digits`, then `answer` from it) one after the other in one, the search model in the other."""
+    stages (`digits`, then `answer` from it) one after the other, the search model beside them. A thread per model
+    starts its stages' processes and waits for them; the processes end with this one, however it ends (killed
+    too: `child_command`), and `stop` (or leaving a `with` block) ends them early."""
 
-    def __init__(self, stages: dict[str, list[tuple[str, Path, int]]], processes: dict, log_dir: Path | None):
-        self.stages, self.processes, self.log_dir = stages, processes, log_dir
+    def __init__(self, stages: dict[str, list[tuple[str, Path, int]]], commands: dict, environment, log_dir):
+        self.stages, self.log_dir = stages, log_dir
+        self._lock = threading.Lock()
+        self._stopped = False
+        self._processes: dict[str, subprocess.Popen] = {}
+        self._codes: dict[str, int] = {}
+        self._started = {model: threading.Event() for model in stages}
+        self._threads = {
+            model: threading.Thread(
+                target=self._run, args=(model, commands[model], environment), name=f"vstar-{model}", daemon=True
+            )
+            for model in stages
+        }
+        for thread in self._threads.values():
+            thread.start()
+        for started in self._started.values():  # each model's first process runs (or could not start) by now
+            started.wait()
+
+    def _run(self, model: str, commands: list[tuple[list[str], Path | None]], environment) -> None:
+        code = 0
+        try:
+            for command, log in commands:
+                code = -1  # until this stage's process has ended (a Popen that raises leaves it)
+                with self._lock:
+                    if self._stopped:
+                        code = -signal.SIGTERM
+                        break
+                    with open(log, "w") if log else contextlib.nullcontext() as output:
+                        stream = {"stdout": output, "stderr": subprocess.STDOUT} if log else {}
+                        process = subprocess.Popen(command, env=environment, **stream)
+                    self._processes[model] = process
+                self._started[model].set()
+                code = process.wait()  # this thread started the process: it must live as long (PR_SET_PDEATHSIG)
+                if code != 0:
+                    break
+        finally:
+            self._codes[model] = code
+            self._started[model].set()
+
+    def __enter__(self) -> "BackgroundTraining":
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.stop()
+
+    def stop(self) -> None:
+        """End the training processes still running (SIGTERM, then SIGKILL after 10 s) and start no more."""
+        with self._lock:
+            self._stopped = True
+            running = [process for process in self._processes.values() if process.poll() is None]
+        for process in running:
+            process.terminate()
+        for process in running:
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+        for thread in self._threads.values():
+            thread.join()
+
+    def pids(self) -> list[int]:
+        """The process ids of the training processes running now."""
+        with self._lock:
+            return [process.pid for process in self._processes.values() if process.poll() is None]
 
     def progress(self) -> dict[str, float]:
         """The share of its training steps each model has done, 0 to 1 (read from the stages' progress files)."""
@@ -175,17 +242,18 @@ class BackgroundTraining:
         return shares
 
     def finished(self, model: str) -> bool:
-        return self.processes[model].poll() is not None
+        return not self._threads[model].is_alive()
 
     def folder(self, model: str) -> Path:
-        """Waits for the process training `model` ("answer" or "search"); returns the folder it saved it in."""
-        if self.processes[model].wait() != 0:
+        """Waits for the processes training `model` ("answer" or "search"); returns the folder it was saved in."""
+        self._threads[model].join()
+        if self._codes.get(model) != 0:
             logs = " and ".join(str(training_log(self.log_dir, task)) for task, _, _ in self.stages[model])
             raise RuntimeError(f"Training the V* {model} model failed" + (f" (see {logs})." if self.log_dir else "."))
         return self.stages[model][-1][1]
 
     def model(self, model: str):
-        """Waits for the process training `model` ("answer" or "search"); returns its (model, processor)."""
+        """Waits for the processes training `model` ("answer" or "search"); returns its (model, processor)."""
         return load_model(self.folder(model))
 
     def metrics(self) -> dict[str, dict]:
@@ -205,7 +273,8 @@ def start_training(
     tiny models make poor use of a second thread, and full use of a second process), into output_dir/vstar
     (after output_dir/vstar-digits) and output_dir/vstar-search, as `plan` says: `plan.steps[task]` steps each
     with one fresh row per step and batch row, and `LAUNCH_SETTINGS`. With `log_dir`, each stage writes to its log
-    there (`training_log`) instead of the terminal, without progress bars."""
+    there (`training_log`) instead of the terminal, without progress bars. The processes end with this one (use
+    the result in a `with` block to end them when the block fails)."""
     stages = {
         "answer": [
             ("digits", output_dir / "vstar-digits", plan.steps["digits"]),
@@ -217,9 +286,9 @@ def start_training(
         log_dir.mkdir(parents=True, exist_ok=True)
     environment = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
     batch_size = LAUNCH_SETTINGS["per_device_train_batch_size"]
-    processes = {}
+    commands = {}
     for model, model_stages in stages.items():
-        script = []
+        commands[model] = []
         for (task, folder, task_steps), previous in zip(model_stages, [None, *model_stages]):
             folder.mkdir(parents=True, exist_ok=True)
             model_args = dataclasses.replace(
@@ -238,16 +307,10 @@ def start_training(
             }
             # the stage's process reads its dataclasses back from this command line (`main`)
             settings = {**dataclasses.asdict(model_args), **training_settings}
-            command = [
-                sys.executable,
-                "-m",
-                "mosaic_vlm.recipes.vstar",
-                *(f"--{name}={value}" for name, value in settings.items() if value is not None),
-            ]
-            redirect = f" > {shlex.quote(str(training_log(log_dir, task)))} 2>&1" if log_dir else ""
-            script.append(shlex.join(command) + redirect)
-        processes[model] = subprocess.Popen(["/bin/sh", "-c", " && ".join(script)], env=environment)
-    return BackgroundTraining(stages, processes, log_dir)
+            arguments = [f"--{name}={value}" for name, value in settings.items() if value is not None]
+            log = training_log(log_dir, task) if log_dir else None
+            commands[model].append((child_command("mosaic_vlm.recipes.vstar", arguments), log))
+    return BackgroundTraining(stages, commands, environment, log_dir)
 
 
 def training_log(log_dir: Path, task: str) -> Path:
@@ -272,9 +335,15 @@ def run(args: VStarArguments, training_args: TrainingArguments) -> dict:
     return run_recipe(build_trainer, args, training_args, summary)
 
 
+def parse(argv: list[str] | None = None, prog: str | None = None) -> tuple[VStarArguments, TrainingArguments]:
+    """`argv` (sys.argv when None) as this recipe's two dataclasses, as `main` reads it (no abbreviated flags, each
+    flag once); `prog` names the command in usage and errors."""
+    return parse_arguments(VStarArguments, argv, __doc__, prog)
+
+
 def main(argv: list[str] | None = None) -> dict:
     """`mosaic-vlm train vstar ARGS`: `argv` (sys.argv when None) parsed into the two dataclasses, then `run`."""
-    return run(*parse_arguments(VStarArguments, argv, __doc__))
+    return run(*parse(argv))
 
 
 if __name__ == "__main__":

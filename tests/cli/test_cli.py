@@ -133,6 +133,10 @@ def test_vstar_prints_the_answer_and_saves_the_search_picture(fuyu_folder, photo
     # the photo with a caption above and a legend below (the crops the answerer saw, if any, to its right)
     picture, photo = PIL.Image.open(output), PIL.Image.open(photo_file)
     assert picture.width >= photo.width and picture.height > photo.height
+    # the picture is there now: writing it again needs --overwrite
+    assert main(argv) == 2
+    assert "search.png exists; pass --overwrite to replace it" in capsys.readouterr().err
+    argv.append("--overwrite")
     # the same folder as a separate search model: the same search, scored through --search-model
     assert main([*argv, "--search-model", str(folder)]) == 0
     assert capsys.readouterr().out.splitlines()[:2] == lines[:2]
@@ -218,7 +222,7 @@ def user_tree(root):
 @pytest.mark.parametrize(
     "output, overwrite, message",
     [
-        ("{input}", True, "holds the input"),  # the input itself, even with --overwrite
+        ("{input}", True, "is the input"),  # the input itself, even with --overwrite
         ("{parent}", True, "holds the input"),  # a folder holding the input
         ("{file}", True, "is an existing file"),
         ("{busy}", False, "exists and is not empty; pass --overwrite"),
@@ -256,9 +260,9 @@ def test_convert_reads_mosaic_folders_strictly(clip_folder, fuyu_folder, tmp_pat
     weights["extra.weight"] = weights.pop("logit_scale")
     safetensors.torch.save_file(weights, broken / "model.safetensors", metadata={"format": "pt"})
     assert main([*argv, str(broken), "--output", str(tmp_path / "b")]) == 2
-    error = capsys.readouterr().err
-    assert "weights strictly into" in error and "no place for: extra.weight" in error
-    assert "missing target keys: logit_scale" in error
+    error = capsys.readouterr().err  # the weights' headers are checked against the config at the door
+    assert "do not fit its config.json (MosaicClipModel)" in error and "no place for: extra.weight" in error
+    assert "missing tensors: logit_scale" in error
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
 
 
@@ -278,3 +282,100 @@ def test_a_huge_image_is_one_clear_error(clip_folder, tmp_path, capsys, monkeypa
     PIL.Image.new("RGB", (100, 100)).save(image)
     assert main(["zero-shot", str(clip_folder), str(image), "--labels", "cat", "dog"]) == 2
     assert "has 10000 pixels, more than MAX_IMAGE_PIXELS = 1000" in capsys.readouterr().err
+
+
+def modes(root) -> dict[str, int]:
+    return {str(path.relative_to(root)): path.stat().st_mode & 0o777 for path in sorted(root.rglob("*"))}
+
+
+def test_outputs_follow_the_umask(clip_folder, tmp_path):
+    """Every file of a converted folder is 0644 under umask 022 (safetensors 0.8 writes its files 0600)."""
+    previous = os.umask(0o022)
+    try:
+        argv = ["convert", "--from", "mosaic", "--to", "transformers", str(clip_folder), "-o", str(tmp_path / "a")]
+        assert main(argv) == 0
+    finally:
+        os.umask(previous)
+    found = modes(tmp_path / "a")
+    assert "model.safetensors" in found
+    assert all(mode == (0o755 if (tmp_path / "a" / name).is_dir() else 0o644) for name, mode in found.items()), found
+    assert (tmp_path / "a").stat().st_mode & 0o777 == 0o755
+
+
+# writes the folder at argv[1] converted into argv[2] under a file-size limit of argv[3] bytes
+CONVERT_UNDER_A_LIMIT = """
+import resource, sys
+limit = int(sys.argv[3])
+resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+from mosaic_vlm.cli.main import main
+raise SystemExit(main(["convert", "--from", "mosaic", "--to", "transformers", sys.argv[1], "--output", sys.argv[2]]))
+"""
+
+
+def test_a_file_size_limit_while_writing_weights_is_one_line_and_leaves_nothing(clip_folder, tmp_path):
+    weights = (clip_folder / "model.safetensors").stat().st_size
+    others = max(path.stat().st_size for path in clip_folder.iterdir() if path.name != "model.safetensors")
+    limit = (weights + others) // 2
+    assert others < limit < weights  # the config and tokenizer fit under the limit, the weights do not
+    result = subprocess.run(
+        [sys.executable, "-c", CONVERT_UNDER_A_LIMIT, str(clip_folder), str(tmp_path / "out"), str(limit)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    errors = [line for line in result.stderr.splitlines() if " error: " in line]
+    assert result.returncode == 2 and len(errors) == 1, result.stderr[-3000:]
+    assert "a file grew past the file-size limit (ulimit -f) (EFBIG); nothing was put in place" in errors[0]
+    assert "Traceback" not in result.stderr and os.listdir(tmp_path) == []
+
+
+def test_a_full_disk_while_writing_weights_is_one_line_and_leaves_nothing(clip_folder, tmp_path, capsys, monkeypatch):
+    import safetensors.torch
+    from safetensors import SafetensorError
+
+    def disk_full(*args, **kwargs):  # what safetensors raises when the disk fills up under it
+        raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+
+    monkeypatch.setattr(safetensors.torch, "save_file", disk_full)
+    argv = ["convert", "--from", "mosaic", "--to", "transformers", str(clip_folder), "--output", str(tmp_path / "out")]
+    assert main(argv) == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if " error: " in line]
+    assert len(errors) == 1 and "writing failed: the disk is full (ENOSPC); nothing was put in place" in errors[0]
+    assert os.listdir(tmp_path) == []
+
+
+def test_the_conversion_memory_benchmark_works_under_the_report_folder(tmp_path, monkeypatch):
+    """bench writes nothing outside --output: the report gives the conversion memory benchmark a scratch folder
+    under the report's, where it makes its checkpoints and which it removes when it ends (checkpoints and
+    measurements stubbed here: only the places count)."""
+    import tempfile
+
+    from mosaic_vlm.benchmarks import conversion_memory, report
+
+    used = []
+
+    def make_checkpoints(folder, quick):
+        used.append(folder)
+        for family in ("fuyu", "clip"):
+            (folder / family).mkdir()
+        return {"fuyu": folder / "fuyu", "clip": folder / "clip"}
+
+    def no_temp_folder(*args, **kwargs):
+        raise AssertionError("the benchmark used the system's temp folder")
+
+    class OneByte:
+        def __init__(self, path):
+            self.nbytes = 1
+
+    monkeypatch.setattr(conversion_memory, "make_checkpoints", make_checkpoints)
+    monkeypatch.setattr(conversion_memory, "measure", lambda *args: used.append(args[2]) or {"rss": 1, "anon": 1})
+    monkeypatch.setattr("mosaic_vlm.conversion.streaming.LazyCheckpoint", OneByte)
+    monkeypatch.setattr(tempfile, "TemporaryDirectory", no_temp_folder)
+    _, full, quick = report.BENCHMARKS["bench_conversion_memory"]
+    entry = conversion_memory.run_conversion_memory_benchmark
+    monkeypatch.setattr(report, "BENCHMARKS", {"bench_conversion_memory": (entry, full, quick)})
+    report.write_report(tmp_path / "report", quick=True)
+    scratch = tmp_path / "report" / report.SCRATCH_FOLDER
+    assert len(used) == 3 and all(scratch in [path, *path.parents] for path in used), used
+    assert not scratch.exists() and os.listdir(tmp_path) == ["report"]
+    assert sorted(os.listdir(tmp_path / "report")) == ["ratios.png", "report.json", "report.md"]

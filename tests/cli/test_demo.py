@@ -1,10 +1,17 @@
 """The demo (the README's first command) in its shortened mode: every stage runs and reports."""
 
 import json
+import os
+import subprocess
+import sys
+import time
 
 import PIL.Image
+import pytest
+from processes import descendants, wait_until_gone
 
 from mosaic_vlm.cli.main import main
+from mosaic_vlm.cli.staging import STAGING_SUFFIX, clean_stale_staging, leftovers
 
 
 def test_quick_demo_runs_every_stage_and_writes_the_report(tmp_path, capsys):
@@ -50,3 +57,25 @@ def test_quick_demo_runs_every_stage_and_writes_the_report(tmp_path, capsys):
     timing = json.loads((tmp_path / "timing.json").read_text())
     assert timing["cpu_minutes"] >= timing["background_cpu_minutes"] > 0 and timing["wall_minutes"] > 0
     assert f"report: {tmp_path / 'report.md'}" in out
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_killing_the_demo_ends_its_background_training(tmp_path):
+    """kill -9 of the demo once V*'s two trainings run: they end too, and the next run removes what it left."""
+    command = [sys.executable, "-m", "mosaic_vlm.cli", "demo", "--quick", "--output-dir", str(tmp_path / "demo")]
+    demo = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 240
+        while not list(tmp_path.glob(f".demo.*{STAGING_SUFFIX}/logs/vstar-search.log")):
+            assert demo.poll() is None and time.monotonic() < deadline, "the demo did not start V*'s training"
+            time.sleep(0.2)
+        training = descendants(demo.pid)
+        assert len(training) >= 2, training
+        demo.kill()
+        demo.wait()
+        assert wait_until_gone(training) == [], "V*'s training outlived the demo"
+    finally:
+        demo.kill()
+    assert len(leftovers(tmp_path / "demo")) == 1
+    clean_stale_staging(tmp_path / "demo")  # what the next run does first
+    assert os.listdir(tmp_path) in ([], [".demo.mosaic-vlm-lock"])

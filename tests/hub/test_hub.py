@@ -3,9 +3,12 @@ remote code, fresh processes with and without mosaic_vlm, revisions, offline use
 
 import json
 import os
+import socket
 import subprocess
 import sys
 import textwrap
+import threading
+import time
 
 import PIL.Image
 import pytest
@@ -284,3 +287,105 @@ def test_a_push_to_a_hub_that_is_down_is_one_clear_error(hub, clip_processor, tm
     assert main(["push", str(tmp_path / "model"), "tester/clip-down-push"]) == 2
     error = error_lines(capsys.readouterr().err, "push")
     assert len(error) == 1 and "pushing to 'tester/clip-down-push'" in error[0] and hub.endpoint in error[0], error
+
+
+def test_pulled_files_follow_the_umask(hub, clip_processor, tmp_path):
+    model, processor = tiny_clip(clip_processor)
+    model.push_to_hub("tester/clip-modes")
+    processor.push_to_hub("tester/clip-modes")
+    previous = os.umask(0o022)
+    try:
+        assert main(["pull", "tester/clip-modes", "--output", str(tmp_path / "pulled")]) == 0
+    finally:
+        os.umask(previous)
+    paths = [tmp_path / "pulled", *(tmp_path / "pulled").rglob("*")]
+    found = {str(path): path.stat().st_mode & 0o777 for path in paths}
+    assert str(tmp_path / "pulled" / "model.safetensors") in found
+    assert all(mode == (0o755 if os.path.isdir(path) else 0o644) for path, mode in found.items()), found
+
+
+class QuietHub:
+    """A Hub that never answers: `silent` accepts connections and reads nothing (a read timeout); otherwise its
+    listening queue is full, so that a connection is never made (a connect timeout)."""
+
+    def __init__(self, silent: bool):
+        self.server = socket.socket()
+        self.server.bind(("127.0.0.1", 0))
+        self.server.listen(0 if not silent else 16)
+        self.held = []
+        if silent:
+            threading.Thread(target=self.accept, daemon=True).start()
+        else:
+            for _ in range(8):  # fill the queue: later connections wait for a SYN answer that never comes
+                client = socket.socket()
+                client.setblocking(False)
+                client.connect_ex(self.server.getsockname())
+                self.held.append(client)
+        self.endpoint = f"http://127.0.0.1:{self.server.getsockname()[1]}"
+
+    def accept(self):
+        while True:
+            try:
+                self.held.append(self.server.accept()[0])
+            except OSError:
+                return
+
+    def close(self):
+        for connection in [*self.held, self.server]:
+            connection.close()
+
+
+@pytest.mark.parametrize("kind", ["read", "connect"])
+@pytest.mark.parametrize("command", ["pull", "push"])
+def test_a_hub_that_does_not_answer_is_one_error_naming_the_timeout(
+    hub, clip_processor, tmp_path, monkeypatch, capsys, kind, command
+):
+    from huggingface_hub import constants, hf_api
+
+    model, processor = tiny_clip(clip_processor)
+    model.save_pretrained(tmp_path / "model")
+    processor.save_pretrained(tmp_path / "model")
+    quiet = QuietHub(silent=kind == "read")
+    try:
+        monkeypatch.setattr(constants, "ENDPOINT", quiet.endpoint)
+        template = quiet.endpoint + "/{repo_id}/resolve/{revision}/{filename}"
+        monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE", template)
+        monkeypatch.setattr(hf_api.api, "endpoint", quiet.endpoint)
+        monkeypatch.setattr("huggingface_hub.utils._http.time.sleep", lambda seconds: None)  # no retry back-off
+        argv = ["pull", "tester/quiet", "--output", str(tmp_path / "pulled")]
+        if command == "push":
+            argv = ["push", str(tmp_path / "model"), "tester/quiet"]
+        capsys.readouterr()
+        started = time.monotonic()
+        assert main([*argv, "--connect-timeout", "0.5", "--read-timeout", "0.5"]) == 2
+        assert time.monotonic() - started < 30
+    finally:
+        quiet.close()
+    error = error_lines(capsys.readouterr().err, command)
+    assert len(error) == 1 and f"ran past the {kind} timeout (0.5 s)" in error[0] and quiet.endpoint in error[0], error
+    assert not [name for name in os.listdir(tmp_path) if "pulled" in name]  # no folder, no staging left
+
+
+def test_a_failed_push_after_training_keeps_the_model_and_says_how_to_push_it(hub, tmp_path, monkeypatch, capsys):
+    """train --push_to_hub pushes once the model is in place: with the Hub down the trained folder stays and the
+    error gives the command that pushes it, to the output folder's name by default; that command then works."""
+    from huggingface_hub import HfApi
+
+    output = tmp_path / "digits-clip"
+    argv = ["train", "clip", "--output_dir", str(output), "--push_to_hub", "--max_steps", "1"]
+    argv += ["--max_train_samples", "32", "--hidden_size", "16", "--num_hidden_layers", "1", "--projection_dim", "8"]
+    argv += ["--per_device_train_batch_size", "32", "--save_strategy", "no", "--eval_strategy", "no"]
+    argv += ["--report_to", "none", "--disable_tqdm", "true"]
+    monkeypatch.setattr("huggingface_hub.utils._http.time.sleep", lambda seconds: None)  # no retry back-off
+    hub.stop()
+    assert main(argv) == 2
+    captured = capsys.readouterr()
+    error = error_lines(captured.err, "train")
+    assert f"saved: {output}" in captured.out and len(error) == 1, captured.err[-3000:]
+    again = f"mosaic-vlm push {output} digits-clip"
+    assert "pushing to 'digits-clip'" in error[0] and error[0].endswith(f"push it again with: {again}"), error
+    assert (output / "model.safetensors").is_file() and (output / "processor_config.json").is_file()
+    assert set(os.listdir(tmp_path)) - {"hf-home", "hub-server"} == {"digits-clip"}  # nothing else left
+    hub.start()
+    assert main(again.split()[1:]) == 0
+    assert {"model.safetensors", "processor_config.json"} <= set(HfApi().list_repo_files("tester/digits-clip"))

@@ -7,6 +7,7 @@ import sys
 
 import pytest
 import torch
+from processes import alive, wait_until_gone
 from transformers import AutoModel, AutoModelForCausalLM, TrainerCallback, TrainingArguments
 
 from mosaic_vlm.data.digits import digit_caption_dataset, digit_question_dataset
@@ -360,3 +361,43 @@ def test_the_cli_trains_into_a_staged_output_folder(tmp_path, capsys):
     assert main(["train", *argv]) == 2  # a second run would replace the first: only with --overwrite
     assert "exists and is not empty; pass --overwrite" in capsys.readouterr().err
     assert main(["train", "--overwrite", *argv]) == 0 and sorted(os.listdir(tmp_path)) == ["fuyu"]
+
+
+# ------------------------------------------------------------------------------ V*'s background training processes
+
+# starts V*'s two trainings into argv[1], prints their process ids, then waits to be killed
+START_AND_WAIT = """
+import sys, time
+from pathlib import Path
+from mosaic_vlm.recipes.vstar import QUICK_PLAN, start_training
+training = start_training(Path(sys.argv[1]), QUICK_PLAN, log_dir=Path(sys.argv[1]) / "logs")
+print(*training.pids(), flush=True)
+time.sleep(600)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_background_training_ends_when_the_process_that_started_it_is_killed(tmp_path):
+    command = [sys.executable, "-c", START_AND_WAIT, str(tmp_path)]
+    starter = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
+    try:
+        pids = [int(pid) for pid in starter.stdout.readline().split()]
+        assert len(pids) == 2 and all(alive(pid) for pid in pids)
+        starter.kill()  # SIGKILL: no cleanup runs in the starter
+        starter.wait()
+        assert wait_until_gone(pids) == [], "training processes outlived the process that started them"
+    finally:
+        starter.kill()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_background_training_ends_when_its_block_fails(tmp_path):
+    from mosaic_vlm.recipes.vstar import QUICK_PLAN, start_training
+
+    with pytest.raises(RuntimeError, match="a stage failed"):
+        with start_training(tmp_path, QUICK_PLAN, log_dir=tmp_path / "logs") as training:
+            pids = training.pids()
+            assert len(pids) == 2
+            raise RuntimeError("a stage failed")
+    assert wait_until_gone(pids, seconds=15) == [] and training.pids() == []
+    assert training.finished("answer") and training.finished("search")
