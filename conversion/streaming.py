@@ -21,6 +21,7 @@ import json
 import logging
 import os
 import re
+from abc import abstractmethod
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -72,11 +73,11 @@ def parse_size(size: str | int) -> int:
 class Checkpoint(Mapping):
     """Tensors by key whose shapes and dtypes can be read without reading the tensors."""
 
-    def shape(self, key: str) -> tuple[int, ...]:
-        raise NotImplementedError
+    @abstractmethod
+    def shape(self, key: str) -> tuple[int, ...]: ...
 
-    def dtype(self, key: str) -> torch.dtype:
-        raise NotImplementedError
+    @abstractmethod
+    def dtype(self, key: str) -> torch.dtype: ...
 
     def floating_dtype(self, ignored=()) -> torch.dtype:
         """The dtype of the floating-point tensors (keys in `ignored` aside), float32 when they mix dtypes."""
