@@ -18,6 +18,7 @@ from torch import nn
 from transformers import FuyuConfig, FuyuForCausalLM
 
 from mosaic_vlm.modeling import MosaicFuyuConfig, MosaicFuyuForCausalLM
+from mosaic_vlm.modeling.mosaic_transformers_compat import TRANSFORMERS_FUYU_PATCHES_ARGUMENT
 from mosaic_vlm.processing import MosaicFuyuImageProcessor, MosaicFuyuProcessor
 from mosaic_vlm.processing.fuyu_special_tokens import BEGIN_OF_ANSWER_TOKEN, IMAGE_NEWLINE_TOKEN, IMAGE_TOKEN
 
@@ -122,21 +123,22 @@ def check_inputs(config: MosaicFuyuConfig) -> tuple[torch.Tensor, torch.Tensor]:
     return input_ids, patches
 
 
-def _inputs_for(model: nn.Module, inputs: dict) -> dict:
+def _inputs_for(model: nn.Module, input_ids: torch.Tensor, patches: torch.Tensor) -> dict:
+    """The check input on `model`'s device, the patches under the keyword `model` reads them by."""
     device = input_device(model)
-    return {name: tensor.to(device) for name, tensor in inputs.items()}
+    patches_argument = TRANSFORMERS_FUYU_PATCHES_ARGUMENT if isinstance(model, FuyuForCausalLM) else "pixel_values"
+    return {"input_ids": input_ids.to(device), patches_argument: patches.to(device)}
 
 
 @torch.no_grad()
 def _check(reference: nn.Module, converted: nn.Module, config: MosaicFuyuConfig, name: str) -> None:
     """Every layer and the logits on `check_inputs` (float32, LOGIT_ATOL), then greedy tokens equal, or raise."""
     input_ids, patches = check_inputs(config)
-    inputs = {"input_ids": input_ids, "pixel_values": patches}
-    run = lambda model: model(**_inputs_for(model, inputs)).logits  # noqa: E731
+    run = lambda model: model(**_inputs_for(model, input_ids, patches)).logits  # noqa: E731
     verify_outputs(reference, converted, run, run, name)
     settings = dict(max_new_tokens=CHECK_NEW_TOKENS, min_new_tokens=CHECK_NEW_TOKENS, do_sample=False, pad_token_id=0)
-    expected = reference.generate(**_inputs_for(reference, inputs), **settings).cpu()
-    generated = converted.generate(**_inputs_for(converted, inputs), **settings).cpu()
+    expected = reference.generate(**_inputs_for(reference, input_ids, patches), **settings).cpu()
+    generated = converted.generate(**_inputs_for(converted, input_ids, patches), **settings).cpu()
     if not torch.equal(expected, generated):
         raise ValueError(
             f"Generation check failed: greedy tokens differ from {name} ({expected[0, -CHECK_NEW_TOKENS:].tolist()} "

@@ -1,7 +1,7 @@
 """Every transformers and torch internal the models use, in one place, with a shim wherever releases differ.
 
-mosaic-vlm supports transformers 5.23 up to the newest 5.x release (tested on 5.23.0 and 5.25.0) and torch 2.6 and
-newer. The model files import transformers' private names (output recording, return-type and config-default
+mosaic-vlm supports transformers 5.20 up to the newest 5.x release (tested on 5.20.2, 5.23.0 and 5.25.0) and torch
+2.6 and newer. The model files import transformers' private names (output recording, return-type and config-default
 decorators, the compile-safe check, the cache and mask APIs, rope initialisation, checkpoint key renaming) from here
 only, so a new release changes this file alone; the two private hooks `MosaicPreTrainedModel` overrides
 (`_upload_modified_files`, `_initialize_weights(is_custom_code=)`, as in 5.11 and later) are explained there. Files
@@ -33,6 +33,14 @@ TRANSFORMERS_VERSION = version.parse(transformers.__version__)
 # `past_key_values` to `cache` (the output classes accept both names). Our forwards take both; layers are called with
 # the installed release's name, the one GradientCheckpointingLayer drops when it recomputes a layer.
 CACHE_ARGUMENT = "cache" if TRANSFORMERS_VERSION >= version.parse("5.24.0.dev0") else "past_key_values"
+
+
+# transformers' own FuyuForCausalLM takes its image patches as `pixel_values` from 5.23 and as `image_patches` in
+# 5.20-5.22 (where `pixel_values` lands in **kwargs unread: the image would silently be left out). Our models always
+# take `pixel_values`; this names the keyword for transformers' model, for the conversion checks.
+TRANSFORMERS_FUYU_PATCHES_ARGUMENT = (
+    "pixel_values" if TRANSFORMERS_VERSION >= version.parse("5.23.0.dev0") else "image_patches"
+)
 
 
 def one_cache(cache: Cache | None, past_key_values: Cache | None) -> Cache | None:
@@ -90,6 +98,7 @@ __all__ = [
     "ROPE_INIT_FUNCTIONS",
     "RopeParameters",
     "SubConfigSpec",
+    "TRANSFORMERS_FUYU_PATCHES_ARGUMENT",
     "TRANSFORMERS_VERSION",
     "all_gather_with_gradients",
     "cache_keyword",

@@ -7,12 +7,26 @@ each other.
 """
 
 import functools
+from importlib.metadata import version as installed_version
 
-from transformers import AutoConfig, AutoImageProcessor, AutoProcessor
+from packaging.specifiers import SpecifierSet
 
-from .families import FAMILIES
-from .hub_card import model_card
-from .modeling.mosaic_transformers_compat import register_no_video_processor
+# the releases mosaic-vlm is tested with (as setup.cfg's install_requires says, which a test checks): an install
+# outside them (pip --no-deps, an older environment) is refused here in one line, before transformers' own names
+# fail to import in ways that say nothing of the cause
+SUPPORTED_RELEASES = {"transformers": ">=5.20,<6", "torch": ">=2.6"}
+for _name, _range in SUPPORTED_RELEASES.items():
+    if installed_version(_name) not in SpecifierSet(_range):
+        raise ImportError(
+            f"mosaic-vlm needs {_name}{_range}; {_name} {installed_version(_name)} is installed. Install a "
+            f"supported release: pip install '{_name}{_range}'"
+        )
+
+from transformers import AutoConfig, AutoImageProcessor, AutoProcessor  # noqa: E402 (after the release check)
+
+from .families import FAMILIES  # noqa: E402 (after the release check)
+from .hub_card import model_card  # noqa: E402 (after the release check)
+from .modeling.mosaic_transformers_compat import register_no_video_processor  # noqa: E402 (after the release check)
 
 for _family in FAMILIES.values():
     for _config in (_family.config_class, *_family.sub_config_classes):

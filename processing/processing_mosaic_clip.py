@@ -23,12 +23,20 @@ CHAT_TEMPLATE = (
 )
 
 
+class MosaicClipProcessorKwargs(ProcessingKwargs, total=False):
+    # defaults as `_defaults` on the kwargs class: every 5.x release reads them there (5.23 and later also take
+    # class variables on the processor, which 5.20-5.22 ignore)
+    _defaults = {
+        "text_kwargs": {"padding": True, "truncation": True, "return_tensors": "pt"},
+        "images_kwargs": {"return_tensors": "pt"},
+    }
+
+
 class MosaicClipProcessor(MosaicProcessorMixin):
     """Texts must be strings of valid Unicode without the tokenizer's special tokens typed in (a typed EOS such
     as "</s>" would end the text there for the model, which pools at the EOS): such texts are refused."""
 
-    text_kwargs = {"padding": True, "truncation": True, "return_tensors": "pt"}
-    images_kwargs = {"return_tensors": "pt"}
+    valid_processor_kwargs = MosaicClipProcessorKwargs
 
     def __init__(self, image_processor=None, tokenizer=None, chat_template: str | None = None, **kwargs):
         super().__init__(image_processor, tokenizer, chat_template=chat_template or CHAT_TEMPLATE, **kwargs)
@@ -37,7 +45,7 @@ class MosaicClipProcessor(MosaicProcessorMixin):
         self,
         images: ImageInput | None = None,
         text: TextInput | list[TextInput] | None = None,
-        **kwargs: Unpack[ProcessingKwargs],
+        **kwargs: Unpack[MosaicClipProcessorKwargs],
     ):
         if images is None and text is None:
             raise ValueError("MosaicClipProcessor needs `images`, `text`, or both.")

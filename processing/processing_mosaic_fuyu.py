@@ -178,8 +178,14 @@ def batch_patches(patches: list[tuple[int, torch.Tensor]], batch_size: int) -> t
     return batch, mask
 
 
+class MosaicFuyuProcessorKwargs(ProcessingKwargs, total=False):
+    # defaults as `_defaults` on the kwargs class: every 5.x release reads them there (5.23 and later also take
+    # class variables on the processor, which 5.20-5.22 ignore)
+    _defaults = {"text_kwargs": {"padding": "longest", "return_tensors": "pt"}}
+
+
 class MosaicFuyuProcessor(MosaicProcessorMixin):
-    text_kwargs = {"padding": "longest", "return_tensors": "pt"}
+    valid_processor_kwargs = MosaicFuyuProcessorKwargs
 
     def __init__(
         self,
@@ -431,7 +437,7 @@ class MosaicFuyuProcessor(MosaicProcessorMixin):
         images: ImageInput | list[list[ImageInput]] | None = None,
         text: TextInput | list[TextInput] | None = None,
         answers: TextInput | list[TextInput] | None = None,
-        **kwargs: Unpack[ProcessingKwargs],
+        **kwargs: Unpack[MosaicFuyuProcessorKwargs],
     ) -> BatchFeature:
         """`images` and `text` as in the module docstring; `answers` (one per prompt) add `labels`. Image kwargs go
         to the image processor; of the text kwargs, `padding` ("longest" by default, "max_length" with
@@ -443,7 +449,9 @@ class MosaicFuyuProcessor(MosaicProcessorMixin):
         conversation."""
         if text is None:
             raise ValueError("MosaicFuyuProcessor needs `text` (a prompt or a list of prompts).")
-        output_kwargs = self._merge_kwargs(tokenizer_init_kwargs=self.tokenizer.init_kwargs, **kwargs)
+        output_kwargs = self._merge_kwargs(
+            MosaicFuyuProcessorKwargs, tokenizer_init_kwargs=self.tokenizer.init_kwargs, **kwargs
+        )
         text_kwargs = output_kwargs["text_kwargs"]
         typed_special_tokens = self._typed_special_tokens()
         prompts = check_texts(text, "Prompt", typed_special_tokens)

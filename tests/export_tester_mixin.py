@@ -41,6 +41,21 @@ def _zero_padded_positions(outputs: dict, attention_mask: torch.Tensor | None) -
     return zeroed
 
 
+def _runnable(exported):
+    """What an exporter's result is called as: 5.23 and later return a callable taking the inputs it was exported
+    with; 5.20-5.22 return the ExportedProgram itself (not callable), whose module takes only the inputs that were
+    traced (flags such as use_cache and return_dict are left out), and an ONNX program answering a list in the
+    order of its graph's (named) outputs."""
+    if isinstance(exported, torch.onnx.ONNXProgram):
+        names = [value.name for value in exported.model.graph.outputs]
+        return lambda **inputs: dict(zip(names, exported(**inputs), strict=True))
+    if not isinstance(exported, torch.export.ExportedProgram):
+        return exported
+    module = exported.module()
+    traced = exported.call_spec.in_spec.children_specs[1].context  # the spec of (args, kwargs): the kwargs' names
+    return lambda **inputs: module(**{name: inputs[name] for name in traced})
+
+
 def _assert_outputs_match(case, actual: dict, expected: dict, attention_mask, atol: float) -> None:
     case.assertTrue(expected, "eager returned no tensors")
     case.assertEqual(set(actual), set(expected))
@@ -67,7 +82,7 @@ class ExportTesterMixin:
                 with torch.no_grad():
                     expected = get_leaf_tensors(model(**copy.deepcopy(inputs)))
                 exported = exporter.export(model, copy.deepcopy(inputs), config)
-                actual = get_leaf_tensors(exported(**copy.deepcopy(inputs)))
+                actual = get_leaf_tensors(_runnable(exported)(**copy.deepcopy(inputs)))
                 _assert_outputs_match(self, actual, expected, inputs.get("attention_mask"), atol)
 
     @pytest.mark.slow
@@ -112,6 +127,6 @@ class ExportGenerateTesterMixin:
                         with torch.no_grad():
                             expected = get_leaf_tensors(submodel(**copy.deepcopy(subinputs)))
                         exported = DynamoExporter().export(submodel, copy.deepcopy(subinputs), DynamoConfig(True))
-                        actual = get_leaf_tensors(exported(**copy.deepcopy(subinputs)))
+                        actual = get_leaf_tensors(_runnable(exported)(**copy.deepcopy(subinputs)))
                         mask = subinputs.get("attention_mask")
                         _assert_outputs_match(self, actual, expected, mask if name == "prefill" else None, 1e-4)

@@ -69,3 +69,26 @@ def test_the_package_imports_from_the_checkout_root():
         [sys.executable, "-m", "mosaic_vlm.cli", "--help"], cwd=ROOT, capture_output=True, text=True, timeout=300
     )
     assert result.returncode == 0 and "convert" in result.stdout, result.stderr[-3000:]
+
+
+def test_the_supported_releases_are_those_setup_cfg_installs():
+    from mosaic_vlm import SUPPORTED_RELEASES
+
+    requirements = set((ROOT / "setup.cfg").read_text().split("install_requires =")[1].split("\n\n")[0].split())
+    assert {f"{name}{releases}" for name, releases in SUPPORTED_RELEASES.items()} <= requirements
+
+
+@pytest.mark.parametrize("name, release", [("transformers", "4.57.6"), ("transformers", "6.0.0"), ("torch", "2.4.1")])
+def test_an_unsupported_release_is_refused_at_import_in_one_line(tmp_path, name, release):
+    # metadata that reports `release` ahead of the installed one on sys.path, as an install outside the range would
+    metadata = tmp_path / f"{name}-{release}.dist-info"
+    metadata.mkdir()
+    (metadata / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: {release}\n")
+    code = f"import sys; sys.path.insert(0, {str(tmp_path)!r}); import mosaic_vlm.modeling"
+    result = run_python(code, tmp_path)
+    supported = {"transformers": ">=5.20,<6", "torch": ">=2.6"}[name]
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"ImportError: mosaic-vlm needs {name}{supported}; {name} {release} is installed. Install a supported "
+        f"release: pip install '{name}{supported}'"
+    )

@@ -12,6 +12,7 @@ from mosaic_vlm.conversion.fuyu import (
     fuyu_to_transformers,
 )
 from mosaic_vlm.modeling import MosaicFuyuForCausalLM
+from mosaic_vlm.modeling.mosaic_transformers_compat import TRANSFORMERS_FUYU_PATCHES_ARGUMENT
 from mosaic_vlm.processing import train_bpe_tokenizer
 
 
@@ -34,8 +35,8 @@ def test_round_trip_through_transformers_is_bit_exact_with_equal_logits_and_toke
         theirs = exported(
             input_ids=inputs["input_ids"],
             attention_mask=inputs["attention_mask"],
-            pixel_values=inputs["pixel_values"][inputs["image_patches_mask"]][None],
             position_ids=(inputs["attention_mask"].cumsum(-1) - 1).clamp(min=0),
+            **{TRANSFORMERS_FUYU_PATCHES_ARGUMENT: inputs["pixel_values"][inputs["image_patches_mask"]][None]},
         ).logits
     assert (ours[real] - theirs[real]).abs().max() <= 1e-4
     exported.save_pretrained(tmp_path)

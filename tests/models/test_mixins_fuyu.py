@@ -14,7 +14,7 @@ import unittest
 
 import pytest
 import torch
-from tiny_model_tester import TinyModelTester
+from tiny_model_tester import PilBackendWithoutTorchvisionTests, TinyModelTester
 from transformers_sdist import auto_tables_with, load, local_test_images
 
 from mosaic_vlm.modeling import MosaicFuyuConfig, MosaicFuyuForCausalLM, MosaicFuyuModel
@@ -166,7 +166,7 @@ class MosaicFuyuImageProcessingTester(ImageProcessingTester):
         return {"pil": MosaicFuyuImageProcessor}
 
 
-class MosaicFuyuImageProcessingTest(ImageProcessingTestMixin, unittest.TestCase):
+class MosaicFuyuImageProcessingTest(PilBackendWithoutTorchvisionTests, ImageProcessingTestMixin, unittest.TestCase):
     image_processor_tester_class = MosaicFuyuImageProcessingTester
 
     @unittest.skip(
