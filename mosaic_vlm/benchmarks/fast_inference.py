@@ -178,13 +178,22 @@ def run_clip_encode(repeats: int, images: int, quick: bool) -> dict:
 
 
 def run_fast_inference_benchmark(repeats: int = 5, new_tokens: int = 16, images: int = 8, quick: bool = False) -> dict:
+    """Both benchmarks; `cases` holds our variants against transformers' eager (the bench report's rows), `fuyu`
+    and `clip` every variant of both implementations."""
     if quick:
         repeats, new_tokens, images = 1, 4, 2
-    return {
-        "threads": torch.get_num_threads(),
-        "fuyu": run_fuyu_decode(repeats, new_tokens, quick),
-        "clip": run_clip_encode(repeats, images, quick),
-    }
+    fuyu, clip = run_fuyu_decode(repeats, new_tokens, quick), run_clip_encode(repeats, images, quick)
+    cases = []
+    for family, result in (("Fuyu", fuyu), ("CLIP", clip)):
+        reference_ms = next(
+            row["ms"] for row in result["cases"] if row["model"] == "transformers" and "eager" in row["case"]
+        )
+        for row in result["cases"]:
+            if row["model"] == "ours":
+                unit = " (ms/token)" if row["case"].startswith("decode") else ""
+                name = f"{family} {row['case']}{unit} vs transformers eager"
+                cases.append({"case": name, "ours_ms": row["ms"], "reference_ms": reference_ms, "ratio": row["ratio"]})
+    return {"threads": torch.get_num_threads(), "fuyu": fuyu, "clip": clip, "cases": cases}
 
 
 def main(argv=None) -> None:

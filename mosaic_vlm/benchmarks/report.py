@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from . import clip, conversion_memory, fuyu_model, fuyu_processing, vstar
+from . import clip, conversion_memory, fast_inference, fuyu_model, fuyu_processing, vstar
 
 # name -> (its entry point, keyword arguments of a full run, of a --quick run); V*'s also takes its two models, the
 # conversion memory benchmark a scratch folder under the report's (SCRATCH_FOLDER, removed when it ends)
@@ -25,6 +25,7 @@ BENCHMARKS = {
     "bench_clip": (clip.run_clip_benchmark, {}, {"batch_images": 2, "batch_texts": 4, "repeats": 2, "warmup": 1}),
     "bench_fuyu_processing": (fuyu_processing.run_fuyu_processing_benchmark, {}, {"repeats": 2, "size": (320, 240)}),
     "bench_fuyu_model": (fuyu_model.run_fuyu_model_benchmark, {}, {"repeats": 1, "quick": True}),
+    "bench_fast_inference": (fast_inference.run_fast_inference_benchmark, {}, {"quick": True}),
     "bench_vstar": (vstar.run_vstar_benchmark, {}, {"questions": 3, "exhaustive": 1, "quick": True}),
     "bench_conversion_memory": (conversion_memory.run_conversion_memory_benchmark, {}, {"quick": True}),
 }

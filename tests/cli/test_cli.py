@@ -202,8 +202,14 @@ def test_bench_quick_writes_json_markdown_and_chart(tmp_path, capsys, monkeypatc
     table = (report_folder / "report.md").read_text()
     assert "| benchmark | case | ours | reference | unit | ratio |" in table and "torch threads" in table
     assert set(report["results"]) == {
-        "bench_clip", "bench_fuyu_processing", "bench_fuyu_model", "bench_vstar", "bench_conversion_memory"
+        "bench_clip", "bench_fuyu_processing", "bench_fuyu_model", "bench_fast_inference", "bench_vstar",
+        "bench_conversion_memory",
     }  # fmt: skip
+    fast = report["results"]["bench_fast_inference"]["cases"]
+    routes = ["decode eager (ms/token)", "decode static+compile (ms/token)", "decode int8 weight-only (ms/token)"]
+    routes = [f"Fuyu {route}" for route in routes] + ["CLIP image encode eager", "CLIP image encode compile"]
+    assert sorted(case["case"] for case in fast) == sorted(f"{route} vs transformers eager" for route in routes)
+    assert all(case["ours_ms"] > 0 and case["ratio"] > 0 for case in fast)
     memory = report["results"]["bench_conversion_memory"]["cases"]
     # the streaming converters only: the removed in-memory ones' figures are a record in the README
     assert len(memory) == 4 and all(case["ours"] > 0 and case["reference"] is None for case in memory)
