@@ -195,3 +195,99 @@ def tiny_fuyu_model(processor) -> MosaicFuyuForCausalLM:
     )
     torch.manual_seed(0)
     return MosaicFuyuForCausalLM._from_config(config, attn_implementation="sdpa").eval()
+
+
+# ------------------------------------------------------------------------------ transformers' VLMs and V*Bench
+
+VLM_TEXTS = [
+    "Which objects must be seen to answer: what colour is the cup",
+    "a red cup, a cat",
+    "Additional visual information to focus on: cup at",
+]
+TINY_TOWER = dict(hidden_size=32, intermediate_size=48, num_hidden_layers=1, num_attention_heads=4)
+# a plain chat template (no generation tags): each turn's images as the family's image token, where they stand
+# among the words
+PLAIN_CHAT_TEMPLATE = (
+    "{% for m in messages %}{{ m['role'] }}: {% for c in m['content'] %}"
+    "{% if c['type'] == 'image' %}{{ image_token }}{% else %}{{ c['text'] }}{% endif %}{% endfor %}\n{% endfor %}"
+    "{% if add_generation_prompt %}assistant:{% endif %}"
+)
+
+
+def vlm_tokenizer(*special: str):
+    from mosaic_vlm.processing import train_bpe_tokenizer
+
+    return train_bpe_tokenizer(
+        VLM_TEXTS * 5, vocab_size=120, model_max_length=8192, extra_special_tokens=list(special)
+    )
+
+
+def tiny_llava():
+    """A tiny random transformers LLaVA (CLIP tower, Llama decoder) and its processor with a plain chat template:
+    (model, processor, image token, 16 image tokens per image)."""
+    from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor
+    from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
+
+    tokenizer = vlm_tokenizer("<image>")
+    image_processor = CLIPImageProcessorPil(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
+    processor = LlavaProcessor(
+        image_processor=image_processor,
+        tokenizer=tokenizer,
+        patch_size=8,
+        vision_feature_select_strategy="default",
+        num_additional_image_tokens=1,
+        chat_template=PLAIN_CHAT_TEMPLATE.replace("{{ image_token }}", "<image>"),
+    )
+    config = LlavaConfig(
+        vision_config=CLIPVisionConfig(**TINY_TOWER, image_size=32, patch_size=8),
+        text_config=LlamaConfig(**TINY_TOWER, vocab_size=len(tokenizer), num_key_value_heads=4),
+        image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
+        vision_feature_select_strategy="default",
+        vision_feature_layer=-1,
+    )
+    torch.manual_seed(0)
+    return LlavaForConditionalGeneration(config).eval(), processor, "<image>", 16  # 4x4 patch tokens per image
+
+
+# V*Bench's release layout (penghao-wu/vstar): a folder per category, each image beside its annotation JSON
+VSTAR_BENCH_ANNOTATIONS = {
+    "direct_attributes": {
+        "sa_1": {
+            "target_object": ["cup"],
+            "bbox": [[40, 30, 20, 16]],
+            "question": "What is the color of the cup?",
+            "options": ["red", "blue", "green", "yellow"],
+        },
+        "sa_2": {
+            "target_object": ["cat"],
+            "bbox": [[5, 5, 30, 30.5]],
+            "question": "What is the color of the cat?",
+            "options": ["yes", "no", "seven", "three"],
+        },
+    },
+    "relative_position": {
+        "sa_3": {
+            "target_object": ["cup", "cat"],
+            "bbox": [[10, 10, 12, 12], [60, 40, 15, 15]],
+            "question": "Is the cup on the left or right side of the cat?",
+            "options": ["left", "right"],
+        }
+    },
+}
+
+
+def write_vstar_bench(folder):
+    """VSTAR_BENCH_ANNOTATIONS in the release layout under `folder`, each with a random 100x80 JPEG."""
+    import json
+
+    import numpy as np
+    import PIL.Image
+
+    rng = np.random.default_rng(0)
+    for category, questions in VSTAR_BENCH_ANNOTATIONS.items():
+        (folder / category).mkdir(parents=True)
+        for stem, annotation in questions.items():
+            pixels = rng.integers(0, 256, (80, 100, 3), dtype=np.uint8)
+            PIL.Image.fromarray(pixels).save(folder / category / f"{stem}.jpg")
+            (folder / category / f"{stem}.json").write_text(json.dumps(annotation))
+    return folder

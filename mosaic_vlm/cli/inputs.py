@@ -10,6 +10,7 @@ import json
 import math
 import os
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from huggingface_hub.errors import StrictDataclassError
@@ -338,15 +339,24 @@ def load_folder_strictly(path: str | os.PathLike, config_class, model_class):
     except ValueError as error:
         raise ValueError(f"{error} (expected a {name})") from None
     require_weights_fit_config(path, config, model_class)
+    return from_pretrained_strictly(model_class, path, config=config)
+
+
+def from_pretrained_strictly(loader, path: Path, **kwargs):
+    """`loader.from_pretrained(path, **kwargs)` (a model class or an auto class) from local safetensors only, every
+    weight in its place: missing, extra or mis-shaped weights are one ValueError, never random weights."""
     try:
-        model, info = model_class.from_pretrained(
-            path, config=config, local_files_only=True, use_safetensors=True, output_loading_info=True
+        model, info = loader.from_pretrained(
+            path, local_files_only=True, use_safetensors=True, output_loading_info=True, **kwargs
         )
-    except (OSError, ValueError, RuntimeError, SafetensorError) as error:
-        raise ValueError(f"Cannot load the {name} weights in {path} (safetensors only): {error}") from error
+    except (*CONFIG_ERRORS, OSError, ImportError, RuntimeError, SafetensorError) as error:
+        message = " ".join(str(error).split())
+        raise ValueError(
+            f"Cannot load the {loader.__name__} weights in {path} (safetensors only): {message}"
+        ) from None
     problems = {kind: sorted(map(str, keys)) for kind, keys in info.items() if keys}
     if problems:
-        raise ValueError(f"{path} does not load strictly into {name}: {problems}.")
+        raise ValueError(f"{path} does not load strictly into {type(model).__name__}: {problems}.")
     return model
 
 
@@ -361,13 +371,16 @@ def folder_family(folder: Path) -> Family:
     return family
 
 
-def load_processor(folder: Path, family: Family, trust_remote_code: bool = False):
-    """The processor saved in `folder`, its files checked first (`check_processor_files`); loaded without remote
-    code unless `trust_remote_code`; one ValueError for files it cannot read."""
+def load_processor(folder: Path, family: Family | None, trust_remote_code: bool = False):
+    """The processor saved in `folder` (of `family`, or any transformers processor for None), its files checked
+    first (`check_processor_files`); loaded without remote code unless `trust_remote_code`; one ValueError for
+    files it cannot read."""
     from transformers import AutoProcessor
 
-    if not (folder / "processor_config.json").is_file():
-        raise ValueError(f"{folder} has no processor (processor_config.json); save the processor into the folder.")
+    if not any((folder / name).is_file() for name in PROCESSOR_FILES):
+        raise ValueError(
+            f"{folder} has no processor ({' or '.join(PROCESSOR_FILES)}); save the processor into the folder."
+        )
     check_processor_files(folder, family, trust_remote_code)
     try:
         return AutoProcessor.from_pretrained(folder, local_files_only=True, trust_remote_code=trust_remote_code)
@@ -385,3 +398,66 @@ def load_model_folder(folder: Path, family_name: str, command: str, trust_remote
     load_config_at_door(folder, family.config_class)  # before the processor, which reads it too
     processor = load_processor(folder, family, trust_remote_code)
     return load_folder_strictly(folder, family.config_class, family.model_class).eval(), processor
+
+
+@dataclass(frozen=True)
+class ModelKind:
+    """What a command takes from transformers: how its errors name it ("an image-text-to-text model"), its model
+    classes by config class (such as MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING), and the auto class that loads a
+    remote-code folder of it (named in the folder's `auto_map`)."""
+
+    description: str
+    models: Mapping
+    auto_class: str
+
+
+def require_kind(folder: Path, kind: ModelKind, command: str, trust_remote_code: bool = False) -> None:
+    """At the door, before anything loads: `folder` holds a model of `kind` (by its config's model type), or one
+    whose code the folder holds, with `trust_remote_code`, and an `auto_map` entry for `kind.auto_class`."""
+    from transformers import CONFIG_MAPPING
+
+    data = read_config_json(folder)
+    model_type = data["model_type"]
+    if model_type in CONFIG_MAPPING:
+        if CONFIG_MAPPING[model_type] not in kind.models:
+            raise ValueError(
+                f"{command} needs {kind.description} folder; {folder} holds a {model_type!r} model, which is not one."
+            )
+        return
+    if not trust_remote_code:
+        raise ValueError(
+            f"{folder} holds a {model_type!r} model, which transformers does not know: loading it would run code "
+            "from the folder (pass --trust-remote-code to allow that)."
+        )
+    auto_map = data.get("auto_map")
+    if not isinstance(auto_map, dict) or not isinstance(auto_map.get(kind.auto_class), str):
+        raise ValueError(
+            f"{command} needs {kind.description} folder; {folder / CONFIG_NAME} maps no {kind.auto_class} to the "
+            "folder's code (auto_map)."
+        )
+
+
+def load_transformers_folder(
+    folder: Path, kind: ModelKind, command: str, trust_remote_code: bool = False, check_processor=None
+):
+    """The model (loaded strictly, in eval mode) and processor of a transformers save_pretrained folder holding a
+    model of `kind` (`require_kind`; a model whose code the folder holds only with `trust_remote_code`, through
+    `kind.auto_class`). `check_processor(processor)` runs before the model loads. One ValueError otherwise."""
+    import transformers
+    from transformers import CONFIG_MAPPING
+
+    require_kind(folder, kind, command, trust_remote_code)
+    model_type = read_config_json(folder)["model_type"]
+    checkpoint = read_weight_headers(folder, kind.description)  # safetensors only, before any code runs
+    processor = load_processor(folder, None, trust_remote_code)
+    if check_processor is not None:
+        check_processor(processor)
+    if model_type not in CONFIG_MAPPING:  # the folder's own code
+        model = from_pretrained_strictly(getattr(transformers, kind.auto_class), folder, trust_remote_code=True)
+        return model.eval(), processor
+    config_class = CONFIG_MAPPING[model_type]
+    config = load_config_at_door(folder, config_class)
+    # transformers saves some models under older tensor names and renames them as it loads: the headers are held
+    # against the config's layer counts here, the names and shapes by the strict load
+    require_layers_fit_weights(config, checkpoint, folder / CONFIG_NAME)
+    return from_pretrained_strictly(kind.models[config_class], folder, config=config).eval(), processor

@@ -6,6 +6,9 @@ from pathlib import Path
 
 from .hub import push_folder
 from .staging import require_writable_output, staged_folder
+from .vstar import add_bench_vstar_command
+
+BENCH_OUTPUT = Path("bench-report")
 
 
 def add_train_command(subparsers) -> None:
@@ -27,7 +30,7 @@ def add_train_command(subparsers) -> None:
         "recipe", choices=("clip", "fuyu", "vstar"), help="which recipe: clip, fuyu, or V*'s models (vstar)"
     )
     parser.add_argument("recipe_args", nargs=argparse.REMAINDER, help="arguments of the recipe (see its --help)")
-    parser.set_defaults(handler=run_train)
+    parser.set_defaults(handler=run_train, needs_demo_extra=True)
 
 
 OUTPUT_DIR_FLAGS = ("--output_dir", "--output-dir")
@@ -98,28 +101,33 @@ def add_bench_command(subparsers) -> None:
         description="Run every benchmark against its transformers reference in one run; write JSON, a "
         "markdown table and a PNG bar chart of the speed ratios into --output. V*'s two models are trained first "
         "(the Trainer recipe vstar) into --output/vstar-models; the conversion memory benchmark works in a scratch "
-        "folder under --output: nothing is written outside --output.",
+        "folder under --output: nothing is written outside --output. `bench vstar` evaluates the V*Bench release "
+        "instead (see `mosaic-vlm bench vstar --help`).",
+        epilog="examples:\n  mosaic-vlm bench --output bench-report\n"
+        "  mosaic-vlm bench vstar --bench-dir vstar_bench --model my-llava --scorer clip:my-clip",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--output", "-o", type=Path, default=Path("bench-report"), help="report folder")
+    parser.add_argument("--output", "-o", type=Path, default=None, help=f"report folder (default {BENCH_OUTPUT})")
     parser.add_argument("--quick", action="store_true", help="tiny sizes and few repeats (a smoke run)")
     parser.add_argument("--overwrite", action="store_true", help="replace --output if it is a non-empty folder")
-    parser.set_defaults(handler=run_bench)
+    parser.set_defaults(handler=run_bench, needs_demo_extra=True)
+    add_bench_vstar_command(parser.add_subparsers(dest="suite", metavar="suite", required=False))
 
 
 def run_bench(args: argparse.Namespace) -> None:
     from mosaic_vlm.benchmarks.report import write_report
     from mosaic_vlm.recipes.vstar import FULL_PLAN, QUICK_PLAN, start_training
 
-    require_writable_output(args.output, args.overwrite)
-    with staged_folder(args.output, overwrite=args.overwrite) as staging:
+    output = args.output or BENCH_OUTPUT
+    require_writable_output(output, args.overwrite)
+    with staged_folder(output, overwrite=args.overwrite) as staging:
         # trained before the benchmarks run, so that their timings have the machine to themselves; the training
         # processes end with this one
         with start_training(staging / "vstar-models", QUICK_PLAN if args.quick else FULL_PLAN) as training:
             models = training.folder("answer"), training.folder("search")
         names = [path.name for path in write_report(staging, quick=args.quick, vstar_models=models)]
     for name in names:
-        print(args.output / name)
+        print(output / name)
 
 
 def add_demo_command(subparsers) -> None:
@@ -136,7 +144,7 @@ def add_demo_command(subparsers) -> None:
     )
     parser.add_argument("--quick", action="store_true", help="every stage, with tiny amounts (a smoke run)")
     parser.add_argument("--overwrite", action="store_true", help="replace --output-dir if it is a non-empty folder")
-    parser.set_defaults(handler=run_demo)
+    parser.set_defaults(handler=run_demo, needs_demo_extra=True)
 
 
 def run_demo(args: argparse.Namespace) -> None:

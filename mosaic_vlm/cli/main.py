@@ -22,13 +22,14 @@ from safetensors import SafetensorError
 
 from .convert import PROGRAM, add_convert_command
 from .hub import add_pull_command, add_push_command
-from .inference import add_ask_command, add_vstar_command, add_zero_shot_command
+from .inference import add_ask_command, add_zero_shot_command
 from .jobs import add_bench_command, add_demo_command, add_train_command
+from .vstar import add_vstar_command
 
 USAGE_ERROR = 2
 # What `pip install mosaic-vlm` leaves out and the `demo` extra brings: the recipes' data sets, the demo and the
-# benchmarks need them (import name -> distribution)
-NEEDS_DEMO_EXTRA = ("train", "bench", "demo")  # checked before they start anything
+# benchmarks need them (import name -> distribution); a command that does sets `needs_demo_extra`, checked before it
+# starts anything
 DEMO_EXTRA_MODULES = {
     "datasets": "datasets",
     "sklearn": "scikit-learn",
@@ -68,8 +69,8 @@ COMMANDS = (
 
 class StrictArgumentParser(argparse.ArgumentParser):
     """An ArgumentParser (and so each subcommand's) that takes no abbreviated flag (`--out` is not `--output`)
-    and refuses a flag naming a file or folder (`type=Path`) given twice (`--output a --output b`) instead of
-    keeping the last."""
+    and refuses a flag naming a file or folder (`type=Path`, or a type marked `names_path`) given twice
+    (`--output a --output b`) instead of keeping the last."""
 
     def __init__(self, *args, **kwargs):
         kwargs.setdefault("allow_abbrev", False)
@@ -77,7 +78,12 @@ class StrictArgumentParser(argparse.ArgumentParser):
 
     def parse_known_args(self, args=None, namespace=None):
         tokens = sys.argv[1:] if args is None else list(args)
-        flags = {flag: action for action in self._actions if action.type is Path for flag in action.option_strings}
+        flags = {
+            flag: action
+            for action in self._actions
+            if action.type is Path or getattr(action.type, "names_path", False)
+            for flag in action.option_strings
+        }
         counts = Counter()
         for token in tokens[: tokens.index("--")] if "--" in tokens else tokens:
             action = flags.get(token.partition("=")[0]) if token.startswith("-") else None
@@ -135,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
     """Run the command line; returns the exit code (argparse exits with 2 itself on bad usage)."""
     args = build_parser().parse_args(argv)
     missing = [name for module, name in DEMO_EXTRA_MODULES.items() if importlib.util.find_spec(module) is None]
-    if args.command in NEEDS_DEMO_EXTRA and missing:
+    if getattr(args, "needs_demo_extra", False) and missing:
         print(
             f"{PROGRAM} {args.command}: error: this command needs {', '.join(missing)}, which the core install "
             "leaves out; install the demo extra: pip install 'mosaic-vlm[demo]'",
@@ -150,6 +156,7 @@ def main(argv: list[str] | None = None) -> int:
             if isinstance(error, SafetensorError) and message == str(error):
                 message = f"a weights file cannot be read or written: {message}"
             message = " ".join(message.split())  # one line, whatever the exception text holds
-            print(f"{PROGRAM} {args.command}: error: {message}", file=sys.stderr)
+            command = " ".join(filter(None, (args.command, getattr(args, "suite", None))))  # bench vstar
+            print(f"{PROGRAM} {command}: error: {message}", file=sys.stderr)
             return USAGE_ERROR
     return 0

@@ -5,6 +5,7 @@ option is the right one. Multiple choice is decided as the paper decides it: the
 as its answer (the lowest mean negative log-likelihood of the answer's tokens)."""
 
 import json
+import re
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +20,7 @@ from .prompts import focus_question
 
 CATEGORIES = ("direct_attributes", "relative_position")
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
+GENERATION_TAG = re.compile(r"{%-?\s*generation\s*-?%}")  # where a chat template marks the answer
 
 
 @dataclass(frozen=True)
@@ -80,28 +82,52 @@ def load_vstar_bench(folder: str | Path) -> list[VStarBenchQuestion]:
     return questions
 
 
+def _answer_inputs(processor, images: list[PIL.Image.Image], prompt: str, option: str):
+    """The model's inputs for `option` as the answer to `prompt` about `images`, and a mask of the answer's tokens.
+    Through the chat template's generation tags where it has them (`return_assistant_tokens_mask`: the answer and
+    what the template ends it with); else, as the paper's code does, the prompt with its generation prompt and
+    then the option's own tokens (rendering the answer inside the template could merge its first token with the
+    template's text)."""
+    conversation = [
+        *chat_message(images, prompt),
+        {"role": "assistant", "content": [{"type": "text", "text": option}]},
+    ]
+    template = processor.chat_template if isinstance(processor.chat_template, str) else ""
+    if GENERATION_TAG.search(template):
+        inputs = processor.apply_chat_template(
+            conversation, tokenize=True, return_dict=True, return_assistant_tokens_mask=True, return_tensors="pt"
+        )
+        answer = torch.as_tensor(inputs.pop("assistant_masks")).bool()
+        inputs.pop("labels", None)
+        if answer.any():
+            return inputs, answer
+    inputs = processor.apply_chat_template(
+        conversation[:1], add_generation_prompt=True, tokenize=True, return_dict=True, return_tensors="pt"
+    )
+    option_ids = torch.tensor([processor.tokenizer(option, add_special_tokens=False)["input_ids"]])
+    if option_ids.numel() == 0:
+        raise ValueError(f"The option {option!r} has no tokens; V*Bench's options must be non-empty text.")
+    length = inputs["input_ids"].shape[1]
+    for key, value in list(inputs.items()):
+        if isinstance(value, torch.Tensor) and value.shape == (1, length):  # per token: the answer's added after
+            added = option_ids if key == "input_ids" else torch.full_like(option_ids, int(key == "attention_mask"))
+            inputs[key] = torch.cat([value, added.to(value.dtype)], dim=1)
+    answer = torch.zeros_like(inputs["input_ids"], dtype=torch.bool)
+    answer[:, length:] = True
+    return inputs, answer
+
+
 @torch.no_grad()
 def option_losses(
     model, processor, images: list[PIL.Image.Image], prompt: str, options: tuple[str, ...]
 ) -> list[float]:
     """Each option's mean negative log-likelihood as the model's answer to `prompt` about `images` (one user turn
-    through the processor's chat template, images where the prompt's placeholders stand), over the tokens the
-    template marks as the answer (`return_assistant_tokens_mask`)."""
+    through the processor's chat template, images where the prompt's placeholders stand), over the answer's
+    tokens (`_answer_inputs`)."""
     losses = []
     for option in options:
-        conversation = [
-            *chat_message(images, prompt),
-            {"role": "assistant", "content": [{"type": "text", "text": option}]},
-        ]
-        inputs = processor.apply_chat_template(
-            conversation, tokenize=True, return_dict=True, return_assistant_tokens_mask=True, return_tensors="pt"
-        )
-        answer = torch.as_tensor(inputs.pop("assistant_masks")).bool()[:, 1:]  # the tokens predicted, shifted
-        inputs.pop("labels", None)
-        if not answer.any():
-            raise ValueError(
-                f"The chat template of {type(processor).__name__} marks no answer tokens (no generation tags)."
-            )
+        inputs, answer = _answer_inputs(processor, images, prompt, option)
+        answer = answer[:, 1:]  # the tokens predicted, shifted
         logits = model(**inputs.to(model.device)).logits[:, :-1].float()
         targets = inputs["input_ids"][:, 1:]
         nll = torch.nn.functional.cross_entropy(logits[answer.to(logits.device)], targets[answer.to(targets.device)])

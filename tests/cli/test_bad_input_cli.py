@@ -190,6 +190,16 @@ ROWS = [
     Row("pull-abbreviated-overwrite", "pull me/model --output {w}/busy --overwr", "unrecognized arguments"),
     Row("demo-abbreviated-output-dir", "demo --output {w}/busy", "unrecognized arguments"),
     Row("vstar-output-twice", VSTAR + " --output {w}/a.png --output {w}/b.png", "given more than once"),
+    Row("vstar-scorer-twice", VSTAR + " --scorer clip:{w}/clip --scorer=clip:{w}/clip", "given more than once"),
+    Row("vstar-model-twice", VSTAR + " --model {w}/fuyu", "name the answering model once"),
+    Row("vstar-output-in-the-scorer", VSTAR + " --scorer clip:{w}/clip --output {w}/clip/s.png",
+        "lies inside the input"),
+    Row("bench-vstar-output-twice", "bench --output {w}/a vstar --bench-dir {w}/busy --model {w}/fuyu --output {w}/b",
+        "given more than once"),
+    Row("bench-vstar-output-is-the-model", "bench vstar --bench-dir {w}/busy --model {w}/fuyu --output {w}/fuyu "
+        "--overwrite", "is the input"),
+    Row("bench-vstar-not-a-release", "bench vstar --bench-dir {w}/busy --model {w}/fuyu --output {w}/new",
+        r"is not a V\*Bench folder"),
     # 5. config files of the wrong types or absurd sizes: refused before a layer is built
     Row("config-width-as-text", ZERO_SHOT, "expected int, got str", text_config(hidden_size="32")),
     Row("config-layers-fractional", ZERO_SHOT, "expected int, got float", vision_config(num_hidden_layers=2.5)),

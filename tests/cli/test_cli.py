@@ -49,7 +49,7 @@ def test_zero_shot_prints_a_ranked_table(clip_folder, photos, tmp_path, capsys):
         (["push", "/no/such/model", "me/repo"], "is not a saved model folder"),
         (["ask", "{model}", "/no/such.png", "what?"], "Image file '/no/such.png' does not exist"),
         (["ask", "{model}", "{image}", "what?"], "ask needs a Fuyu-style decoder model folder; "),
-        (["vstar", "{model}", "{image}", "what?"], "vstar needs a Fuyu-style decoder model folder; "),
+        (["vstar", "{model}", "{image}", "what?"], "vstar needs an image-text-to-text model folder"),
         (["vstar", "{model}", "{image}", "what?", "--output", "search.jpg"], "--output must name a .png file"),
     ],
 )

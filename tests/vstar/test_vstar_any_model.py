@@ -7,68 +7,30 @@ import numpy as np
 import PIL.Image
 import pytest
 import torch
+from tiny import PLAIN_CHAT_TEMPLATE, TINY_TOWER, tiny_llava, vlm_tokenizer
 from transformers import (
     CLIPVisionConfig,
     Idefics3Config,
     Idefics3ForConditionalGeneration,
     Idefics3Processor,
     LlamaConfig,
-    LlavaConfig,
-    LlavaForConditionalGeneration,
     LlavaNextConfig,
     LlavaNextForConditionalGeneration,
     LlavaNextProcessor,
-    LlavaProcessor,
 )
-from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
 from transformers.models.idefics3.image_processing_pil_idefics3 import Idefics3ImageProcessorPil
 from transformers.models.llava_next.image_processing_pil_llava_next import LlavaNextImageProcessorPil
 
-from mosaic_vlm.processing import train_bpe_tokenizer
 from mosaic_vlm.vstar import DetectorScorer, SearchConfig, vstar_generate
 from mosaic_vlm.vstar import generate as vstar_generate_module
 
-TEXTS = [
-    "Which objects must be seen to answer: what colour is the cup",
-    "a red cup, a cat",
-    "Additional visual information to focus on: cup at",
-]
-TINY = dict(hidden_size=32, intermediate_size=48, num_hidden_layers=1, num_attention_heads=4)
-# a plain chat template: each turn's images as the family's image token, where they stand among the words
-TEMPLATE = (
-    "{% for m in messages %}{{ m['role'] }}: {% for c in m['content'] %}"
-    "{% if c['type'] == 'image' %}{{ image_token }}{% else %}{{ c['text'] }}{% endif %}{% endfor %}\n{% endfor %}"
-    "{% if add_generation_prompt %}assistant:{% endif %}"
-)
-
-
-def tokenizer_with(*special: str):
-    return train_bpe_tokenizer(TEXTS * 5, vocab_size=120, model_max_length=8192, extra_special_tokens=list(special))
-
 
 def llava():
-    tokenizer = tokenizer_with("<image>")
-    image_processor = CLIPImageProcessorPil(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
-    processor = LlavaProcessor(
-        image_processor=image_processor,
-        tokenizer=tokenizer,
-        patch_size=8,
-        vision_feature_select_strategy="default",
-        num_additional_image_tokens=1,
-        chat_template=TEMPLATE.replace("{{ image_token }}", "<image>"),
-    )
-    config = LlavaConfig(
-        vision_config=CLIPVisionConfig(**TINY, image_size=32, patch_size=8),
-        text_config=LlamaConfig(**TINY, vocab_size=len(tokenizer), num_key_value_heads=4),
-        image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
-        vision_feature_select_strategy="default",
-        vision_feature_layer=-1,
-    )
-    return LlavaForConditionalGeneration(config), processor, "<image>", 16  # 4x4 patch tokens per image
+    return tiny_llava()
 
 
 def llava_next():
-    tokenizer = tokenizer_with("<image>")
+    tokenizer = vlm_tokenizer("<image>")
     pinpoints = [[32, 32], [32, 64], [64, 32]]
     image_processor = LlavaNextImageProcessorPil(
         size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}, image_grid_pinpoints=pinpoints
@@ -79,11 +41,11 @@ def llava_next():
         patch_size=8,
         vision_feature_select_strategy="default",
         num_additional_image_tokens=1,
-        chat_template=TEMPLATE.replace("{{ image_token }}", "<image>"),
+        chat_template=PLAIN_CHAT_TEMPLATE.replace("{{ image_token }}", "<image>"),
     )
     config = LlavaNextConfig(
-        vision_config=CLIPVisionConfig(**TINY, image_size=32, patch_size=8),
-        text_config=LlamaConfig(**TINY, vocab_size=len(tokenizer), num_key_value_heads=4),
+        vision_config=CLIPVisionConfig(**TINY_TOWER, image_size=32, patch_size=8),
+        text_config=LlamaConfig(**TINY_TOWER, vocab_size=len(tokenizer), num_key_value_heads=4),
         image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
         image_grid_pinpoints=pinpoints,
         vision_feature_select_strategy="default",
@@ -93,7 +55,7 @@ def llava_next():
 
 
 def idefics3():
-    tokenizer = tokenizer_with("<image>", "<fake_token_around_image>", "<global-img>", "<end_of_utterance>")
+    tokenizer = vlm_tokenizer("<image>", "<fake_token_around_image>", "<global-img>", "<end_of_utterance>")
     image_processor = Idefics3ImageProcessorPil(
         do_image_splitting=False, size={"longest_edge": 32}, max_image_size={"longest_edge": 32}
     )
@@ -101,11 +63,11 @@ def idefics3():
         image_processor=image_processor,
         tokenizer=tokenizer,
         image_seq_len=4,
-        chat_template=TEMPLATE.replace("{{ image_token }}", "<image>"),
+        chat_template=PLAIN_CHAT_TEMPLATE.replace("{{ image_token }}", "<image>"),
     )
     config = Idefics3Config(
-        vision_config=dict(TINY, image_size=32, patch_size=8),
-        text_config=dict(TINY, vocab_size=len(tokenizer), num_key_value_heads=4, model_type="llama"),
+        vision_config=dict(TINY_TOWER, image_size=32, patch_size=8),
+        text_config=dict(TINY_TOWER, vocab_size=len(tokenizer), num_key_value_heads=4, model_type="llama"),
         scale_factor=2,
         image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
     )

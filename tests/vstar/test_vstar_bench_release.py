@@ -3,11 +3,10 @@ annotation JSON), read by `load_vstar_bench` and answered by option likelihood a
 
 import json
 
-import numpy as np
 import PIL.Image
 import pytest
 import torch
-from tiny import FUYU_TEXTS, FUYU_TOKENS, tiny_fuyu_model
+from tiny import FUYU_TEXTS, FUYU_TOKENS, tiny_fuyu_model, tiny_llava, write_vstar_bench
 
 from mosaic_vlm.processing import MosaicFuyuImageProcessor, MosaicFuyuProcessor, train_bpe_tokenizer
 from mosaic_vlm.vstar import (
@@ -18,44 +17,10 @@ from mosaic_vlm.vstar import (
     searched_targets,
 )
 
-ANNOTATIONS = {
-    "direct_attributes": {
-        "sa_1": {
-            "target_object": ["cup"],
-            "bbox": [[40, 30, 20, 16]],
-            "question": "What is the color of the cup?",
-            "options": ["red", "blue", "green", "yellow"],
-        },
-        "sa_2": {
-            "target_object": ["cat"],
-            "bbox": [[5, 5, 30, 30.5]],
-            "question": "What is the color of the cat?",
-            "options": ["yes", "no", "seven", "three"],
-        },
-    },
-    "relative_position": {
-        "sa_3": {
-            "target_object": ["cup", "cat"],
-            "bbox": [[10, 10, 12, 12], [60, 40, 15, 15]],
-            "question": "Is the cup on the left or right side of the cat?",
-            "options": ["left", "right"],
-        }
-    },
-}
-
 
 @pytest.fixture(scope="module")
 def bench_dir(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("vstar_bench")
-    rng = np.random.default_rng(0)
-    for category, questions in ANNOTATIONS.items():
-        (folder / category).mkdir()
-        for stem, annotation in questions.items():
-            PIL.Image.fromarray(rng.integers(0, 256, (80, 100, 3), dtype=np.uint8)).save(
-                folder / category / f"{stem}.jpg"
-            )
-            (folder / category / f"{stem}.json").write_text(json.dumps(annotation))
-    return folder
+    return write_vstar_bench(tmp_path_factory.mktemp("vstar_bench"))
 
 
 @pytest.fixture(scope="module")
@@ -110,6 +75,32 @@ def test_option_likelihood_equals_the_models_own_loss_on_each_answer(fuyu, bench
             for option in question.options
         ]  # the mean over the answer's tokens and its EOS, as `answers=` labels them
     torch.testing.assert_close(torch.tensor(losses), torch.tensor(expected), atol=1e-5, rtol=1e-5)
+
+
+def test_a_template_without_generation_tags_scores_each_option_after_the_generation_prompt(bench_dir):
+    """transformers' LLaVA with a template that marks no answer: each option's own tokens follow the prompt and
+    its generation prompt (as the paper's code scores options), and the loss is the model's own on them."""
+    model, processor, _, _ = tiny_llava()
+    question = load_vstar_bench(bench_dir)[0]
+    image = PIL.Image.open(question.image_path).convert("RGB")
+    losses = option_losses(model, processor, [image], question.question, question.options)
+    turn = [
+        {"role": "user", "content": [{"type": "image", "image": image}, {"type": "text", "text": question.question}]}
+    ]
+    prompt = processor.apply_chat_template(
+        turn, add_generation_prompt=True, tokenize=True, return_dict=True, return_tensors="pt"
+    )
+    expected = []
+    with torch.no_grad():
+        for option in question.options:
+            answer = torch.tensor([processor.tokenizer(option, add_special_tokens=False)["input_ids"]])
+            input_ids = torch.cat([prompt["input_ids"], answer], dim=1)
+            labels = torch.full_like(input_ids, -100)
+            labels[:, -answer.shape[1] :] = answer
+            outputs = model(input_ids=input_ids, pixel_values=prompt["pixel_values"], labels=labels)
+            expected.append(outputs.loss.item())
+    torch.testing.assert_close(torch.tensor(losses), torch.tensor(expected), atol=1e-5, rtol=1e-5)
+    assert len(set(losses)) > 1  # the options differ
 
 
 def test_the_papers_table_with_and_without_crops(fuyu, bench_dir):
