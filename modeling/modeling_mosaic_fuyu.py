@@ -321,8 +321,9 @@ class MosaicFuyuModel(MosaicFuyuPreTrainedModel):
     def get_image_features(self, pixel_values: torch.Tensor, **kwargs) -> BaseModelOutputWithPooling:
         """Every patch projected into the decoder's embedding space: `last_hidden_state` (batch, patches, hidden)."""
         weight = self.vision_embed_tokens.weight
-        # the weight's dtype, unless quantization stores it as integers (then the model's floating dtype)
-        dtype = weight.dtype if weight.is_floating_point() else self.dtype
+        # the weight's dtype, unless quantization stores it as integers or behind a method (torch's dynamic
+        # quantization): then the model's floating dtype
+        dtype = weight.dtype if isinstance(weight, torch.Tensor) and weight.is_floating_point() else self.dtype
         return BaseModelOutputWithPooling(last_hidden_state=self.vision_embed_tokens(pixel_values.to(dtype)))
 
     def image_token_mask(self, input_ids: torch.Tensor | None, inputs_embeds: torch.Tensor) -> torch.Tensor:

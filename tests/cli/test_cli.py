@@ -206,8 +206,11 @@ def test_bench_quick_writes_json_markdown_and_chart(tmp_path, capsys, monkeypatc
         "bench_conversion_memory",
     }  # fmt: skip
     fast = report["results"]["bench_fast_inference"]["cases"]
-    routes = ["decode eager (ms/token)", "decode static+compile (ms/token)", "decode int8 weight-only (ms/token)"]
-    routes = [f"Fuyu {route}" for route in routes] + ["CLIP image encode eager", "CLIP image encode compile"]
+    routes = ["eager", "static+compile", "int8 weight-only", "int8 dynamic"]
+    routes = [f"Fuyu decode {route} (ms/token)" for route in routes] + [
+        "CLIP image encode eager",
+        "CLIP image encode compile",
+    ]
     assert sorted(case["case"] for case in fast) == sorted(f"{route} vs transformers eager" for route in routes)
     assert all(case["ours_ms"] > 0 and case["ratio"] > 0 for case in fast)
     memory = report["results"]["bench_conversion_memory"]["cases"]

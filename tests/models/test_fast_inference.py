@@ -9,6 +9,8 @@ tokens equal where the scheme keeps them (8-bit), otherwise the relative error o
 stays under a bound stated beside each scheme.
 """
 
+import copy
+
 import pytest
 import torch
 from tiny import PAD, random_pixels, random_texts, tiny_clip_config, tiny_fuyu_config, varied_batch
@@ -258,6 +260,18 @@ def test_quantized_loading_generates_and_classifies(name, saved_models, tmp_path
         expected = clip(**clip_inputs).logits_per_image
         actual = quantized_clip(**clip_inputs).logits_per_image
     assert actual.shape == (3, 4) and relative_error(actual, expected) < clip_bound
+
+
+def test_torch_dynamic_int8_quantization_of_every_linear_generates_the_float_tokens():
+    """PyTorch's dynamic quantization (int8 weights, activations quantized per call; the fastest int8 decode on CPU
+    in the fast-inference benchmark) of every Linear, the patch projection included (its weight is then a method)."""
+    fuyu = build_fuyu()
+    quantized = torch.ao.quantization.quantize_dynamic(copy.deepcopy(fuyu), {torch.nn.Linear}, dtype=torch.qint8)
+    assert not isinstance(quantized.model.vision_embed_tokens.weight, torch.Tensor)
+    batch, sample = varied_batch(2), varied_batch(1)
+    with torch.no_grad():
+        assert relative_error(quantized(**batch).logits, fuyu(**batch).logits) < 0.1
+    assert torch.equal(quantized.generate(**sample, **GREEDY), fuyu.generate(**sample, **GREEDY))
 
 
 # --- ONNX export (torch.onnx.export(dynamo=True)) run on onnxruntime ---------------------------------------------
