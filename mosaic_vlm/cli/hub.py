@@ -189,6 +189,12 @@ def hub_errors(action: str, timeouts: tuple[float, float] = (CONNECT_TIMEOUT, RE
                 raise
             raise OSError(f"{action} at {constants.ENDPOINT} broke off: the connection failed") from error
         raise OSError(f"{action} at {constants.ENDPOINT} broke off: {type(error).__name__}: {error}") from error
+    except AttributeError as error:
+        # the same closed client, met by a download thread retrying after a failed connection: huggingface_hub
+        # (2.4) then calls a method of its client, now None, while handling the connection error
+        if not isinstance(error.__context__, httpx2.HTTPError):
+            raise
+        raise OSError(f"{action} at {constants.ENDPOINT} broke off: the connection failed") from error
 
 
 def add_pull_command(subparsers) -> None:

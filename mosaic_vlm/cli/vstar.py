@@ -432,7 +432,8 @@ def bench_table(report: dict) -> str:
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     lines += [
         "",
-        f"{report['rows']['whole image']['questions']} questions; the search found {report['targets_found']} of "
-        f"{report['targets']} targets with {report['scorer_calls_per_question']:.1f} scorer calls per question.",
+        f"{report['rows']['whole image']['questions']} questions; the search returned a box for "
+        f"{report['targets_found']} of {report['targets']} targets, with {report['scorer_calls_per_question']:.1f} "
+        "scorer calls per question.",
     ]
     return "\n".join(lines) + "\n"
