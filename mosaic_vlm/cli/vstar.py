@@ -77,6 +77,8 @@ def require_answering_folder(folder: Path, command: str, trust_remote_code: bool
 
 
 def require_chat_template(folder: Path):
+    """A check that the processor loaded from `folder` has a chat template (run before its model loads)."""
+
     def check(processor) -> None:
         if getattr(processor, "chat_template", None) is None:
             raise ValueError(
@@ -187,16 +189,22 @@ def scorer_spec(args: argparse.Namespace, model_folder: Path, command: str) -> t
     return spec
 
 
-def search_setup(args: argparse.Namespace, spec: tuple[str, Path] | None, model, processor, command: str):
-    """The scorer (`spec`, or the answering model itself) and the SearchConfig the flags name."""
-    from mosaic_vlm.vstar import FuyuScorer, SearchConfig
+def search_config(args: argparse.Namespace):
+    """The SearchConfig the flags name (checked at the door: SearchConfig refuses bad values in one error)."""
+    from mosaic_vlm.vstar import SearchConfig
 
-    search = SearchConfig(
+    return SearchConfig(
         min_size=args.min_size, conf_high=args.conf_high, conf_low=args.conf_low, max_calls=args.max_calls
     )
+
+
+def scorer_for(args: argparse.Namespace, spec: tuple[str, Path] | None, model, processor, command: str):
+    """The scorer `spec` names, or, for None, the answering model (ours) scoring its own search."""
+    from mosaic_vlm.vstar import FuyuScorer
+
     if spec is None:
-        return FuyuScorer(model, processor, max_cell=args.max_cell), search
-    return load_scorer(*spec, command, args.trust_remote_code, args.max_cell), search
+        return FuyuScorer(model, processor, max_cell=args.max_cell)
+    return load_scorer(*spec, command, args.trust_remote_code, args.max_cell)
 
 
 def scorer_input(args: argparse.Namespace) -> list[tuple[str, Path]]:
@@ -261,10 +269,10 @@ def run_vstar(args: argparse.Namespace) -> None:
     for path in picture_paths(args.output, args.targets):
         require_writable_file(path, args.overwrite, inputs)
     require_answering_folder(model_folder, "vstar", args.trust_remote_code)
-    spec = scorer_spec(args, model_folder, "vstar")
+    spec, search = scorer_spec(args, model_folder, "vstar"), search_config(args)
     image = read_image_file(args.image).convert("RGB")
     model, processor = load_answering_model(model_folder, "vstar", args.trust_remote_code)
-    scorer, search = search_setup(args, spec, model, processor, "vstar")
+    scorer = scorer_for(args, spec, model, processor, "vstar")
     output = vstar_generate(
         model,
         processor,
@@ -356,9 +364,9 @@ def run_bench_vstar(args: argparse.Namespace) -> None:
     require_writable_output(output, args.overwrite, inputs=inputs)
     questions = first_per_category(load_vstar_bench(args.bench_dir), args.limit)
     require_answering_folder(args.model, "bench vstar", args.trust_remote_code)
-    spec = scorer_spec(args, args.model, "bench vstar")
+    spec, search = scorer_spec(args, args.model, "bench vstar"), search_config(args)
     model, processor = load_answering_model(args.model, "bench vstar", args.trust_remote_code)
-    scorer, search = search_setup(args, spec, model, processor, "bench vstar")
+    scorer = scorer_for(args, spec, model, processor, "bench vstar")
     found, calls = searched_targets(questions, scorer, search)
     rows = {"whole image": evaluate_vstar_bench(model, processor, questions)}
     rows["V*"] = evaluate_vstar_bench(model, processor, questions, searches=found)

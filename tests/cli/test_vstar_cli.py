@@ -190,6 +190,8 @@ def test_our_clip_and_our_fuyu_as_scorers(folders, tmp_path, capsys):
         ("bench --quick vstar --bench-dir {w}/bench --model {w}/fuyu", "--quick sizes bench's own report"),
         ("bench vstar --bench-dir {w}/bench --model {w}/fuyu --output {w}/bench/out", "lies inside the input"),
         ("bench vstar --bench-dir {w}/bench --model {w}/llava", "needs --scorer KIND:PATH"),
+        ("vstar {w}/fuyu {w}/photo.png q --max-calls 0", "max_calls must be at least 1"),
+        ("bench vstar --bench-dir {w}/bench --model {w}/fuyu --conf-low 0.9", "conf_low <= conf_high"),
     ],
 )
 def test_wrong_folders_and_flags_are_one_line(folders, tmp_path, capsys, arguments, message):
