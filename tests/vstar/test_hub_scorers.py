@@ -116,25 +116,52 @@ def test_a_found_box_is_the_detectors_own_box():
     assert result.found and result.box == target  # exactly the detector's box, not one tightened from heatmaps
 
 
-def test_a_tiny_owlvit_pipeline_drives_the_search(tokenizer):
-    from transformers import OwlViTConfig, OwlViTForObjectDetection, pipeline
+def owlvit(tokenizer):
+    from transformers import OwlViTConfig, OwlViTForObjectDetection
     from transformers.models.owlvit.image_processing_pil_owlvit import OwlViTImageProcessorPil
 
-    torch.manual_seed(0)
     config = OwlViTConfig(
         text_config=dict(TOWER, vocab_size=128, max_position_embeddings=24),
         vision_config=dict(TOWER, image_size=32, patch_size=8),
         projection_dim=32,
     )
     image_processor = OwlViTImageProcessorPil(size={"height": 32, "width": 32}, crop_size={"height": 32, "width": 32})
+    return OwlViTForObjectDetection(config), image_processor
+
+
+def owlv2(tokenizer):
+    from transformers import Owlv2Config, Owlv2ForObjectDetection
+    from transformers.models.owlv2.image_processing_pil_owlv2 import Owlv2ImageProcessorPil
+
+    config = Owlv2Config(
+        text_config=dict(TOWER, vocab_size=128, max_position_embeddings=24),
+        vision_config=dict(TOWER, image_size=32, patch_size=8),
+        projection_dim=32,
+    )
+    return Owlv2ForObjectDetection(config), Owlv2ImageProcessorPil(size={"height": 32, "width": 32})
+
+
+@pytest.mark.parametrize("family", [owlvit, owlv2], ids=lambda family: family.__name__)
+def test_a_tiny_detector_pipeline_drives_the_search(tokenizer, family):
+    from transformers import pipeline
+
+    torch.manual_seed(0)
+    model, image_processor = family(tokenizer)
     detector = pipeline(
-        "zero-shot-object-detection",
-        model=OwlViTForObjectDetection(config).eval(),
-        image_processor=image_processor,
-        tokenizer=tokenizer,
+        "zero-shot-object-detection", model=model.eval(), image_processor=image_processor, tokenizer=tokenizer
     )
     image = photo(3, (512, 384))
-    result = visual_search(image, "cat", DetectorScorer(detector), SearchConfig(min_size=96, max_calls=40))
+    scorer = DetectorScorer(detector)
+    # the score: the best of the pipeline's boxes that keep an area once clipped to the image (0 with none)
+    detections = detector(image, candidate_labels=["cat"])
+    kept = [
+        d["score"]
+        for d in detections
+        if min(512, d["box"]["xmax"]) > max(0, d["box"]["xmin"])
+        and min(384, d["box"]["ymax"]) > max(0, d["box"]["ymin"])
+    ]
+    assert detections and scorer.score([image], "cat") == [max(kept, default=0.0)]
+    result = visual_search(image, "cat", scorer, SearchConfig(min_size=96, max_calls=40))
     assert 1 <= result.num_calls <= 40 and len(result.path) >= 1
     if result.found:
         x0, y0, x1, y1 = result.box
