@@ -249,6 +249,48 @@ def tiny_llava():
     return LlavaForConditionalGeneration(config).eval(), processor, "<image>", 16  # 4x4 patch tokens per image
 
 
+def tiny_owl_detector(family: str, tokenizer):
+    """A tiny random zero-shot detector, OWL-ViT ("owlvit") or OWLv2 ("owlv2"), for a tokenizer of 128 ids and
+    24 tokens, and its PIL image processor (32 px)."""
+    import transformers
+
+    if family == "owlvit":
+        from transformers.models.owlvit.image_processing_pil_owlvit import OwlViTImageProcessorPil
+
+        config_class, model_class = transformers.OwlViTConfig, transformers.OwlViTForObjectDetection
+        image_processor = OwlViTImageProcessorPil(
+            size={"height": 32, "width": 32}, crop_size={"height": 32, "width": 32}
+        )
+    else:
+        from transformers.models.owlv2.image_processing_pil_owlv2 import Owlv2ImageProcessorPil
+
+        config_class, model_class = transformers.Owlv2Config, transformers.Owlv2ForObjectDetection
+        image_processor = Owlv2ImageProcessorPil(size={"height": 32, "width": 32})
+    config = config_class(
+        text_config=dict(TINY_TOWER, vocab_size=128, max_position_embeddings=24),
+        vision_config=dict(TINY_TOWER, image_size=32, patch_size=8),
+        projection_dim=32,
+    )
+    return model_class(config).eval(), image_processor
+
+
+def tiny_vstar_fuyu():
+    """A tiny random Fuyu-style model and its processor, whose tokenizer knows the words of the V*Bench fixture's
+    questions and options."""
+    from mosaic_vlm.processing import MosaicFuyuImageProcessor, MosaicFuyuProcessor, train_bpe_tokenizer
+
+    tokenizer = train_bpe_tokenizer(
+        FUYU_TEXTS * 5 + ["red blue green yellow left right cup cat side color"] * 5,
+        vocab_size=140,
+        model_max_length=512,
+        extra_special_tokens=FUYU_TOKENS,
+    )
+    processor = MosaicFuyuProcessor(
+        MosaicFuyuImageProcessor(patch_size=16, size={"height": 64, "width": 64}), tokenizer
+    )
+    return tiny_fuyu_model(processor), processor
+
+
 # V*Bench's release layout (penghao-wu/vstar): a folder per category, each image beside its annotation JSON
 VSTAR_BENCH_ANNOTATIONS = {
     "direct_attributes": {

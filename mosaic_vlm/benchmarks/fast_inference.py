@@ -103,14 +103,21 @@ class Decoder:
 
 
 def fuyu_decoders(quick: bool, max_cache_len: int) -> dict:
-    ours, reference = fuyu_model.build_models(fuyu_model.QUICK if quick else fuyu_model.FULL)
+    shapes = fuyu_model.QUICK if quick else fuyu_model.FULL
+    ours, reference = fuyu_model.build_models(shapes)
     decoders = {}
     for who, model in (("ours", ours), ("transformers", reference)):
         decoders[who, "eager"] = Decoder(model, static=False, compiled=False, max_cache_len=max_cache_len)
         decoders[who, "static+compile"] = Decoder(model, static=True, compiled=True, max_cache_len=max_cache_len)
+    quantizers = {"int8 dynamic": int8_dynamic}  # each on its own copy of both models
     if importlib.util.find_spec("torchao") is None:
         print("torchao is not installed (pip install torchao, or the test extra): no int8 weight-only rows")
-        return decoders
+    else:
+        quantizers["int8 weight-only"] = int8_weight_only
+    for variant, quantize in quantizers.items():
+        for who, model in zip(("ours", "transformers"), fuyu_model.build_models(shapes)):
+            decoders[who, variant] = Decoder(quantize(model), False, False, max_cache_len)
+    return decoders
     ours_int8, reference_int8 = fuyu_model.build_models(fuyu_model.QUICK if quick else fuyu_model.FULL)
     for who, model in (("ours", ours_int8), ("transformers", reference_int8)):
         decoders[who, "int8 weight-only"] = Decoder(int8_weight_only(model), False, False, max_cache_len)

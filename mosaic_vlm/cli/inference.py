@@ -79,6 +79,13 @@ def require_label_template(template: str) -> None:
         raise ValueError(f"--template {template!r} must hold '{{}}' once, where the label goes.")
 
 
+def add_question_arguments(parser) -> None:
+    """What `ask` and `vstar` share after the model: an image, a question and the answer's length."""
+    parser.add_argument("image", type=Path, help="an image file")
+    parser.add_argument("question", help="the question")
+    parser.add_argument("--max-new-tokens", type=int, default=20, help="longest answer in tokens (default 20)")
+
+
 def add_ask_command(subparsers) -> None:
     parser = subparsers.add_parser(
         "ask",
@@ -91,9 +98,7 @@ def add_ask_command(subparsers) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("model", type=Path, help="a saved MosaicFuyuForCausalLM folder (with its processor)")
-    parser.add_argument("image", type=Path, help="an image file")
-    parser.add_argument("question", help="the question")
-    parser.add_argument("--max-new-tokens", type=int, default=20, help="longest answer in tokens (default 20)")
+    add_question_arguments(parser)
     add_trust_remote_code_argument(parser)
     parser.add_argument(
         "--box", type=float, nargs=4, metavar=("Y1", "X1", "Y2", "X2"), help="a box to add to the question"

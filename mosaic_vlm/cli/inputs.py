@@ -411,9 +411,10 @@ class ModelKind:
     auto_class: str
 
 
-def require_kind(folder: Path, kind: ModelKind, command: str, trust_remote_code: bool = False) -> None:
+def require_kind(folder: Path, kind: ModelKind, command: str, trust_remote_code: bool = False) -> str:
     """At the door, before anything loads: `folder` holds a model of `kind` (by its config's model type), or one
-    whose code the folder holds, with `trust_remote_code`, and an `auto_map` entry for `kind.auto_class`."""
+    whose code the folder holds, with `trust_remote_code`, and an `auto_map` entry for `kind.auto_class`. Returns
+    the model type."""
     from transformers import CONFIG_MAPPING
 
     data = read_config_json(folder)
@@ -423,7 +424,7 @@ def require_kind(folder: Path, kind: ModelKind, command: str, trust_remote_code:
             raise ValueError(
                 f"{command} needs {kind.description} folder; {folder} holds a {model_type!r} model, which is not one."
             )
-        return
+        return model_type
     if not trust_remote_code:
         raise ValueError(
             f"{folder} holds a {model_type!r} model, which transformers does not know: loading it would run code "
@@ -435,6 +436,7 @@ def require_kind(folder: Path, kind: ModelKind, command: str, trust_remote_code:
             f"{command} needs {kind.description} folder; {folder / CONFIG_NAME} maps no {kind.auto_class} to the "
             "folder's code (auto_map)."
         )
+    return model_type
 
 
 def load_transformers_folder(
@@ -446,8 +448,7 @@ def load_transformers_folder(
     import transformers
     from transformers import CONFIG_MAPPING
 
-    require_kind(folder, kind, command, trust_remote_code)
-    model_type = read_config_json(folder)["model_type"]
+    model_type = require_kind(folder, kind, command, trust_remote_code)
     checkpoint = read_weight_headers(folder, kind.description)  # safetensors only, before any code runs
     processor = load_processor(folder, None, trust_remote_code)
     if check_processor is not None:

@@ -13,7 +13,7 @@ from pathlib import Path
 from mosaic_vlm.families import family_of_model_type
 from mosaic_vlm.processing.mosaic_processing_common import read_image_file
 
-from .inference import add_trust_remote_code_argument
+from .inference import add_question_arguments, add_trust_remote_code_argument
 from .inputs import (
     ModelKind,
     folder_family,
@@ -90,9 +90,8 @@ def require_chat_template(folder: Path):
 
 
 def load_answering_model(folder: Path, command: str, trust_remote_code: bool):
-    """A mosaic-vlm Fuyu-style folder or any transformers image-text-to-text folder: (model, processor), the
-    processor with a chat template (V* talks to the model through it)."""
-    require_answering_folder(folder, command, trust_remote_code)
+    """The (model, processor) of a folder `require_answering_folder` let in, the processor with a chat template
+    (V* talks to the model through it)."""
     if family_of_model_type(read_config_json(folder)["model_type"]) is not None:
         return load_model_folder(folder, "fuyu", command, trust_remote_code)  # ours: its template is built in
     return load_transformers_folder(
@@ -232,11 +231,9 @@ def add_vstar_command(subparsers) -> None:
     parser.add_argument(
         "model_folder", type=Path, nargs="?", metavar="MODEL", help="the answering model's folder (or --model)"
     )
-    parser.add_argument("image", type=Path, help="an image file")
-    parser.add_argument("question", help="the question")
+    add_question_arguments(parser)
     parser.add_argument("--model", type=Path, default=None, help="the answering model's folder (or give it first)")
     parser.add_argument("--targets", nargs="+", default=None, help="what to search for (default: ask the model)")
-    parser.add_argument("--max-new-tokens", type=int, default=20, help="longest answer in tokens (default 20)")
     parser.add_argument(
         "--output",
         "-o",

@@ -10,31 +10,13 @@ import PIL.Image
 import pytest
 import torch
 from safetensors.torch import save_file
-from tiny import (
-    CAPTIONS,
-    FUYU_TEXTS,
-    FUYU_TOKENS,
-    TINY_TOWER,
-    tiny_clip_config,
-    tiny_fuyu_model,
-    tiny_llava,
-    write_vstar_bench,
-)
-from transformers import (
-    CLIPConfig,
-    CLIPModel,
-    CLIPProcessor,
-    OwlViTConfig,
-    OwlViTForObjectDetection,
-    OwlViTProcessor,
-    pipeline,
-)
+from tiny import tiny_clip_config, tiny_llava, tiny_owl_detector, tiny_vstar_fuyu, write_vstar_bench
+from transformers import CLIPProcessor, OwlViTProcessor, pipeline
 from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
-from transformers.models.owlvit.image_processing_pil_owlvit import OwlViTImageProcessorPil
 
 from mosaic_vlm.cli.main import main
+from mosaic_vlm.conversion import clip_to_transformers
 from mosaic_vlm.modeling import MosaicClipModel
-from mosaic_vlm.processing import MosaicFuyuImageProcessor, MosaicFuyuProcessor, train_bpe_tokenizer
 from mosaic_vlm.vstar import (
     ClipScorer,
     DetectorScorer,
@@ -48,48 +30,26 @@ from mosaic_vlm.vstar import (
 
 
 @pytest.fixture(scope="module")
-def folders(tmp_path_factory, clip_processor):
+def folders(tmp_path_factory, tokenizer, clip_processor):
     """Saved folders: fuyu (ours), llava (transformers'), clip (transformers' CLIPModel), mosaic-clip (ours), owlvit
     (transformers' detector); a photo and a V*Bench release folder."""
     root = tmp_path_factory.mktemp("vstar_cli")
-    tokenizer = train_bpe_tokenizer(
-        FUYU_TEXTS * 5 + ["red blue green yellow left right cup cat side color"] * 5,
-        vocab_size=140,
-        model_max_length=512,
-        extra_special_tokens=FUYU_TOKENS,
-    )
-    fuyu_processor = MosaicFuyuProcessor(
-        MosaicFuyuImageProcessor(patch_size=16, size={"height": 64, "width": 64}), tokenizer
-    )
-    tiny_fuyu_model(fuyu_processor).save_pretrained(root / "fuyu")
-    fuyu_processor.save_pretrained(root / "fuyu")
+    fuyu, fuyu_processor = tiny_vstar_fuyu()
     llava, llava_processor, _, _ = tiny_llava()
-    llava.save_pretrained(root / "llava")
-    llava_processor.save_pretrained(root / "llava")
-    text_tokenizer = train_bpe_tokenizer(CAPTIONS * 4 + ["a photo of the background something"] * 4, 128, 24)
     torch.manual_seed(0)
-    clip = CLIPModel(
-        CLIPConfig(
-            text_config=dict(TINY_TOWER, vocab_size=128, max_position_embeddings=24),
-            vision_config=dict(TINY_TOWER, image_size=32, patch_size=8),
-            projection_dim=32,
-        )
-    )
-    clip.save_pretrained(root / "clip")
+    ours_clip = MosaicClipModel(tiny_clip_config())
     pil = CLIPImageProcessorPil(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
-    CLIPProcessor(image_processor=pil, tokenizer=text_tokenizer).save_pretrained(root / "clip")
-    MosaicClipModel(tiny_clip_config()).save_pretrained(root / "mosaic-clip")
-    clip_processor.save_pretrained(root / "mosaic-clip")
-    owlvit = OwlViTForObjectDetection(
-        OwlViTConfig(
-            text_config=dict(TINY_TOWER, vocab_size=128, max_position_embeddings=24),
-            vision_config=dict(TINY_TOWER, image_size=32, patch_size=8),
-            projection_dim=32,
-        )
-    )
-    owlvit.save_pretrained(root / "owlvit")
-    owl_pil = OwlViTImageProcessorPil(size={"height": 32, "width": 32}, crop_size={"height": 32, "width": 32})
-    OwlViTProcessor(image_processor=owl_pil, tokenizer=text_tokenizer).save_pretrained(root / "owlvit")
+    owlvit, owl_pil = tiny_owl_detector("owlvit", tokenizer)
+    folders = {
+        "fuyu": (fuyu, fuyu_processor),
+        "llava": (llava, llava_processor),
+        "clip": (clip_to_transformers(ours_clip), CLIPProcessor(image_processor=pil, tokenizer=tokenizer)),
+        "mosaic-clip": (ours_clip, clip_processor),
+        "owlvit": (owlvit, OwlViTProcessor(image_processor=owl_pil, tokenizer=tokenizer)),
+    }
+    for name, (model, processor) in folders.items():
+        model.save_pretrained(root / name)
+        processor.save_pretrained(root / name)
     pixels = np.random.default_rng(0).integers(0, 256, (300, 400, 3), dtype=np.uint8)
     PIL.Image.fromarray(pixels).save(root / "photo.png")
     write_vstar_bench(root / "bench")
@@ -103,6 +63,19 @@ def loaded(folder, auto_class: str):
 
     model = getattr(transformers, auto_class).from_pretrained(folder).eval()
     return model, transformers.AutoProcessor.from_pretrained(folder)
+
+
+def saved_detector(folder) -> DetectorScorer:
+    """A DetectorScorer on the zero-shot detection pipeline of a saved detector folder."""
+    model, processor = loaded(folder, "AutoModelForZeroShotObjectDetection")
+    return DetectorScorer(
+        pipeline(
+            "zero-shot-object-detection",
+            model=model,
+            tokenizer=processor.tokenizer,
+            image_processor=processor.image_processor,
+        )
+    )
 
 
 def printed_search(lines: list[str]) -> str:
@@ -134,15 +107,8 @@ def test_an_owlvit_detector_scores_the_search_for_our_fuyu(folders, tmp_path, ca
     argv += ["--scorer", f"detector:{folders / 'owlvit'}", "--min-size", "100", "--max-calls", "8"]
     argv += ["--max-new-tokens", "2", "--output", str(tmp_path / "search.png")]
     assert main(argv) == 0
-    model, processor = loaded(folders / "owlvit", "AutoModelForZeroShotObjectDetection")
-    detector = pipeline(
-        "zero-shot-object-detection",
-        model=model,
-        tokenizer=processor.tokenizer,
-        image_processor=processor.image_processor,
-    )
     image = PIL.Image.open(folders / "photo.png").convert("RGB")
-    result = visual_search(image, "cup", DetectorScorer(detector), SearchConfig(min_size=100, max_calls=8))
+    result = visual_search(image, "cup", saved_detector(folders / "owlvit"), SearchConfig(min_size=100, max_calls=8))
     assert printed_search(capsys.readouterr().out.splitlines()) == expected_line(result, "cup")
 
 
@@ -283,15 +249,8 @@ def test_bench_vstar_prints_and_writes_the_papers_table(folders, tmp_path, capsy
     # the same figures as the Python API on the same models and search
     model, processor = loaded(folders / "llava", "AutoModelForImageTextToText")
     questions = load_vstar_bench(folders / "bench")
-    detector_model, detector_processor = loaded(folders / "owlvit", "AutoModelForZeroShotObjectDetection")
-    detector = pipeline(
-        "zero-shot-object-detection",
-        model=detector_model,
-        tokenizer=detector_processor.tokenizer,
-        image_processor=detector_processor.image_processor,
-    )
     search = SearchConfig(min_size=40, max_calls=6)
-    found, calls = searched_targets(questions, DetectorScorer(detector), search, progress=False)
+    found, calls = searched_targets(questions, saved_detector(folders / "owlvit"), search, progress=False)
     direct = evaluate_vstar_bench(model, processor, questions, progress=False)
     vstar = evaluate_vstar_bench(model, processor, questions, searches=found, progress=False)
     for name, expected in (("whole image", direct), ("V*", vstar)):

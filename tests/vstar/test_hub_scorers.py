@@ -6,7 +6,7 @@ import numpy as np
 import PIL.Image
 import pytest
 import torch
-from tiny import CAPTIONS, tiny_clip_config
+from tiny import CAPTIONS, TINY_TOWER, tiny_clip_config, tiny_owl_detector
 from transformers import CLIPProcessor, SiglipConfig, SiglipModel, SiglipProcessor
 from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
 from transformers.models.siglip.image_processing_pil_siglip import SiglipImageProcessorPil
@@ -15,8 +15,6 @@ from mosaic_vlm.conversion import clip_to_transformers
 from mosaic_vlm.modeling import MosaicClipModel
 from mosaic_vlm.processing import MosaicClipImageProcessor, MosaicClipProcessor, train_bpe_tokenizer
 from mosaic_vlm.vstar import ClipScorer, DetectorScorer, SearchConfig, visual_search
-
-TOWER = dict(hidden_size=32, intermediate_size=48, num_hidden_layers=1, num_attention_heads=4)
 
 
 @pytest.fixture(scope="module")
@@ -55,8 +53,8 @@ def test_clip_scorer_on_transformers_clip_equals_ours(tokenizer):
 def test_clip_scorer_on_siglip_is_the_sigmoid_of_the_models_own_logit(tokenizer):
     torch.manual_seed(0)
     config = SiglipConfig(
-        text_config=dict(TOWER, vocab_size=128, max_position_embeddings=24, pad_token_id=tokenizer.pad_token_id),
-        vision_config=dict(TOWER, image_size=32, patch_size=8),
+        text_config=dict(TINY_TOWER, vocab_size=128, max_position_embeddings=24, pad_token_id=tokenizer.pad_token_id),
+        vision_config=dict(TINY_TOWER, image_size=32, patch_size=8),
     )
     model = SiglipModel(config).eval()
     processor = SiglipProcessor(
@@ -116,39 +114,14 @@ def test_a_found_box_is_the_detectors_own_box():
     assert result.found and result.box == target  # exactly the detector's box, not one tightened from heatmaps
 
 
-def owlvit(tokenizer):
-    from transformers import OwlViTConfig, OwlViTForObjectDetection
-    from transformers.models.owlvit.image_processing_pil_owlvit import OwlViTImageProcessorPil
-
-    config = OwlViTConfig(
-        text_config=dict(TOWER, vocab_size=128, max_position_embeddings=24),
-        vision_config=dict(TOWER, image_size=32, patch_size=8),
-        projection_dim=32,
-    )
-    image_processor = OwlViTImageProcessorPil(size={"height": 32, "width": 32}, crop_size={"height": 32, "width": 32})
-    return OwlViTForObjectDetection(config), image_processor
-
-
-def owlv2(tokenizer):
-    from transformers import Owlv2Config, Owlv2ForObjectDetection
-    from transformers.models.owlv2.image_processing_pil_owlv2 import Owlv2ImageProcessorPil
-
-    config = Owlv2Config(
-        text_config=dict(TOWER, vocab_size=128, max_position_embeddings=24),
-        vision_config=dict(TOWER, image_size=32, patch_size=8),
-        projection_dim=32,
-    )
-    return Owlv2ForObjectDetection(config), Owlv2ImageProcessorPil(size={"height": 32, "width": 32})
-
-
-@pytest.mark.parametrize("family", [owlvit, owlv2], ids=lambda family: family.__name__)
+@pytest.mark.parametrize("family", ["owlvit", "owlv2"])
 def test_a_tiny_detector_pipeline_drives_the_search(tokenizer, family):
     from transformers import pipeline
 
     torch.manual_seed(0)
-    model, image_processor = family(tokenizer)
+    model, image_processor = tiny_owl_detector(family, tokenizer)
     detector = pipeline(
-        "zero-shot-object-detection", model=model.eval(), image_processor=image_processor, tokenizer=tokenizer
+        "zero-shot-object-detection", model=model, image_processor=image_processor, tokenizer=tokenizer
     )
     image = photo(3, (512, 384))
     scorer = DetectorScorer(detector)

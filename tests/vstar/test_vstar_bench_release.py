@@ -6,9 +6,8 @@ import json
 import PIL.Image
 import pytest
 import torch
-from tiny import FUYU_TEXTS, FUYU_TOKENS, tiny_fuyu_model, tiny_llava, write_vstar_bench
+from tiny import tiny_llava, tiny_vstar_fuyu, write_vstar_bench
 
-from mosaic_vlm.processing import MosaicFuyuImageProcessor, MosaicFuyuProcessor, train_bpe_tokenizer
 from mosaic_vlm.vstar import (
     annotated_searches,
     evaluate_vstar_bench,
@@ -25,16 +24,7 @@ def bench_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def fuyu():
-    tokenizer = train_bpe_tokenizer(
-        FUYU_TEXTS * 5 + ["red blue green yellow left right cup cat side color"] * 5,
-        vocab_size=140,
-        model_max_length=512,
-        extra_special_tokens=FUYU_TOKENS,
-    )
-    processor = MosaicFuyuProcessor(
-        MosaicFuyuImageProcessor(patch_size=16, size={"height": 64, "width": 64}), tokenizer
-    )
-    return tiny_fuyu_model(processor), processor
+    return tiny_vstar_fuyu()
 
 
 def test_the_release_layout_is_read_exactly(bench_dir):
